@@ -1,0 +1,221 @@
+//! INI configuration files, as in the original deployment guide.
+//!
+//! This module owns reading a file and turning its strings into typed values
+//! with errors that name the file, the section and key, and what was expected
+//! — the message an operator sees when a process refuses to start. Each
+//! binary builds its own config struct on top of [`IniFile`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// A configuration problem, always tied to the file it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {file}: cannot read it: {reason}")]
+    Unreadable { file: PathBuf, reason: String },
+    #[error("config file {file}: [{section}] {key} is missing; expected {expected}")]
+    Missing {
+        file: PathBuf,
+        section: String,
+        key: String,
+        expected: String,
+    },
+    #[error("config file {file}: [{section}] {key} = {value:?} is invalid; expected {expected}")]
+    Invalid {
+        file: PathBuf,
+        section: String,
+        key: String,
+        value: String,
+        expected: String,
+    },
+}
+
+/// The role a process plays, from `[server] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Master,
+    Slave,
+    Gateway,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Master => "master",
+            Mode::Slave => "slave",
+            Mode::Gateway => "gateway",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.to_ascii_lowercase().as_str() {
+            "master" => Ok(Mode::Master),
+            "slave" => Ok(Mode::Slave),
+            "gateway" => Ok(Mode::Gateway),
+            _ => Err(()),
+        }
+    }
+}
+
+/// A parsed INI file: sections of `key = value`, `;` and `#` comments (also
+/// after a value), keys case-sensitive.
+#[derive(Debug, Clone)]
+pub struct IniFile {
+    path: PathBuf,
+    sections: HashMap<String, HashMap<String, Option<String>>>,
+}
+
+impl IniFile {
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref().to_path_buf();
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Unreadable {
+            file: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses `text` as if it had been read from `path`.
+    pub fn parse(path: impl Into<PathBuf>, text: &str) -> Result<Self, ConfigError> {
+        let path = path.into();
+        let mut ini = configparser::ini::Ini::new_cs();
+        ini.set_inline_comment_symbols(Some(&[';', '#']));
+        let sections = ini.read(text.to_string()).map_err(|e| ConfigError::Unreadable {
+            file: path.clone(),
+            reason: e,
+        })?;
+        Ok(IniFile { path, sections })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The raw value of `[section] key`, if present and not empty.
+    pub fn raw(&self, section: &str, key: &str) -> Option<&str> {
+        self.sections
+            .get(section)
+            .and_then(|s| s.get(key))
+            .and_then(|v| v.as_deref())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A required value parsed as `T`; `expected` describes a valid value.
+    pub fn require<T: FromStr>(&self, section: &str, key: &str, expected: &str) -> Result<T, ConfigError> {
+        match self.raw(section, key) {
+            None => Err(ConfigError::Missing {
+                file: self.path.clone(),
+                section: section.to_string(),
+                key: key.to_string(),
+                expected: expected.to_string(),
+            }),
+            Some(v) => v.parse().map_err(|_| self.invalid(section, key, v, expected)),
+        }
+    }
+
+    /// An optional value parsed as `T`, or `default` when absent.
+    pub fn get_or<T: FromStr>(
+        &self,
+        section: &str,
+        key: &str,
+        default: T,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
+        match self.raw(section, key) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| self.invalid(section, key, v, expected)),
+        }
+    }
+
+    /// An optional string value.
+    pub fn get_str(&self, section: &str, key: &str) -> Option<String> {
+        self.raw(section, key).map(str::to_string)
+    }
+
+    /// An error for a value that was read but does not fit.
+    pub fn invalid(&self, section: &str, key: &str, value: &str, expected: &str) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.path.clone(),
+            section: section.to_string(),
+            key: key.to_string(),
+            value: value.to_string(),
+            expected: expected.to_string(),
+        }
+    }
+
+    /// `[server] mode`, required.
+    pub fn mode(&self) -> Result<Mode, ConfigError> {
+        self.require("server", "mode", "one of master, slave, gateway")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+[server]
+port = 8081
+mode = slave                    ; master | slave | gateway
+service_addr = localhost:8081   # what is registered in etcd
+
+[cache]
+max_bytes = 2147483648          ; hard bound on cached bytes
+";
+
+    #[test]
+    fn reads_values_and_strips_inline_comments() {
+        let ini = IniFile::parse("conf/slave.ini", SAMPLE).unwrap();
+        assert_eq!(ini.require::<u16>("server", "port", "a port").unwrap(), 8081);
+        assert_eq!(ini.mode().unwrap(), Mode::Slave);
+        assert_eq!(
+            ini.get_str("server", "service_addr").as_deref(),
+            Some("localhost:8081")
+        );
+        assert_eq!(
+            ini.require::<u64>("cache", "max_bytes", "bytes").unwrap(),
+            2147483648
+        );
+    }
+
+    #[test]
+    fn missing_key_names_file_section_and_key() {
+        let ini = IniFile::parse("conf/x.ini", "[server]\nport = 1\n").unwrap();
+        let msg = ini.mode().unwrap_err().to_string();
+        assert!(msg.contains("conf/x.ini"), "{msg}");
+        assert!(msg.contains("[server] mode"), "{msg}");
+        assert!(msg.contains("master, slave, gateway"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_value_names_value_and_expectation() {
+        let ini = IniFile::parse("c.ini", "[server]\nmode = leader\nport = http\n").unwrap();
+        let msg = ini.mode().unwrap_err().to_string();
+        assert!(msg.contains("\"leader\""), "{msg}");
+        let msg = ini
+            .require::<u16>("server", "port", "a TCP port (1-65535)")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("[server] port") && msg.contains("TCP port"), "{msg}");
+    }
+
+    #[test]
+    fn unreadable_file_is_named() {
+        let msg = IniFile::load("/nonexistent/kamaitachi.ini")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("/nonexistent/kamaitachi.ini"), "{msg}");
+    }
+}

@@ -1,0 +1,77 @@
+//! The one place where a failure becomes an HTTP status.
+//!
+//! Handlers return [`ApiError`]; `api.rs` renders it as the contract's JSON
+//! envelope with the status from [`ApiError::status`]. Every message says
+//! what was wrong and, for bad input, with which field.
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Bad input: the message names the field.
+    #[error("{field}: {reason}")]
+    BadField { field: &'static str, reason: String },
+    /// Bad input that is not about one field (not JSON, not an object, …).
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing admin token: send Authorization: Bearer <token>")]
+    Unauthorized,
+    #[error("wrong admin token")]
+    Forbidden,
+    #[error("no route {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("method {method} not allowed on {path}; allowed: {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: &'static str,
+    },
+    #[error("request body is {got} bytes; the limit is {limit} bytes")]
+    PayloadTooLarge { got: u64, limit: u64 },
+    #[error("request header section is larger than {limit} bytes or has more than {max_headers} headers")]
+    HeadersTooLarge { limit: usize, max_headers: usize },
+    #[error("request not received in time")]
+    RequestTimeout,
+    #[error("Transfer-Encoding is not supported; send the body with a Content-Length")]
+    TransferEncodingUnsupported,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn field(field: &'static str, reason: impl Into<String>) -> Self {
+        ApiError::BadField {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The HTTP status for this error; the envelope's `status_code` is the same
+    /// number.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadField { .. } | ApiError::BadRequest(_) => 400,
+            ApiError::Unauthorized => 401,
+            ApiError::Forbidden => 403,
+            ApiError::NotFound { .. } => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::RequestTimeout => 408,
+            ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::HeadersTooLarge { .. } => 431,
+            ApiError::TransferEncodingUnsupported => 501,
+            ApiError::Unavailable(_) => 503,
+            ApiError::Internal(_) => 500,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Busy => ApiError::Unavailable("database busy, retry".into()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}

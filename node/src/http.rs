@@ -1,0 +1,414 @@
+//! HTTP/1.1 on the wire: accept loop, per-connection coroutine, request
+//! framing, limits and timeouts.
+//!
+//! This replaces may_minihttp's connection loop, whose traps are listed in
+//! `shared/PITFALLS.md` (panic on a bad Content-Length, unread bodies parsed
+//! as the next request, chunked bodies smuggled the same way, no header,
+//! body or time limits, 17 headers closing the connection unanswered). Here:
+//! - every request is framed by a strictly parsed `Content-Length`, and its
+//!   body is always consumed before the next request is parsed;
+//! - `Transfer-Encoding` is refused (501) and the connection closed, so a
+//!   chunked body can never be read as a request;
+//! - header bytes, header count, body bytes, idle time, time to receive one
+//!   request and the number of connections are bounded, each with a JSON
+//!   error (431, 413, 408, 503) before the connection closes;
+//! - `Connection: close` and HTTP/1.0 are honoured; HEAD gets no body;
+//! - pipelined requests are answered in order with one write per batch.
+//!
+//! It runs on may's coroutines (`may::net`), one per connection; the
+//! [`Service`] must not block the worker thread (SQLite runs elsewhere).
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use may::net::{TcpListener, TcpStream};
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: usize,
+    /// A keep-alive connection with no request in progress is closed after this.
+    pub idle_timeout: Duration,
+    /// A request must arrive whole within this time of its first byte.
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
+            max_body_bytes: 1024 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// A parsed request; borrows the connection's read buffer.
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub headers: &'a [httparse::Header<'a>],
+    pub body: &'a [u8],
+}
+
+impl Request<'_> {
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
+pub enum Body {
+    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl Body {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Body::Owned(v) => v,
+            Body::Shared(b) => b,
+        }
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Body,
+    /// Extra headers, e.g. `Allow` on a 405.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Response {
+    pub fn json(status: u16, body: Body) -> Self {
+        Response {
+            status,
+            content_type: "application/json",
+            body,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// What the connection loop calls for each request.
+pub trait Service: Send + Sync + 'static {
+    fn call(&self, req: &Request<'_>) -> Response;
+    /// The response for a request rejected before it reached `call`.
+    fn reject(&self, err: &ApiError) -> Response;
+}
+
+/// Accepts connections until the listener fails; one coroutine each.
+pub fn serve<S: Service>(listener: TcpListener, service: Arc<S>, limits: Limits) {
+    let limits = Arc::new(limits);
+    let open = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                may::coroutine::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let service = service.clone();
+        let limits = limits.clone();
+        let open = open.clone();
+        may::go!(move || {
+            let guard = ConnGuard::enter(&open);
+            if guard.count > limits.max_connections {
+                let err = ApiError::Unavailable("too many connections".into());
+                let mut out = Vec::new();
+                write_response(&mut out, &service.reject(&err), false, false);
+                let mut stream = stream;
+                let _ = stream.write_all(&out);
+                return;
+            }
+            let _ = handle_connection(stream, &*service, &limits);
+        });
+    }
+}
+
+struct ConnGuard<'a> {
+    open: &'a AtomicUsize,
+    count: usize,
+}
+
+impl<'a> ConnGuard<'a> {
+    fn enter(open: &'a AtomicUsize) -> Self {
+        let count = open.fetch_add(1, Ordering::AcqRel) + 1;
+        ConnGuard { open, count }
+    }
+}
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Most headers a request may carry; one more is a 431.
+pub const MAX_HEADERS: usize = 64;
+
+/// The outcome of trying to answer the first request in the buffer.
+enum Step {
+    /// Not all of it has arrived yet.
+    Partial,
+    /// Answered a request of `len` bytes; keep reading if `keep_alive`.
+    Answered { len: usize, keep_alive: bool },
+    /// Unusable: answer with this error and close.
+    Reject(ApiError),
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Limits) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut wbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut start = 0usize;
+    let mut pending_since: Option<Instant> = None;
+    let mut timeout_set = Duration::ZERO;
+    loop {
+        // Answer every whole request already in the buffer.
+        while start < rbuf.len() {
+            match answer_one(&rbuf[start..], service, limits, &mut wbuf) {
+                Step::Partial => break,
+                Step::Reject(err) => {
+                    write_response(&mut wbuf, &service.reject(&err), false, false);
+                    stream.write_all(&wbuf)?;
+                    return Ok(());
+                }
+                Step::Answered { len, keep_alive } => {
+                    start += len;
+                    pending_since = None;
+                    if !keep_alive {
+                        stream.write_all(&wbuf)?;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if !wbuf.is_empty() {
+            stream.write_all(&wbuf)?;
+            wbuf.clear();
+        }
+        if start == rbuf.len() {
+            rbuf.clear();
+            start = 0;
+        } else {
+            if start > 0 {
+                rbuf.drain(..start);
+                start = 0;
+            }
+            let since = *pending_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= limits.request_timeout {
+                write_response(
+                    &mut wbuf,
+                    &service.reject(&ApiError::RequestTimeout),
+                    false,
+                    false,
+                );
+                stream.write_all(&wbuf)?;
+                return Ok(());
+            }
+        }
+        // Wait for more bytes: the idle limit between requests, the rest of
+        // the request limit inside one.
+        let wait = match pending_since {
+            None => limits.idle_timeout,
+            Some(since) => limits
+                .request_timeout
+                .saturating_sub(since.elapsed())
+                .max(Duration::from_millis(1)),
+        };
+        if wait != timeout_set {
+            stream.set_read_timeout(Some(wait))?;
+            timeout_set = wait;
+        }
+        let filled = rbuf.len();
+        rbuf.resize(filled + READ_CHUNK, 0);
+        match stream.read(&mut rbuf[filled..]) {
+            Ok(0) => return Ok(()),
+            Ok(n) => rbuf.truncate(filled + n),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                rbuf.truncate(filled);
+                if pending_since.is_some() {
+                    write_response(
+                        &mut wbuf,
+                        &service.reject(&ApiError::RequestTimeout),
+                        false,
+                        false,
+                    );
+                    let _ = stream.write_all(&wbuf);
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Frames the first request in `buf` (enforcing the limits) and, once it is
+/// whole, calls the service and appends the response to `out`.
+fn answer_one<S: Service>(buf: &[u8], service: &S, limits: &Limits, out: &mut Vec<u8>) -> Step {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.max_header_bytes {
+                return Step::Reject(headers_too_large(limits));
+            }
+            return Step::Partial;
+        }
+        Err(httparse::Error::TooManyHeaders) => return Step::Reject(headers_too_large(limits)),
+        Err(e) => return Step::Reject(ApiError::BadRequest(format!("malformed HTTP request: {e}"))),
+    };
+    if head_len > limits.max_header_bytes || req.headers.len() > limits.max_headers {
+        return Step::Reject(headers_too_large(limits));
+    }
+    let body_len = match body_length(req.headers, limits) {
+        Ok(n) => n,
+        Err(e) => return Step::Reject(e),
+    };
+    if buf.len() < head_len + body_len {
+        return Step::Partial;
+    }
+    let method = req.method.unwrap_or("GET");
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let keep_alive = keep_alive(req.version.unwrap_or(1), req.headers);
+    let head = method == "HEAD";
+    let request = Request {
+        method: if head { "GET" } else { method },
+        path,
+        query,
+        headers: req.headers,
+        body: &buf[head_len..head_len + body_len],
+    };
+    let response = service.call(&request);
+    write_response(out, &response, keep_alive, head);
+    Step::Answered {
+        len: head_len + body_len,
+        keep_alive,
+    }
+}
+
+/// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 closes it
+/// unless told `keep-alive`.
+fn keep_alive(version: u8, headers: &[httparse::Header<'_>]) -> bool {
+    let mut keep = version == 1;
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+    {
+        for token in h.value.split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"close") {
+                return false;
+            }
+            if token.eq_ignore_ascii_case(b"keep-alive") {
+                keep = true;
+            }
+        }
+    }
+    keep
+}
+
+fn headers_too_large(limits: &Limits) -> ApiError {
+    ApiError::HeadersTooLarge {
+        limit: limits.max_header_bytes,
+        max_headers: limits.max_headers.min(MAX_HEADERS),
+    }
+}
+
+/// The declared body length: digits only, one value, within the limit; no
+/// `Transfer-Encoding`.
+fn body_length(headers: &[httparse::Header<'_>], limits: &Limits) -> Result<usize, ApiError> {
+    let mut length: Option<u64> = None;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(ApiError::TransferEncodingUnsupported);
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = h.value.trim_ascii();
+            if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+                return Err(ApiError::BadRequest(format!(
+                    "Content-Length {:?} is not a decimal number",
+                    String::from_utf8_lossy(h.value)
+                )));
+            }
+            let n = v.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+            if length.is_some_and(|l| l != n) {
+                return Err(ApiError::BadRequest("conflicting Content-Length headers".into()));
+            }
+            length = Some(n);
+        }
+    }
+    let n = length.unwrap_or(0);
+    if n > limits.max_body_bytes as u64 {
+        return Err(ApiError::PayloadTooLarge {
+            got: n,
+            limit: limits.max_body_bytes as u64,
+        });
+    }
+    Ok(n as usize)
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+fn write_response(out: &mut Vec<u8>, resp: &Response, keep_alive: bool, head: bool) {
+    let body = resp.body.as_bytes();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(resp.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(resp.status).as_bytes());
+    out.extend_from_slice(b"\r\nServer: kamaitachi\r\nContent-Type: ");
+    out.extend_from_slice(resp.content_type.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    for (name, value) in &resp.headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head {
+        out.extend_from_slice(body);
+    }
+}

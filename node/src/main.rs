@@ -1,0 +1,305 @@
+//! `kamaitachi-node`: one data node (master or slave).
+//!
+//! Start-up, in order: read the config; start the SQLite reader threads and
+//! the signal thread (plain OS threads, created before any coroutine so may's
+//! core pinning does not catch them); load the catalog; warm the cache from
+//! its dump if the dump is intact and current; listen. A request then flows
+//! `http.rs` (framing, limits) → `api.rs` (route) → `query.rs` (cache, then
+//! SQLite via `store.rs`) → `response.rs` (bytes).
+//!
+//! Stop (SIGINT/SIGTERM): the node reports unready, writes its cache dump
+//! and exits.
+
+mod api;
+mod cache;
+mod catalog;
+mod config;
+mod dates;
+mod dump;
+mod error;
+mod gendata;
+mod http;
+mod metrics;
+mod query;
+mod request;
+mod response;
+mod series;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use clap::{Parser, Subcommand};
+
+use crate::api::{Api, NodeIdentity};
+use crate::cache::DataCache;
+use crate::config::NodeConfig;
+use crate::store::{DataVersion, ReadPool, Store};
+
+/// Coroutine stack, in words (may's unit): 256 KiB, room for serde_json's
+/// 128 levels of nesting with margin.
+const COROUTINE_STACK_WORDS: usize = 0x8000;
+
+#[derive(Parser)]
+#[command(name = "kamaitachi-node", version, about = "Kamaitachi data node")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Config file (INI). `-config FILE` is accepted too.
+    #[arg(long, default_value = "conf/master.ini")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a deterministic sample database.
+    GenData {
+        /// Database file to create.
+        #[arg(long)]
+        db: PathBuf,
+        /// Number of subjects.
+        #[arg(long, default_value_t = 5000)]
+        subjects: usize,
+        /// Year range, inclusive: A..B.
+        #[arg(long, default_value = "2015..2024")]
+        years: String,
+        /// Random seed; the same seed gives the same data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Replace the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    // The guide spells flags with one dash (`-config FILE`).
+    let args = std::env::args().map(|a| match a.as_str() {
+        "-config" => "--config".to_string(),
+        _ => a,
+    });
+    let cli = Cli::parse_from(args);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Some(Command::GenData {
+            db,
+            subjects,
+            years,
+            seed,
+            force,
+        }) => gen_data(db, subjects, &years, seed, force),
+        None => run(&cli.config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kamaitachi-node: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn gen_data(db: PathBuf, subjects: usize, years: &str, seed: u64, force: bool) -> anyhow::Result<()> {
+    let (a, b) = years
+        .split_once("..")
+        .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+        .ok_or_else(|| anyhow!("--years must look like 2015..2024 (got {years:?})"))?;
+    let started = Instant::now();
+    gendata::generate(&gendata::GenOptions {
+        db: db.clone(),
+        subjects,
+        first_year: a,
+        last_year: b,
+        seed,
+        force,
+    })?;
+    eprintln!(
+        "gen-data: wrote {} ({subjects} subjects, {a}..{b}, seed {seed}) in {:.1}s",
+        db.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn run(config_path: &Path) -> anyhow::Result<()> {
+    let cfg = NodeConfig::load(config_path)?;
+    may::config()
+        .set_workers(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .set_stack_size(COROUTINE_STACK_WORDS);
+    may::config().set_worker_pin(false);
+
+    let admin_token =
+        match &cfg.admin_token_file {
+            None => None,
+            Some(p) => Some(read_token(p).with_context(|| {
+                format!("config file {}: [security] admin_token_file", cfg.file.display())
+            })?),
+        };
+
+    let meta = Store::open_ro(&cfg.db_path)
+        .with_context(|| format!("config file {}: [database] path", cfg.file.display()))?;
+    let catalog = meta.load_catalog()?;
+    let version = meta.data_version()?;
+    let total_records = meta.report_count()?;
+    drop(meta);
+    let pool = ReadPool::start(&cfg.db_path, cfg.readers)?;
+
+    let cache = Arc::new(DataCache::new(cfg.max_bytes));
+    if let Some(path) = &cfg.snapshot_path {
+        warm_from_dump(&cache, path, version);
+    }
+
+    let api = Arc::new(Api {
+        engine: query::QueryEngine::new(catalog, cache.clone(), pool),
+        identity: NodeIdentity {
+            mode: cfg.mode,
+            addr: cfg.service_addr.clone(),
+        },
+        metrics: metrics::Metrics::new().map_err(|e| anyhow!("metrics: {e}"))?,
+        admin_token,
+        data_version: AtomicU64::new(version.version),
+        total_records: AtomicU64::new(total_records),
+        ready: AtomicBool::new(false),
+    });
+
+    let addr = format!("{}:{}", cfg.bind, cfg.port);
+    let listener = may::net::TcpListener::bind(&addr).map_err(|e| {
+        anyhow!(
+            "cannot listen on {addr}: {e} (is another process using port {}? `ss -ltnp | grep :{}` shows it; \
+             change [server] port in {})",
+            cfg.port,
+            cfg.port,
+            cfg.file.display()
+        )
+    })?;
+
+    let dumper = cfg.snapshot_path.clone().map(|path| Dumper {
+        path,
+        cache: cache.clone(),
+        version,
+    });
+    spawn_signal_thread(api.clone(), dumper.clone())?;
+    if let (Some(d), false) = (&dumper, cfg.snapshot_interval.is_zero()) {
+        spawn_dump_timer(d.clone(), cfg.snapshot_interval)?;
+    }
+
+    let limits = http::Limits {
+        max_body_bytes: cfg.max_body_bytes,
+        idle_timeout: cfg.idle_timeout,
+        max_connections: cfg.max_connections,
+        ..http::Limits::default()
+    };
+    api.ready.store(true, Ordering::Release);
+    tracing::info!(
+        "kamaitachi-node {} listening on {addr} (db {}, data version {}, cache max {} bytes)",
+        cfg.mode,
+        cfg.db_path.display(),
+        version.version,
+        cfg.max_bytes
+    );
+    let server = may::go!(move || http::serve(listener, api, limits));
+    server
+        .join()
+        .map_err(|_| anyhow!("the accept loop stopped unexpectedly"))?;
+    Ok(())
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let token = token.trim().to_string();
+    if token.len() < 16 {
+        return Err(anyhow!(
+            "{}: the admin token must be at least 16 characters",
+            path.display()
+        ));
+    }
+    Ok(token)
+}
+
+fn warm_from_dump(cache: &DataCache, path: &Path, version: DataVersion) {
+    if !cache.enabled() {
+        return;
+    }
+    match dump::read(path, version) {
+        Ok(entries) => {
+            let n = entries.len();
+            for (subject, series) in entries {
+                cache.insert_series(Arc::from(subject), Arc::new(series));
+            }
+            tracing::info!("cache dump {}: loaded {n} series", path.display());
+        }
+        Err(dump::DumpError::Missing(_)) => {
+            tracing::info!("cache dump {}: none yet, starting cold", path.display())
+        }
+        Err(e) => tracing::warn!("cache dump {} ignored: {e}", path.display()),
+    }
+}
+
+/// Writes the cache dump; shared by the timer and the stop path.
+#[derive(Clone)]
+struct Dumper {
+    path: PathBuf,
+    cache: Arc<DataCache>,
+    version: DataVersion,
+}
+
+impl Dumper {
+    fn dump(&self) {
+        if !self.cache.enabled() {
+            return;
+        }
+        let started = Instant::now();
+        let entries = self.cache.all_series();
+        match dump::write(&self.path, self.version, &entries) {
+            Ok(bytes) => tracing::info!(
+                "cache dump {}: {} series, {bytes} bytes in {:.0} ms",
+                self.path.display(),
+                entries.len(),
+                started.elapsed().as_secs_f64() * 1000.0
+            ),
+            Err(e) => tracing::error!("cache dump {} failed: {e}", self.path.display()),
+        }
+    }
+}
+
+fn spawn_dump_timer(dumper: Dumper, every: Duration) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("cache-dump".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            dumper.dump();
+        })
+        .context("cannot start the cache dump thread")?;
+    Ok(())
+}
+
+fn spawn_signal_thread(api: Arc<Api>, dumper: Option<Dumper>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!("signal {sig}: stopping");
+                api.ready.store(false, Ordering::Release);
+                if let Some(d) = &dumper {
+                    d.dump();
+                }
+                tracing::info!("stopped");
+                std::process::exit(0);
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}

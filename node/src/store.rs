@@ -1,0 +1,320 @@
+//! SQLite: the durable copy of the data, its schema, and the threads that
+//! read it.
+//!
+//! Layout (all `WITHOUT ROWID`, keyed the way questions are asked):
+//! `reports(subject, report_date)` answers "latest report on or before T" and
+//! "reports in [from, to]" as index range scans; `report_values(subject,
+//! report_date, indicator)` holds one row per non-null value, so the indicator
+//! set is data (`indicators`), not columns. `meta` carries the dataset id and
+//! the data version a cache dump is checked against.
+//!
+//! SQLite calls block, and a blocking call inside a may coroutine stalls every
+//! socket on its worker thread. So reads run on dedicated OS threads, each
+//! with its own read-only connection (WAL lets them run in parallel), behind
+//! [`ReadPool`]; a coroutine hands a job over and waits on a may channel.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::catalog::{Catalog, Indicator, SubjectInfo};
+use crate::series::{Report, Series};
+
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS indicators (
+    id   INTEGER PRIMARY KEY,
+    code TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS subjects (
+    subject      TEXT PRIMARY KEY,
+    market       INTEGER NOT NULL,
+    code         TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    listing_date TEXT NOT NULL,
+    category     TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS topic_members (
+    topic   TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    PRIMARY KEY (topic, subject)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reports (
+    subject      TEXT NOT NULL,
+    report_date  INTEGER NOT NULL,
+    end_date     TEXT NOT NULL,
+    year         TEXT NOT NULL,
+    period       TEXT NOT NULL,
+    declare_date TEXT NOT NULL,
+    PRIMARY KEY (subject, report_date)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS report_values (
+    subject     TEXT NOT NULL,
+    report_date INTEGER NOT NULL,
+    indicator   INTEGER NOT NULL REFERENCES indicators(id),
+    value       REAL NOT NULL,
+    PRIMARY KEY (subject, report_date, indicator)
+) WITHOUT ROWID;
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("database busy")]
+    Busy,
+    #[error("database reader threads are gone")]
+    WorkerGone,
+}
+
+/// Identity and version of the data a database holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataVersion {
+    /// Random id chosen when the dataset was created; tells two databases apart.
+    pub dataset_id: u64,
+    /// Bumped by every change to the data.
+    pub version: u64,
+}
+
+/// One SQLite connection and the queries the node asks of it.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) a database for writing, in WAL mode.
+    pub fn open_rw(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn })
+    }
+
+    /// Opens an existing database for reading.
+    pub fn open_ro(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Open {
+                path: path.to_path_buf(),
+                reason: "no such file (run `kamaitachi-node gen-data --db PATH` to create sample data)"
+                    .into(),
+            });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "cache_size", -16384)?;
+        let store = Store { conn };
+        let has_schema: Option<i64> = store
+            .conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='report_values'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                reason: format!("not a readable SQLite database: {e}"),
+            })?;
+        if has_schema.is_none() {
+            return Err(StoreError::Open {
+                path: path.to_path_buf(),
+                reason: "not a Kamaitachi database (no report_values table)".into(),
+            });
+        }
+        Ok(store)
+    }
+
+    pub fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn data_version(&self) -> Result<DataVersion, StoreError> {
+        let parse = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        Ok(DataVersion {
+            dataset_id: parse(self.meta("dataset_id")?),
+            version: parse(self.meta("data_version")?),
+        })
+    }
+
+    /// Number of report rows.
+    pub fn report_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM reports", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    pub fn load_catalog(&self) -> Result<Catalog, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT id, code FROM indicators ORDER BY id")?;
+        let indicators = stmt
+            .query_map([], |r| {
+                Ok(Indicator {
+                    id: r.get::<_, i64>(0)? as usize,
+                    code: r.get::<_, String>(1)?.into(),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT subject, name, status, listing_date, category FROM subjects")?;
+        let subjects = stmt
+            .query_map([], |r| {
+                Ok(SubjectInfo::new(
+                    &r.get::<_, String>(0)?,
+                    &r.get::<_, String>(1)?,
+                    &r.get::<_, String>(2)?,
+                    &r.get::<_, String>(3)?,
+                    &r.get::<_, String>(4)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut stmt = self.conn.prepare("SELECT topic, subject FROM topic_members")?;
+        let members = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Catalog::new(indicators, subjects, members))
+    }
+
+    /// The whole series of `subject`; `width` is one more than the largest
+    /// indicator id.
+    pub fn load_series(&self, subject: &str, width: usize) -> Result<Series, StoreError> {
+        self.load_range(subject, i64::MIN, i64::MAX, width)
+    }
+
+    /// Only the latest report on or before `as_of` (0 = latest), as a series
+    /// of at most one report. Used when the cache is disabled.
+    pub fn load_latest(&self, subject: &str, as_of: i64, width: usize) -> Result<Series, StoreError> {
+        let as_of = if as_of == 0 { i64::MAX } else { as_of };
+        let date: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT report_date FROM reports WHERE subject = ?1 AND report_date <= ?2
+                 ORDER BY report_date DESC LIMIT 1",
+            )?
+            .query_row(params![subject, as_of], |r| r.get(0))
+            .optional()?;
+        match date {
+            None => Ok(Series::default()),
+            Some(d) => self.load_range(subject, d, d, width),
+        }
+    }
+
+    /// Reports with `from <= report_date <= to`. Used when the cache is
+    /// disabled.
+    pub fn load_range(&self, subject: &str, from: i64, to: i64, width: usize) -> Result<Series, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT report_date, end_date, year, period, declare_date FROM reports
+             WHERE subject = ?1 AND report_date BETWEEN ?2 AND ?3 ORDER BY report_date",
+        )?;
+        let mut reports = Vec::new();
+        let mut rows = stmt.query(params![subject, from, to])?;
+        while let Some(r) = rows.next()? {
+            reports.push(Report {
+                report_date: r.get(0)?,
+                end_date: r.get::<_, String>(1)?.into(),
+                year: r.get::<_, String>(2)?.into(),
+                period: r.get::<_, String>(3)?.into(),
+                declare_date: r.get::<_, String>(4)?.into(),
+                values: vec![f64::NAN; width].into_boxed_slice(),
+            });
+        }
+        if reports.is_empty() {
+            return Ok(Series::default());
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT report_date, indicator, value FROM report_values
+             WHERE subject = ?1 AND report_date BETWEEN ?2 AND ?3 ORDER BY report_date, indicator",
+        )?;
+        let mut rows = stmt.query(params![subject, from, to])?;
+        let mut i = 0;
+        while let Some(r) = rows.next()? {
+            let date: i64 = r.get(0)?;
+            let id = r.get::<_, i64>(1)? as usize;
+            while i < reports.len() && reports[i].report_date < date {
+                i += 1;
+            }
+            if i == reports.len() {
+                break;
+            }
+            if reports[i].report_date == date && id < width {
+                reports[i].values[id] = r.get(2)?;
+            }
+        }
+        Ok(Series {
+            reports: reports.into_boxed_slice(),
+        })
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Store) + Send>;
+
+/// Dedicated OS threads, each owning a read-only connection. Cloning shares
+/// the same threads.
+#[derive(Clone)]
+pub struct ReadPool {
+    jobs: crossbeam_channel::Sender<Job>,
+}
+
+impl ReadPool {
+    /// Starts `threads` readers on `path`. Call from `main`, before any
+    /// coroutine runs, so the threads are not pinned to one core.
+    pub fn start(path: &Path, threads: usize) -> Result<Self, StoreError> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        for n in 0..threads.max(1) {
+            let mut store = Store::open_ro(path)?;
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("sqlite-reader-{n}"))
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        job(&mut store);
+                    }
+                })
+                .map_err(|e| StoreError::Open {
+                    path: path.to_path_buf(),
+                    reason: format!("cannot start reader thread: {e}"),
+                })?;
+        }
+        Ok(ReadPool { jobs: tx })
+    }
+
+    /// Runs `f` on a reader thread and waits for its result. From a coroutine
+    /// the wait yields instead of blocking the worker thread.
+    pub fn call<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = may::sync::mpsc::channel();
+        let job: Job = Box::new(move |store| {
+            let _ = tx.send(f(store));
+        });
+        self.jobs.send(job).map_err(|_| StoreError::WorkerGone)?;
+        rx.recv().map_err(|_| StoreError::WorkerGone)?
+    }
+}

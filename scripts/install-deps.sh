@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks to build, run and test Kamaitachi.
+# Idempotent: does nothing when everything is already there.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have cmake   || need+=(cmake)
+have protoc  || need+=(protobuf-compiler)
+have etcd    || need+=(etcd-server)
+have etcdctl || need+=(etcd-client)
+have wrk     || need+=(wrk)
+have sqlite3 || need+=(sqlite3)
+have nginx   || need+=(nginx-light)
+have curl    || need+=(curl)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "install-deps: installing ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+  # Debian starts services on install; the project runs its own on its own ports.
+  for svc in etcd nginx; do
+    $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    $SUDO service "$svc" stop >/dev/null 2>&1 || true
+  done
+fi
+
+if ! have cargo; then
+  echo "install-deps: cargo not found; install Rust with rustup (https://rustup.rs)" >&2
+  exit 1
+fi
