@@ -33,7 +33,7 @@ pub struct NodeIdentity {
 }
 
 pub struct Api {
-    pub engine: QueryEngine,
+    pub engine: Arc<QueryEngine>,
     pub identity: NodeIdentity,
     pub metrics: Metrics,
     /// Admin bearer token; admin routes are refused when none is configured.

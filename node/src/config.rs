@@ -15,6 +15,8 @@ pub struct NodeConfig {
     pub port: u16,
     /// Address to listen on; loopback unless set.
     pub bind: String,
+    /// may worker threads; 0 = half the cores.
+    pub workers: usize,
     pub service_name: String,
     pub service_addr: String,
     pub db_path: PathBuf,
@@ -52,9 +54,21 @@ impl NodeConfig {
         let bind = ini
             .get_str("server", "bind")
             .unwrap_or_else(|| "127.0.0.1".into());
+        let workers: usize = ini.get_or(
+            "server",
+            "workers",
+            0,
+            "a number of worker threads (0 = half the cores)",
+        )?;
         let db_path =
             ini.require::<PathBuf>("database", "path", "the SQLite file path, e.g. ./data/master.db")?;
-        let readers: usize = ini.get_or("database", "readers", 2, "a number of reader threads (1-64)")?;
+        let default_readers = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+        let readers: usize = ini.get_or(
+            "database",
+            "readers",
+            default_readers,
+            "a number of reader threads (1-64)",
+        )?;
         if !(1..=64).contains(&readers) {
             return Err(ini.invalid("database", "readers", &readers.to_string(), "1-64"));
         }
@@ -75,6 +89,7 @@ impl NodeConfig {
             mode,
             port,
             bind,
+            workers,
             service_name,
             service_addr,
             db_path,

@@ -69,9 +69,6 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Busy => ApiError::Unavailable("database busy, retry".into()),
-            other => ApiError::Internal(other.to_string()),
-        }
+        ApiError::Internal(e.to_string())
     }
 }

@@ -20,6 +20,7 @@ mod error;
 mod gendata;
 mod http;
 mod metrics;
+mod pool;
 mod query;
 mod request;
 mod response;
@@ -38,7 +39,8 @@ use clap::{Parser, Subcommand};
 use crate::api::{Api, NodeIdentity};
 use crate::cache::DataCache;
 use crate::config::NodeConfig;
-use crate::store::{DataVersion, ReadPool, Store};
+use crate::pool::WorkerPool;
+use crate::store::{DataVersion, Store};
 
 /// Coroutine stack, in words (may's unit): 256 KiB, room for serde_json's
 /// 128 levels of nesting with margin.
@@ -133,8 +135,14 @@ fn gen_data(db: PathBuf, subjects: usize, years: &str, seed: u64, force: bool) -
 
 fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = NodeConfig::load(config_path)?;
+    // Default: half the cores; the other half is for the SQLite and compute
+    // threads (and, on a shared box, the neighbours).
+    let workers = match cfg.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+        n => n,
+    };
     may::config()
-        .set_workers(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .set_workers(workers)
         .set_stack_size(COROUTINE_STACK_WORDS);
     may::config().set_worker_pin(false);
 
@@ -152,7 +160,9 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
     let version = meta.data_version()?;
     let total_records = meta.report_count()?;
     drop(meta);
-    let pool = ReadPool::start(&cfg.db_path, cfg.readers)?;
+    let readers = store::start_readers(&cfg.db_path, cfg.readers)?;
+    let compute =
+        WorkerPool::start("compute", vec![(); cfg.readers]).context("cannot start compute threads")?;
 
     let cache = Arc::new(DataCache::new(cfg.max_bytes));
     if let Some(path) = &cfg.snapshot_path {
@@ -160,7 +170,7 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
     }
 
     let api = Arc::new(Api {
-        engine: query::QueryEngine::new(catalog, cache.clone(), pool),
+        engine: Arc::new(query::QueryEngine::new(catalog, cache.clone(), readers, compute)),
         identity: NodeIdentity {
             mode: cfg.mode,
             addr: cfg.service_addr.clone(),

@@ -8,6 +8,10 @@
 //!    with the cache disabled, only the reports the question needs are read;
 //! 4. select, sort, page and render (`response.rs`), and cache the bytes.
 //!
+//! Steps 3–4 for a question over many subjects (a topic pool) take
+//! milliseconds of CPU; they run on the compute pool rather than on the
+//! coroutine's worker, so small requests on the same worker are not held up.
+//!
 //! A request is a cache hit when it needed no SQLite read at all.
 
 use std::cmp::Ordering;
@@ -18,10 +22,14 @@ use arc_swap::ArcSwap;
 use crate::cache::{DataCache, Route};
 use crate::catalog::{Catalog, SubjectInfo};
 use crate::error::ApiError;
+use crate::pool::WorkerPool;
 use crate::request::{PeriodQuery, SnapshotQuery, SortKey};
 use crate::response;
 use crate::series::{Report, Series};
-use crate::store::ReadPool;
+use crate::store::{self, ReadPool};
+
+/// Questions over more subjects than this are answered on the compute pool.
+const HEAVY_SUBJECTS: usize = 64;
 
 /// What a question needs of each subject's series when it is read from
 /// SQLite without the cache.
@@ -34,15 +42,17 @@ enum Need {
 pub struct QueryEngine {
     catalog: ArcSwap<Catalog>,
     cache: Arc<DataCache>,
-    pool: ReadPool,
+    readers: ReadPool,
+    compute: WorkerPool<()>,
 }
 
 impl QueryEngine {
-    pub fn new(catalog: Catalog, cache: Arc<DataCache>, pool: ReadPool) -> Self {
+    pub fn new(catalog: Catalog, cache: Arc<DataCache>, readers: ReadPool, compute: WorkerPool<()>) -> Self {
         QueryEngine {
             catalog: ArcSwap::from_pointee(catalog),
             cache,
-            pool,
+            readers,
+            compute,
         }
     }
 
@@ -55,14 +65,31 @@ impl QueryEngine {
     }
 
     /// `POST …/snapshot`: the full response body.
-    pub fn snapshot(&self, body: &[u8]) -> Result<Arc<[u8]>, ApiError> {
+    pub fn snapshot(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, ApiError> {
         if let Some(hit) = self.cache.response(Route::Snapshot, body) {
             self.cache.record_hit();
             return Ok(hit);
         }
-        let catalog = self.catalog.load();
+        let catalog = self.catalog.load_full();
         let q = SnapshotQuery::parse(body, &catalog)?;
-        let series = self.series_for(&q.subjects, Need::LatestAt(q.as_of), &catalog)?;
+        if q.subjects.len() > HEAVY_SUBJECTS {
+            let engine = self.clone();
+            let body = body.to_vec();
+            return self
+                .compute
+                .call(move |_| engine.answer_snapshot(&q, &body, &catalog))
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        }
+        self.answer_snapshot(&q, body, &catalog)
+    }
+
+    fn answer_snapshot(
+        &self,
+        q: &SnapshotQuery,
+        body: &[u8],
+        catalog: &Catalog,
+    ) -> Result<Arc<[u8]>, ApiError> {
+        let series = self.series_for(&q.subjects, Need::LatestAt(q.as_of), catalog)?;
 
         let mut rows: Vec<(&Arc<SubjectInfo>, Option<&Report>)> = q
             .subjects
@@ -97,14 +124,26 @@ impl QueryEngine {
     }
 
     /// `POST …/period`: the full response body.
-    pub fn period(&self, body: &[u8]) -> Result<Arc<[u8]>, ApiError> {
+    pub fn period(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, ApiError> {
         if let Some(hit) = self.cache.response(Route::Period, body) {
             self.cache.record_hit();
             return Ok(hit);
         }
-        let catalog = self.catalog.load();
+        let catalog = self.catalog.load_full();
         let q = PeriodQuery::parse(body, &catalog)?;
-        let series = self.series_for(&q.subjects, Need::Range(q.from, q.to), &catalog)?;
+        if q.subjects.len() > HEAVY_SUBJECTS {
+            let engine = self.clone();
+            let body = body.to_vec();
+            return self
+                .compute
+                .call(move |_| engine.answer_period(&q, &body, &catalog))
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        }
+        self.answer_period(&q, body, &catalog)
+    }
+
+    fn answer_period(&self, q: &PeriodQuery, body: &[u8], catalog: &Catalog) -> Result<Arc<[u8]>, ApiError> {
+        let series = self.series_for(&q.subjects, Need::Range(q.from, q.to), catalog)?;
         let mut buf = Vec::with_capacity(256 + q.subjects.len() * 1024);
         response::begin_envelope(&mut buf, 0, &response::success_msg(&q.unknown));
         buf.push(b'[');
@@ -133,7 +172,7 @@ impl QueryEngine {
         if !self.cache.enabled() {
             self.cache.record_miss();
             let names: Vec<Arc<str>> = subjects.iter().map(|s| s.subject.clone()).collect();
-            let loaded = self.pool.call(move |store| {
+            let loaded = store::read(&self.readers, move |store| {
                 names
                     .iter()
                     .map(|name| {
@@ -160,7 +199,7 @@ impl QueryEngine {
             self.cache.record_hit();
         } else {
             self.cache.record_miss();
-            let loaded = self.pool.call(move |store| {
+            let loaded = store::read(&self.readers, move |store| {
                 missing
                     .into_iter()
                     .map(|name| store.load_series(&name, width).map(|s| (name, Arc::new(s))))

@@ -19,6 +19,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::catalog::{Catalog, Indicator, SubjectInfo};
+use crate::pool::WorkerPool;
 use crate::series::{Report, Series};
 
 pub const SCHEMA_VERSION: i64 = 1;
@@ -71,8 +72,6 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database {path}: {reason}")]
     Open { path: PathBuf, reason: String },
-    #[error("database busy")]
-    Busy,
     #[error("database reader threads are gone")]
     WorkerGone,
 }
@@ -210,18 +209,37 @@ impl Store {
     /// of at most one report. Used when the cache is disabled.
     pub fn load_latest(&self, subject: &str, as_of: i64, width: usize) -> Result<Series, StoreError> {
         let as_of = if as_of == 0 { i64::MAX } else { as_of };
-        let date: Option<i64> = self
-            .conn
-            .prepare_cached(
-                "SELECT report_date FROM reports WHERE subject = ?1 AND report_date <= ?2
-                 ORDER BY report_date DESC LIMIT 1",
-            )?
-            .query_row(params![subject, as_of], |r| r.get(0))
-            .optional()?;
-        match date {
-            None => Ok(Series::default()),
-            Some(d) => self.load_range(subject, d, d, width),
+        // One statement: the report row, joined with its values (if any).
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT r.report_date, r.end_date, r.year, r.period, r.declare_date, v.indicator, v.value
+             FROM reports r LEFT JOIN report_values v
+               ON v.subject = r.subject AND v.report_date = r.report_date
+             WHERE r.subject = ?1 AND r.report_date =
+               (SELECT max(report_date) FROM reports WHERE subject = ?1 AND report_date <= ?2)",
+        )?;
+        let mut rows = stmt.query(params![subject, as_of])?;
+        let mut report: Option<Report> = None;
+        while let Some(r) = rows.next()? {
+            let report = match &mut report {
+                Some(rep) => rep,
+                None => report.insert(Report {
+                    report_date: r.get(0)?,
+                    end_date: r.get::<_, String>(1)?.into(),
+                    year: r.get::<_, String>(2)?.into(),
+                    period: r.get::<_, String>(3)?.into(),
+                    declare_date: r.get::<_, String>(4)?.into(),
+                    values: vec![f64::NAN; width].into_boxed_slice(),
+                }),
+            };
+            if let Some(id) = r.get::<_, Option<i64>>(5)? {
+                if let Some(slot) = report.values.get_mut(id as usize) {
+                    *slot = r.get(6)?;
+                }
+            }
         }
+        Ok(Series {
+            reports: report.into_iter().collect(),
+        })
     }
 
     /// Reports with `from <= report_date <= to`. Used when the cache is
@@ -271,50 +289,25 @@ impl Store {
     }
 }
 
-type Job = Box<dyn FnOnce(&mut Store) + Send>;
+/// SQLite reader threads, each with its own read-only connection.
+pub type ReadPool = WorkerPool<Store>;
 
-/// Dedicated OS threads, each owning a read-only connection. Cloning shares
-/// the same threads.
-#[derive(Clone)]
-pub struct ReadPool {
-    jobs: crossbeam_channel::Sender<Job>,
+/// Starts `threads` readers on `path`.
+pub fn start_readers(path: &Path, threads: usize) -> Result<ReadPool, StoreError> {
+    let stores = (0..threads.max(1))
+        .map(|_| Store::open_ro(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    WorkerPool::start("sqlite-reader", stores).map_err(|e| StoreError::Open {
+        path: path.to_path_buf(),
+        reason: format!("cannot start reader threads: {e}"),
+    })
 }
 
-impl ReadPool {
-    /// Starts `threads` readers on `path`. Call from `main`, before any
-    /// coroutine runs, so the threads are not pinned to one core.
-    pub fn start(path: &Path, threads: usize) -> Result<Self, StoreError> {
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-        for n in 0..threads.max(1) {
-            let mut store = Store::open_ro(path)?;
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("sqlite-reader-{n}"))
-                .spawn(move || {
-                    while let Ok(job) = rx.recv() {
-                        job(&mut store);
-                    }
-                })
-                .map_err(|e| StoreError::Open {
-                    path: path.to_path_buf(),
-                    reason: format!("cannot start reader thread: {e}"),
-                })?;
-        }
-        Ok(ReadPool { jobs: tx })
-    }
-
-    /// Runs `f` on a reader thread and waits for its result. From a coroutine
-    /// the wait yields instead of blocking the worker thread.
-    pub fn call<R, F>(&self, f: F) -> Result<R, StoreError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
-    {
-        let (tx, rx) = may::sync::mpsc::channel();
-        let job: Job = Box::new(move |store| {
-            let _ = tx.send(f(store));
-        });
-        self.jobs.send(job).map_err(|_| StoreError::WorkerGone)?;
-        rx.recv().map_err(|_| StoreError::WorkerGone)?
-    }
+/// Runs a read job on the pool, flattening the two error layers.
+pub fn read<R, F>(pool: &ReadPool, f: F) -> Result<R, StoreError>
+where
+    R: Send + 'static,
+    F: FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
+{
+    pool.call(f).map_err(|_| StoreError::WorkerGone)?
 }
