@@ -27,6 +27,7 @@ pub struct NodeConfig {
     pub admin_token_file: Option<PathBuf>,
     pub max_body_bytes: usize,
     pub idle_timeout: Duration,
+    pub request_timeout: Duration,
     pub max_connections: usize,
 }
 
@@ -83,6 +84,7 @@ impl NodeConfig {
         let admin_token_file = ini.get_str("security", "admin_token_file").map(PathBuf::from);
         let max_body_bytes: usize = ini.get_or("limits", "max_body_bytes", 1 << 20, "a byte count")?;
         let idle: u64 = ini.get_or("limits", "idle_timeout_secs", 60, "seconds")?;
+        let request_secs: u64 = ini.get_or("limits", "request_timeout_secs", 10, "seconds")?;
         let max_connections: usize = ini.get_or("limits", "max_connections", 10_000, "a connection count")?;
         Ok(NodeConfig {
             file: ini.path().to_path_buf(),
@@ -100,6 +102,7 @@ impl NodeConfig {
             admin_token_file,
             max_body_bytes,
             idle_timeout: Duration::from_secs(idle.max(1)),
+            request_timeout: Duration::from_secs(request_secs.max(1)),
             max_connections,
         })
     }

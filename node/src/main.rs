@@ -88,7 +88,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,may=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -206,6 +206,7 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
     let limits = http::Limits {
         max_body_bytes: cfg.max_body_bytes,
         idle_timeout: cfg.idle_timeout,
+        request_timeout: cfg.request_timeout,
         max_connections: cfg.max_connections,
         ..http::Limits::default()
     };

@@ -242,7 +242,7 @@ mod tests {
 
     #[test]
     fn nulls_last_in_both_orders_and_ties_by_subject() {
-        let mut v = vec![
+        let mut v = [
             (None, "b"),
             (Some(1.0), "z"),
             (Some(2.0), "a"),

@@ -86,6 +86,7 @@ impl Oracle {
     }
 
     /// Expected `data` of a snapshot request.
+    #[allow(clippy::too_many_arguments)]
     fn snapshot(
         &self,
         subjects: &[String],
