@@ -7,6 +7,8 @@ need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have cmake   || need+=(cmake)
 have protoc  || need+=(protobuf-compiler)
+# protoc's well-known types (google/protobuf/*.proto), needed by etcd-client.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 have etcd    || need+=(etcd-server)
 have etcdctl || need+=(etcd-client)
 have wrk     || need+=(wrk)
