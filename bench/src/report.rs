@@ -63,14 +63,20 @@ impl Tally {
         // 3 significant digits from 1 us to an hour; the bounds are constant
         // and valid, so this cannot fail at run time.
         let latency = Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid histogram bounds");
-        Tally { latency, ok: 0, errors: BTreeMap::new() }
+        Tally {
+            latency,
+            ok: 0,
+            errors: BTreeMap::new(),
+        }
     }
 
     /// Counts one request.
     pub fn record(&mut self, outcome: Outcome) {
         match outcome {
             Ok(elapsed) => {
-                let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).clamp(1, MAX_MICROS);
+                let micros = u64::try_from(elapsed.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .clamp(1, MAX_MICROS);
                 self.latency.saturating_record(micros);
                 self.ok += 1;
             }
@@ -238,7 +244,10 @@ impl Summary {
                     None => format!("fresh random, seed {}", i.seed),
                 },
             ),
-            ("requests", format!("{} (ok {}, errors {})", t.total(), t.ok, t.error_count())),
+            (
+                "requests",
+                format!("{} (ok {}, errors {})", t.total(), t.ok, t.error_count()),
+            ),
             ("elapsed", format!("{:.3} s", self.elapsed.as_secs_f64())),
             ("qps", format!("{:.1}", self.qps())),
         ];
@@ -292,7 +301,11 @@ mod tests {
         let mut a = Tally::new();
         let mut b = Tally::new();
         for n in 0..70 {
-            a.record(if n % 7 == 6 { Err(ErrorKind::Http(500)) } else { ms(1) });
+            a.record(if n % 7 == 6 {
+                Err(ErrorKind::Http(500))
+            } else {
+                ms(1)
+            });
         }
         b.record(Err(ErrorKind::Timeout));
         b.record(Err(ErrorKind::Http(500)));
@@ -312,7 +325,13 @@ mod tests {
         let names: Vec<String> = all.errors.keys().map(|k| k.to_string()).collect();
         assert_eq!(
             names,
-            ["connect error", "timeout", "HTTP 500", "envelope status_code 3", "body not JSON"]
+            [
+                "connect error",
+                "timeout",
+                "HTTP 500",
+                "envelope status_code 3",
+                "body not JSON"
+            ]
         );
     }
 
@@ -358,9 +377,23 @@ mod tests {
         t.record(ms(5));
         t.record(ms(7));
         t.record(Err(ErrorKind::Http(500)));
-        let before = HitRate { hit_rate: Some(0.5), hits: Some(10), misses: Some(10) };
-        let after = HitRate { hit_rate: Some(0.6), hits: Some(13), misses: Some(11) };
-        let s = summary(t, HitRates { before: Ok(before), after: Ok(after) });
+        let before = HitRate {
+            hit_rate: Some(0.5),
+            hits: Some(10),
+            misses: Some(10),
+        };
+        let after = HitRate {
+            hit_rate: Some(0.6),
+            hits: Some(13),
+            misses: Some(11),
+        };
+        let s = summary(
+            t,
+            HitRates {
+                before: Ok(before),
+                after: Ok(after),
+            },
+        );
         let v = s.to_json();
         assert_eq!(v["requests"], 4);
         assert_eq!(v["ok"], 3);
@@ -372,7 +405,13 @@ mod tests {
         assert!(table.contains("HTTP 500: 1"), "{table}");
         assert!(table.contains("0.7500 (3 hits, 1 misses)"), "{table}");
 
-        let s = summary(Tally::new(), HitRates { before: Err("HTTP 404".into()), after: Err("x".into()) });
+        let s = summary(
+            Tally::new(),
+            HitRates {
+                before: Err("HTTP 404".into()),
+                after: Err("x".into()),
+            },
+        );
         let v = s.to_json();
         assert_eq!(v["requests"], 0);
         assert_eq!(v["latency_ms"], Value::Null);

@@ -55,8 +55,13 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] =
-        [Scenario::Multi, Scenario::Single, Scenario::Paging, Scenario::AsOf, Scenario::Period];
+    pub const ALL: [Scenario; 5] = [
+        Scenario::Multi,
+        Scenario::Single,
+        Scenario::Paging,
+        Scenario::AsOf,
+        Scenario::Period,
+    ];
 
     /// The scenario's number on the command line.
     pub fn number(self) -> u8 {
@@ -204,7 +209,12 @@ pub struct Generator {
 impl Generator {
     /// `subjects` is the subject count of the data (at least 1).
     pub fn new(choice: Choice, seed: u64, subjects: u64) -> Self {
-        Generator { choice, seed, subjects: subjects.max(1), as_of_stamps: quarter_ends(2016..=LAST_YEAR) }
+        Generator {
+            choice,
+            seed,
+            subjects: subjects.max(1),
+            as_of_stamps: quarter_ends(2016..=LAST_YEAR),
+        }
     }
 
     /// Request number `i`.
@@ -254,7 +264,10 @@ impl Generator {
                 })
             }
         };
-        Request { scenario, body: body.to_string() }
+        Request {
+            scenario,
+            body: body.to_string(),
+        }
     }
 
     /// `count` distinct random subjects (fewer if the data has fewer),
@@ -262,13 +275,20 @@ impl Generator {
     fn subjects(&self, rng: &mut ChaCha8Rng, count: usize) -> String {
         let total = usize::try_from(self.subjects).unwrap_or(usize::MAX);
         let count = count.min(total);
-        sample(rng, total, count).iter().map(|n| subject(n as u64, self.subjects)).collect::<Vec<_>>().join(",")
+        sample(rng, total, count)
+            .iter()
+            .map(|n| subject(n as u64, self.subjects))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
 /// `count` distinct random indicator ids.
 fn ids(rng: &mut ChaCha8Rng, count: usize) -> Vec<&'static str> {
-    sample(rng, INDICATORS.len(), count.min(INDICATORS.len())).iter().map(|i| INDICATORS[i]).collect()
+    sample(rng, INDICATORS.len(), count.min(INDICATORS.len()))
+        .iter()
+        .map(|i| INDICATORS[i])
+        .collect()
 }
 
 /// The bodies requests are drawn from.
@@ -366,9 +386,15 @@ mod tests {
             let v = body(&r);
             let ids: Vec<&str> = v["ids"].as_str().expect("ids").split(',').collect();
             assert!(ids.iter().all(|id| INDICATORS.contains(id)), "{}", r.body);
-            assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len(), "ids distinct");
-            let subjects: Vec<&str> =
-                v["subjects"].as_str().map(|s| s.split(',').collect()).unwrap_or_default();
+            assert_eq!(
+                ids.iter().collect::<HashSet<_>>().len(),
+                ids.len(),
+                "ids distinct"
+            );
+            let subjects: Vec<&str> = v["subjects"]
+                .as_str()
+                .map(|s| s.split(',').collect())
+                .unwrap_or_default();
             assert!(subjects.iter().all(|s| valid_subject(s, total)), "{}", r.body);
             match r.scenario {
                 Scenario::Multi => assert_eq!((ids.len(), subjects.len()), (4, 10)),
@@ -377,7 +403,7 @@ mod tests {
                     assert_eq!(v["topic"], TOPIC);
                     assert!(ids.contains(&v["field"].as_str().expect("field")));
                     let offset = v["offset"].as_u64().expect("offset");
-                    assert!(offset <= 4900 && offset % 100 == 0, "{offset}");
+                    assert!(offset <= 4900 && offset.is_multiple_of(100), "{offset}");
                     assert_eq!(v["limit"], 100);
                     assert!(v["order"] == 1 || v["order"] == -1);
                 }
@@ -394,7 +420,14 @@ mod tests {
                     assert!((365..=5 * 366).contains(&days), "{days}");
                 }
             }
-            assert_eq!(r.scenario.path(), if r.scenario == Scenario::Period { PERIOD_PATH } else { SNAPSHOT_PATH });
+            assert_eq!(
+                r.scenario.path(),
+                if r.scenario == Scenario::Period {
+                    PERIOD_PATH
+                } else {
+                    SNAPSHOT_PATH
+                }
+            );
         }
     }
 

@@ -59,9 +59,17 @@ pub async fn fetch(client: &reqwest::Client, target: &str, timeout: Duration) ->
             StatsError::Unreachable(error_chain(e))
         }
     };
-    let resp = client.get(&url).timeout(timeout).send().await.map_err(|e| unreachable(&e))?;
+    let resp = client
+        .get(&url)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| unreachable(&e))?;
     let status = resp.status();
-    let body = resp.bytes().await.map_err(|e| StatsError::Transport(error_chain(&e)))?;
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| StatsError::Transport(error_chain(&e)))?;
     if !status.is_success() {
         return Err(StatsError::Http(status.as_u16()));
     }
@@ -76,7 +84,10 @@ pub fn parse(v: &Value) -> Result<HitRate, StatsError> {
         Some(code) => return Err(StatsError::Envelope(code)),
     }
     let data = v.get("data").ok_or(StatsError::Missing)?;
-    let counters = ["cache", "totals"].iter().filter_map(|k| data.get(*k)).find(|c| c.is_object());
+    let counters = ["cache", "totals"]
+        .iter()
+        .filter_map(|k| data.get(*k))
+        .find(|c| c.is_object());
     let c = counters.ok_or(StatsError::Missing)?;
     let rate = HitRate {
         hit_rate: c.get("hit_rate").and_then(Value::as_f64),
@@ -84,7 +95,10 @@ pub fn parse(v: &Value) -> Result<HitRate, StatsError> {
         misses: c.get("misses").and_then(Value::as_u64),
     };
     let rate = match (rate.hit_rate, rate.hits, rate.misses) {
-        (None, Some(h), Some(m)) if h + m > 0 => HitRate { hit_rate: Some(h as f64 / (h + m) as f64), ..rate },
+        (None, Some(h), Some(m)) if h + m > 0 => HitRate {
+            hit_rate: Some(h as f64 / (h + m) as f64),
+            ..rate
+        },
         (None, None, _) | (None, _, None) => return Err(StatsError::Missing),
         _ => rate,
     };
@@ -116,22 +130,45 @@ mod tests {
         let v = json!({"status_code":0,"status_msg":"success","data":{"total_records":1,
             "cache":{"entries":1,"bytes":2,"max_bytes":3,"hits":10,"misses":5,"hit_rate":0.66,"evictions":0}}});
         let r = parse(&v).expect("parses");
-        assert_eq!(r, HitRate { hit_rate: Some(0.66), hits: Some(10), misses: Some(5) });
+        assert_eq!(
+            r,
+            HitRate {
+                hit_rate: Some(0.66),
+                hits: Some(10),
+                misses: Some(5)
+            }
+        );
     }
 
     #[test]
     fn gateway_stats() {
         let v = json!({"status_code":0,"data":{"nodes":[],"totals":{"hits":3,"misses":1}}});
         let r = parse(&v).expect("parses");
-        assert_eq!(r, HitRate { hit_rate: Some(0.75), hits: Some(3), misses: Some(1) });
+        assert_eq!(
+            r,
+            HitRate {
+                hit_rate: Some(0.75),
+                hits: Some(3),
+                misses: Some(1)
+            }
+        );
         let v = json!({"status_code":0,"data":{"nodes":[],"totals":{"hit_rate":0.5}}});
         assert_eq!(parse(&v).expect("parses").hit_rate, Some(0.5));
     }
 
     #[test]
     fn bad_stats() {
-        assert!(matches!(parse(&json!({"status_code":2,"data":{}})), Err(StatsError::Envelope(2))));
-        assert!(matches!(parse(&json!({"status_code":0,"data":{"x":1}})), Err(StatsError::Missing)));
-        assert!(matches!(parse(&json!({"status_code":0,"data":{"cache":{}}})), Err(StatsError::Missing)));
+        assert!(matches!(
+            parse(&json!({"status_code":2,"data":{}})),
+            Err(StatsError::Envelope(2))
+        ));
+        assert!(matches!(
+            parse(&json!({"status_code":0,"data":{"x":1}})),
+            Err(StatsError::Missing)
+        ));
+        assert!(matches!(
+            parse(&json!({"status_code":0,"data":{"cache":{}}})),
+            Err(StatsError::Missing)
+        ));
     }
 }

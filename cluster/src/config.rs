@@ -155,6 +155,11 @@ impl IniFile {
         }
     }
 
+    /// Whether the file has a `[section]` header.
+    pub fn has_section(&self, section: &str) -> bool {
+        self.sections.contains_key(section)
+    }
+
     /// `[server] mode`, required.
     pub fn mode(&self) -> Result<Mode, ConfigError> {
         self.require("server", "mode", "one of master, slave, gateway")

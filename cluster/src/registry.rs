@@ -239,6 +239,15 @@ impl RegisterTask {
     ) -> Ended {
         let lease = match client.lease_grant(self.cfg.ttl, None).await {
             Ok(l) => l.id(),
+            // The client connects lazily: the first call is where an
+            // unreachable etcd shows.
+            Err(e) if is_unreachable(&e) => {
+                tracing::warn!(
+                    "Failed to connect to etcd: {e} (endpoints {:?}); retrying",
+                    self.cfg.endpoints
+                );
+                return Ended::Failed;
+            }
             Err(e) => {
                 tracing::warn!("Failed to register service: {e} (lease grant for {})", self.key);
                 return Ended::Failed;
@@ -447,6 +456,17 @@ impl DiscoverTask {
             self.publish(&map);
         }
         Ok(())
+    }
+}
+
+/// Whether `e` means etcd could not be reached at all (as opposed to
+/// refusing a request).
+fn is_unreachable(e: &etcd_client::Error) -> bool {
+    const UNAVAILABLE: i32 = 14; // gRPC status code
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => i32::from(s.code()) == UNAVAILABLE,
+        _ => false,
     }
 }
 

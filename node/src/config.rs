@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cluster::{ConfigError, IniFile, Mode};
+use cluster::{ConfigError, EtcdConfig, IniFile, Mode};
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -25,6 +25,8 @@ pub struct NodeConfig {
     pub snapshot_path: Option<PathBuf>,
     pub snapshot_interval: Duration,
     pub admin_token_file: Option<PathBuf>,
+    /// The registry; `None` when the file has no `[etcd]` section.
+    pub etcd: Option<EtcdConfig>,
     pub max_body_bytes: usize,
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
@@ -86,6 +88,11 @@ impl NodeConfig {
         let idle: u64 = ini.get_or("limits", "idle_timeout_secs", 60, "seconds")?;
         let request_secs: u64 = ini.get_or("limits", "request_timeout_secs", 10, "seconds")?;
         let max_connections: usize = ini.get_or("limits", "max_connections", 10_000, "a connection count")?;
+        let etcd = if ini.has_section("etcd") {
+            Some(EtcdConfig::from_ini(ini)?)
+        } else {
+            None
+        };
         Ok(NodeConfig {
             file: ini.path().to_path_buf(),
             mode,
@@ -100,6 +107,7 @@ impl NodeConfig {
             snapshot_path,
             snapshot_interval: Duration::from_secs(minutes * 60),
             admin_token_file,
+            etcd,
             max_body_bytes,
             idle_timeout: Duration::from_secs(idle.max(1)),
             request_timeout: Duration::from_secs(request_secs.max(1)),

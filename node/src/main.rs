@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
+use cluster::{Registration, ServiceInfo};
 
 use crate::api::{Api, NodeIdentity};
 use crate::cache::DataCache;
@@ -193,12 +194,37 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
         )
     })?;
 
+    // The registry runs on a small tokio runtime of its own, made here on a
+    // plain thread before the first coroutine.
+    // It lives as long as `run`, that is, as long as the process.
+    let registry_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("registry")
+        .enable_all()
+        .build()
+        .context("cannot start the registry runtime")?;
+    let registration = match &cfg.etcd {
+        None => {
+            tracing::info!("no [etcd] section in {}: not registering", cfg.file.display());
+            None
+        }
+        Some(etcd) => {
+            let info = ServiceInfo::new(&cfg.service_addr, cfg.mode.as_str());
+            Some(Registration::spawn(
+                registry_rt.handle(),
+                etcd.clone(),
+                &cfg.service_name,
+                info,
+            ))
+        }
+    };
+
     let dumper = cfg.snapshot_path.clone().map(|path| Dumper {
         path,
         cache: cache.clone(),
         version,
     });
-    spawn_signal_thread(api.clone(), dumper.clone())?;
+    spawn_signal_thread(api.clone(), dumper.clone(), registration)?;
     if let (Some(d), false) = (&dumper, cfg.snapshot_interval.is_zero()) {
         spawn_dump_timer(d.clone(), cfg.snapshot_interval)?;
     }
@@ -294,7 +320,11 @@ fn spawn_dump_timer(dumper: Dumper, every: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_signal_thread(api: Arc<Api>, dumper: Option<Dumper>) -> anyhow::Result<()> {
+fn spawn_signal_thread(
+    api: Arc<Api>,
+    dumper: Option<Dumper>,
+    registration: Option<Registration>,
+) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
@@ -304,6 +334,10 @@ fn spawn_signal_thread(api: Arc<Api>, dumper: Option<Dumper>) -> anyhow::Result<
             if let Some(sig) = signals.forever().next() {
                 tracing::info!("signal {sig}: stopping");
                 api.ready.store(false, Ordering::Release);
+                if let Some(reg) = registration {
+                    // Leave the registry at once rather than after the lease.
+                    reg.shutdown_blocking(Duration::from_secs(2));
+                }
                 if let Some(d) = &dumper {
                     d.dump();
                 }

@@ -1,0 +1,80 @@
+//! A real node against a real etcd: it registers itself, leaves at once on
+//! SIGTERM, leaves within ttl + 1 s when killed, and keeps serving (and
+//! registers later) when etcd is down at start.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use cluster::testkit::{eventually, Etcd};
+use common::*;
+
+fn node_with_etcd(etcd: &Etcd, ttl: u64) -> Node {
+    let mut opts = NodeOpts::new(sample_db());
+    opts.extra = format!(
+        "[etcd]\nendpoints = {}\nprefix = /kmt-node\nttl = {ttl}\n",
+        etcd.endpoint()
+    );
+    Node::start(&opts)
+}
+
+#[test]
+fn registers_and_revokes_on_sigterm() {
+    let etcd = Etcd::start(&temp_dir("reg-etcd"));
+    let mut node = node_with_etcd(&etcd, 10);
+    let key = format!("/kmt-node/services/kamaitachi-master/localhost:{}", node.port);
+    assert!(eventually(Duration::from_secs(10), || etcd.keys("/kmt-node")
+        == vec![key.clone()]));
+    let (_, value) = etcd.etcdctl(&["get", &key, "--print-value-only"]);
+    let v: serde_json::Value = serde_json::from_str(value.trim()).unwrap();
+    assert_eq!(v["role"], "master");
+    assert_eq!(v["addr"], format!("localhost:{}", node.port));
+
+    assert!(node.stop().success());
+    assert!(etcd.keys("/kmt-node").is_empty(), "lease not revoked at stop");
+}
+
+#[test]
+fn killed_node_leaves_within_ttl() {
+    let etcd = Etcd::start(&temp_dir("kill-etcd"));
+    let mut node = node_with_etcd(&etcd, 2);
+    assert!(eventually(Duration::from_secs(10), || etcd
+        .keys("/kmt-node")
+        .len()
+        == 1));
+    node.kill9();
+    let killed = Instant::now();
+    assert!(eventually(Duration::from_secs(6), || etcd
+        .keys("/kmt-node")
+        .is_empty()));
+    assert!(
+        killed.elapsed() <= Duration::from_secs(3),
+        "gone after {:?}",
+        killed.elapsed()
+    );
+}
+
+#[test]
+fn serves_without_etcd_and_registers_when_it_comes() {
+    let mut etcd = Etcd::start(&temp_dir("late-etcd"));
+    etcd.kill();
+    let node = node_with_etcd(&etcd, 3);
+    // Serving regardless.
+    let r = node.post(SNAPSHOT, r#"{"ids":"net_profit","subjects":"33:000001"}"#);
+    assert_eq!(r.status, 200);
+    assert!(eventually(Duration::from_secs(5), || node
+        .log_text()
+        .contains("Failed to connect to etcd")));
+    etcd.restart(false);
+    assert!(eventually(Duration::from_secs(15), || etcd
+        .keys("/kmt-node")
+        .len()
+        == 1));
+    // An etcd restart with its data wiped: registered again with a new lease.
+    etcd.restart(true);
+    assert!(eventually(Duration::from_secs(20), || etcd
+        .keys("/kmt-node")
+        .len()
+        == 1));
+    assert_eq!(node.get("/health").status, 200);
+}
