@@ -184,9 +184,9 @@ fn progress_bar(requests: Option<u64>, duration: Option<Duration>) -> ProgressBa
     let bar = match requests {
         Some(n) => {
             let bar = ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr());
-            if let Ok(style) = ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:40}] {pos}/{len} requests ({per_sec}, eta {eta})",
-            ) {
+            if let Ok(style) =
+                ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} requests (eta {eta})")
+            {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar
@@ -195,7 +195,7 @@ fn progress_bar(requests: Option<u64>, duration: Option<Duration>) -> ProgressBa
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             let secs = duration.map_or(0.0, |d| d.as_secs_f64());
             if let Ok(style) = ProgressStyle::with_template(&format!(
-                "{{spinner}} {{elapsed_precise}} / {secs:.0}s: {{pos}} requests ({{per_sec}})"
+                "{{spinner}} {{elapsed_precise}} of {secs}s: {{pos}} requests"
             )) {
                 bar.set_style(style);
             }

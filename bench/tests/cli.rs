@@ -44,6 +44,11 @@ struct Server {
 impl Server {
     /// Starts a server; `stats_ok` false makes the stats route answer 404.
     fn start(stats_ok: bool) -> Server {
+        Server::start_with(stats_ok, Duration::ZERO)
+    }
+
+    /// As `start`, answering the period route only after `period_delay`.
+    fn start_with(stats_ok: bool, period_delay: Duration) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("addr").port();
@@ -56,7 +61,7 @@ impl Server {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let (c, s) = (c.clone(), s.clone());
-                        thread::spawn(move || serve(stream, &c, &s, stats_ok));
+                        thread::spawn(move || serve(stream, &c, &s, stats_ok, period_delay));
                     }
                     Err(_) => thread::sleep(Duration::from_millis(2)),
                 }
@@ -86,7 +91,7 @@ impl Drop for Server {
 
 /// Serves one keep-alive connection until the client closes it, the server
 /// stops, or it sits idle for 10 s.
-fn serve(stream: TcpStream, counts: &Counts, stop: &AtomicBool, stats_ok: bool) {
+fn serve(stream: TcpStream, counts: &Counts, stop: &AtomicBool, stats_ok: bool, period_delay: Duration) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = stream.set_nodelay(true);
@@ -137,8 +142,9 @@ fn serve(stream: TcpStream, counts: &Counts, stop: &AtomicBool, stats_ok: bool) 
                 assert!(serde_json::from_slice::<Value>(&body).is_ok(), "bodies are JSON");
                 if path == PERIOD {
                     counts.period.fetch_add(1, Ordering::SeqCst);
+                    thread::sleep(period_delay);
                     ("200 OK", OK_BODY)
-                } else if (counts.snapshot.fetch_add(1, Ordering::SeqCst) + 1) % 7 == 0 {
+                } else if (counts.snapshot.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(7) {
                     counts.failed.fetch_add(1, Ordering::SeqCst);
                     (
                         "500 Internal Server Error",
@@ -328,6 +334,34 @@ fn duration_run_is_bounded_and_counted() {
         text(&out.stderr).contains("unavailable"),
         "says the stats could not be read"
     );
+}
+
+#[test]
+fn slow_answers_are_timeouts() {
+    let server = Server::start_with(true, Duration::from_millis(400));
+    let target = server.target();
+    let args = [
+        "--target",
+        &target,
+        "--scenario",
+        "period",
+        "--requests",
+        "6",
+        "--concurrency",
+        "2",
+    ];
+    let out = bench(&[&args[..], &["--timeout-ms", "100", "--json"]].concat());
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert_eq!(v["requests"], 6);
+    assert_eq!(v["errors"]["timeout"], 6, "{v}");
+    assert_eq!(v["latency_ms"], Value::Null, "no successful request");
+    assert_eq!(server.counts.period.load(Ordering::SeqCst), 6);
 }
 
 #[test]

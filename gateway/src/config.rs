@@ -1,0 +1,144 @@
+//! The gateway's configuration (`conf/gateway.ini` by default); every key is
+//! commented in that file. A bad value stops the gateway at start with a
+//! message naming the file, the key and what was expected.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cluster::{ConfigError, EtcdConfig, IniFile, Mode};
+
+/// A node given in `[gateway] static_upstreams`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticUpstream {
+    pub addr: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub file: PathBuf,
+    pub port: u16,
+    pub bind: String,
+    pub threads: usize,
+    pub etcd: Option<EtcdConfig>,
+    pub static_upstreams: Vec<StaticUpstream>,
+    pub health_interval: Duration,
+    pub max_tries: usize,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub eject_for: Duration,
+    pub keepalive_pool: usize,
+    pub grace_period_secs: u64,
+    pub shutdown_timeout_secs: u64,
+    pub max_body_bytes: u64,
+    pub qps: u32,
+    pub burst: u32,
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl GatewayConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let ini = IniFile::load(path)?;
+        Self::from_ini(&ini)
+    }
+
+    pub fn from_ini(ini: &IniFile) -> Result<Self, ConfigError> {
+        let mode = ini.mode()?;
+        if mode != Mode::Gateway {
+            return Err(ini.invalid("server", "mode", mode.as_str(), "gateway for kamaitachi-gateway"));
+        }
+        let port: u16 = ini.require("server", "port", "a TCP port (1-65535)")?;
+        let bind = ini.get_str("server", "bind").unwrap_or_else(|| "127.0.0.1".into());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads: usize = ini.get_or("server", "threads", cores, "a number of worker threads")?;
+        let etcd = if ini.has_section("etcd") {
+            Some(EtcdConfig::from_ini(ini)?)
+        } else {
+            None
+        };
+        let static_upstreams = match ini.get_str("gateway", "static_upstreams") {
+            None => Vec::new(),
+            Some(list) => parse_static(ini, &list)?,
+        };
+        if etcd.is_none() && static_upstreams.is_empty() {
+            return Err(ini.invalid(
+                "gateway",
+                "static_upstreams",
+                "",
+                "an [etcd] section or a static list such as localhost:8080=master,localhost:8081=slave",
+            ));
+        }
+        let ms = |key: &str, default: u64| -> Result<Duration, ConfigError> {
+            let v: u64 = ini.get_or("gateway", key, default, "milliseconds")?;
+            Ok(Duration::from_millis(v.max(1)))
+        };
+        let max_tries: usize = ini.get_or("gateway", "max_tries", 3, "a number of attempts per request (1-10)")?;
+        if !(1..=10).contains(&max_tries) {
+            return Err(ini.invalid("gateway", "max_tries", &max_tries.to_string(), "1-10"));
+        }
+        Ok(GatewayConfig {
+            file: ini.path().to_path_buf(),
+            port,
+            bind,
+            threads: threads.max(1),
+            etcd,
+            static_upstreams,
+            health_interval: ms("health_interval_ms", 1000)?,
+            max_tries,
+            connect_timeout: ms("connect_timeout_ms", 500)?,
+            read_timeout: ms("read_timeout_ms", 5000)?,
+            eject_for: ms("eject_ms", 3000)?,
+            keepalive_pool: ini.get_or("gateway", "keepalive_pool", 1024, "a connection count")?,
+            grace_period_secs: ini.get_or("gateway", "grace_period_secs", 0, "seconds")?,
+            shutdown_timeout_secs: ini.get_or("gateway", "shutdown_timeout_secs", 2, "seconds")?,
+            max_body_bytes: ini.get_or("limits", "max_body_bytes", 1 << 20, "a byte count")?,
+            qps: ini.get_or("limits", "qps", 0, "requests per second (0 = unlimited)")?,
+            burst: ini.get_or("limits", "burst", 0, "requests (0 = same as qps)")?,
+            admin_token_file: ini.get_str("security", "admin_token_file").map(PathBuf::from),
+        })
+    }
+}
+
+fn parse_static(ini: &IniFile, list: &str) -> Result<Vec<StaticUpstream>, ConfigError> {
+    let expected = "host:port=master|slave, comma-separated";
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            let (addr, role) = item.split_once('=').unwrap_or((item, "slave"));
+            let (addr, role) = (addr.trim(), role.trim());
+            if !addr.contains(':') || !matches!(role, "master" | "slave") {
+                return Err(ini.invalid("gateway", "static_upstreams", item, expected));
+            }
+            Ok(StaticUpstream {
+                addr: addr.to_string(),
+                role: role.to_string(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_list_and_errors() {
+        let ini = IniFile::parse(
+            "g.ini",
+            "[server]\nmode = gateway\nport = 9000\n[gateway]\nstatic_upstreams = localhost:8080=master, localhost:8081\n",
+        )
+        .unwrap();
+        let cfg = GatewayConfig::from_ini(&ini).unwrap();
+        assert_eq!(cfg.static_upstreams.len(), 2);
+        assert_eq!(cfg.static_upstreams[1].role, "slave");
+        assert!(cfg.etcd.is_none());
+
+        let ini = IniFile::parse("g.ini", "[server]\nmode = gateway\nport = 9000\n").unwrap();
+        let msg = GatewayConfig::from_ini(&ini).unwrap_err().to_string();
+        assert!(msg.contains("static_upstreams") && msg.contains("[etcd]"), "{msg}");
+
+        let ini = IniFile::parse("g.ini", "[server]\nmode = master\nport = 9000\n").unwrap();
+        assert!(GatewayConfig::from_ini(&ini).unwrap_err().to_string().contains("[server] mode"));
+    }
+}

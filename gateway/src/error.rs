@@ -1,0 +1,59 @@
+//! The gateway's own errors and the one place they become an HTTP status and
+//! the contract's JSON envelope.
+
+use bytes::Bytes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route {method} {path}; data routes live under /data (e.g. /data/kamaitachi/api/data/v1/snapshot)")]
+    NotFound { method: String, path: String },
+    #[error("method {method} not allowed on {path}; allowed: {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: &'static str,
+    },
+    #[error("request body is {got} bytes; the limit is {limit} bytes")]
+    PayloadTooLarge { got: u64, limit: u64 },
+    #[error("Transfer-Encoding is not supported; send the body with a Content-Length")]
+    LengthRequired,
+    #[error("rate limit exceeded ({qps} requests/s, burst {burst}); retry later")]
+    RateLimited { qps: u32, burst: u32 },
+    #[error("missing admin token: send Authorization: Bearer <token>")]
+    Unauthorized,
+    #[error("wrong admin token")]
+    Forbidden,
+    #[error("no healthy node can answer: {0}")]
+    NoUpstream(String),
+    #[error("upstream failed: {0}")]
+    BadGateway(String),
+    #[error("upstream timed out: {0}")]
+    GatewayTimeout(String),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::NotFound { .. } => 404,
+            GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::LengthRequired => 411,
+            GatewayError::PayloadTooLarge { .. } => 413,
+            GatewayError::RateLimited { .. } => 429,
+            GatewayError::Unauthorized => 401,
+            GatewayError::Forbidden => 403,
+            GatewayError::NoUpstream(_) => 503,
+            GatewayError::BadGateway(_) => 502,
+            GatewayError::GatewayTimeout(_) => 504,
+        }
+    }
+
+    /// `{"status_code":N,"status_msg":"…","data":null}`.
+    pub fn body(&self) -> Bytes {
+        envelope(self.status(), &self.to_string(), &serde_json::Value::Null)
+    }
+}
+
+pub fn envelope(status_code: u16, msg: &str, data: &serde_json::Value) -> Bytes {
+    let v = serde_json::json!({"status_code": status_code, "status_msg": msg, "data": data});
+    Bytes::from(v.to_string())
+}

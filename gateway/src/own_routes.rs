@@ -1,0 +1,136 @@
+//! The gateway's own routes: `GET /health` (status and the node list),
+//! `GET /kamaitachi/api/data/v1/stats` (every node's stats and cluster
+//! totals), `POST /kamaitachi/api/data/v1/cache/reset` (admin; fans out to
+//! every node), `GET /metrics`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::error::{envelope, GatewayError};
+use crate::routing::API;
+use crate::upstreams::NodeView;
+
+/// A finished local answer.
+pub struct Local {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Bytes,
+}
+
+impl Local {
+    pub fn json(status: u16, body: Bytes) -> Self {
+        Local {
+            status,
+            content_type: "application/json",
+            body,
+        }
+    }
+
+    pub fn error(e: &GatewayError) -> Self {
+        Local::json(e.status(), e.body())
+    }
+}
+
+/// `GET /health`: 200 while at least one node can answer, else 503.
+pub fn health(nodes: &[NodeView]) -> Local {
+    let usable = nodes.iter().filter(|n| n.healthy && !n.ejected).count();
+    let master = nodes.iter().any(|n| n.role == "master" && n.healthy && !n.ejected);
+    let status = if usable > 0 { "ok" } else { "unavailable" };
+    let body = json!({
+        "status": status,
+        "mode": "gateway",
+        "healthy_nodes": usable,
+        "master_available": master,
+        "nodes": nodes,
+    });
+    Local::json(if usable > 0 { 200 } else { 503 }, Bytes::from(body.to_string()))
+}
+
+/// Fans a request out to every node, concurrently, with a short timeout.
+async fn fan_out(
+    client: &reqwest::Client,
+    nodes: &[NodeView],
+    method: reqwest::Method,
+    path: &str,
+    auth: Option<&str>,
+) -> Vec<(NodeView, Result<(u16, Value), String>)> {
+    let calls = nodes.iter().map(|n| {
+        let mut req = client
+            .request(method.clone(), format!("http://{}{path}", n.addr))
+            .timeout(Duration::from_secs(2));
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let node = n.clone();
+        async move {
+            let result = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    match resp.json::<Value>().await {
+                        Ok(v) => Ok((status, v)),
+                        Err(e) => Err(format!("answer is not JSON: {e}")),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            (node, result)
+        }
+    });
+    futures::future::join_all(calls).await
+}
+
+/// `GET /kamaitachi/api/data/v1/stats`.
+pub async fn stats(client: &reqwest::Client, nodes: &[NodeView]) -> Local {
+    let results = fan_out(client, nodes, reqwest::Method::GET, &format!("{API}/stats"), None).await;
+    let mut totals = json!({"hits": 0u64, "misses": 0u64, "entries": 0u64, "bytes": 0u64, "evictions": 0u64});
+    let mut per_node = Vec::new();
+    let mut answered = 0;
+    for (node, result) in results {
+        match result {
+            Ok((200, v)) => {
+                answered += 1;
+                let cache = &v["data"]["cache"];
+                for k in ["hits", "misses", "entries", "bytes", "evictions"] {
+                    let add = cache[k].as_u64().unwrap_or(0);
+                    totals[k] = json!(totals[k].as_u64().unwrap_or(0) + add);
+                }
+                per_node.push(json!({"addr": node.addr, "role": node.role, "healthy": node.healthy, "stats": v["data"]}));
+            }
+            Ok((status, v)) => per_node.push(json!({"addr": node.addr, "role": node.role, "healthy": node.healthy,
+                "error": format!("HTTP {status}: {}", v["status_msg"].as_str().unwrap_or(""))})),
+            Err(e) => per_node.push(json!({"addr": node.addr, "role": node.role, "healthy": node.healthy, "error": e})),
+        }
+    }
+    let hits = totals["hits"].as_u64().unwrap_or(0);
+    let misses = totals["misses"].as_u64().unwrap_or(0);
+    totals["hit_rate"] = json!(if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 });
+    totals["nodes"] = json!(nodes.len());
+    totals["nodes_answering"] = json!(answered);
+    let data = json!({"nodes": per_node, "totals": totals});
+    Local::json(200, envelope(0, "success", &data))
+}
+
+/// `POST /kamaitachi/api/data/v1/cache/reset`: every node, with the caller's
+/// token (each node checks it too).
+pub async fn cache_reset(client: &reqwest::Client, nodes: &[NodeView], auth: &str) -> Local {
+    let results = fan_out(client, nodes, reqwest::Method::POST, &format!("{API}/cache/reset"), Some(auth)).await;
+    let mut all_ok = !results.is_empty();
+    let per_node: Vec<Value> = results
+        .into_iter()
+        .map(|(node, r)| match r {
+            Ok((200, _)) => json!({"addr": node.addr, "reset": true}),
+            Ok((status, v)) => {
+                all_ok = false;
+                json!({"addr": node.addr, "reset": false, "error": format!("HTTP {status}: {}", v["status_msg"].as_str().unwrap_or(""))})
+            }
+            Err(e) => {
+                all_ok = false;
+                json!({"addr": node.addr, "reset": false, "error": e})
+            }
+        })
+        .collect();
+    let (status, msg) = if all_ok { (200, "success") } else { (502, "some nodes did not reset their cache") };
+    Local::json(status, envelope(if all_ok { 0 } else { 502 }, msg, &json!({"nodes": per_node})))
+}

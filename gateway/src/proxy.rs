@@ -1,0 +1,324 @@
+//! The pingora proxy: one request's path through the gateway.
+//!
+//! 1. `request_filter`: rate limit, body limits, the gateway's own routes
+//!    and 404s are answered here. For reads, the body is read now (with
+//!    retry buffering on, so pingora replays it upstream, on the first try and
+//!    on retries — pingora does not hand the body to `upstream_peer`) and the
+//!    routing key taken from it. Bodies over the 64 KiB retry buffer are not
+//!    read early: such a request is routed round robin and streamed.
+//! 2. `upstream_peer`: the key's node on the ring (reads), the master
+//!    (writes and admin), skipping nodes already tried for this request.
+//! 3. `upstream_request_filter`: strip `/data`, keep the query string.
+//! 4. Failures: a connect failure ejects the node and retries elsewhere; an
+//!    error mid-proxy retries a read on the next node unless a response has
+//!    started downstream; a 5xx answer ejects the node. At most `max_tries`.
+//! 5. `fail_to_proxy`: a JSON error (502/503/504) when no node could answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::protocols::l4::socket::SocketAddr;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::error::GatewayError;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::own_routes::{self, Local};
+use crate::routing::{self, Route};
+use crate::upstreams::Upstreams;
+
+/// pingora's retry buffer; a larger read body is streamed without a key.
+const RETRY_BUFFER: u64 = 64 * 1024;
+
+pub struct Gateway {
+    pub upstreams: Upstreams,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+    pub admin_token: Option<String>,
+    pub max_tries: usize,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub client: reqwest::Client,
+}
+
+pub struct Ctx {
+    route: Route,
+    key: Option<Vec<u8>>,
+    tried: Vec<SocketAddr>,
+    response_started: bool,
+    started: Instant,
+}
+
+impl Gateway {
+    async fn answer(&self, session: &mut Session, local: Local) -> Result<bool> {
+        let mut resp = ResponseHeader::build(local.status, Some(3))?;
+        resp.insert_header("Content-Type", local.content_type)?;
+        resp.insert_header("Content-Length", local.body.len().to_string())?;
+        resp.insert_header("Server", "kamaitachi-gateway")?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(local.body), true).await?;
+        Ok(true)
+    }
+
+    fn authorize(&self, req: &RequestHeader) -> Result<String, GatewayError> {
+        let header = req
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or(GatewayError::Unauthorized)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or(GatewayError::Unauthorized)?
+            .trim();
+        match &self.admin_token {
+            Some(expected) if !constant_time_eq(token.as_bytes(), expected.as_bytes()) => Err(GatewayError::Forbidden),
+            _ => Ok(header.to_string()),
+        }
+    }
+
+    async fn own_route(&self, session: &mut Session, route: Route) -> Local {
+        let method = session.req_header().method.as_str().to_string();
+        let path = session.req_header().uri.path().to_string();
+        let (allowed, ok) = match route {
+            Route::CacheReset => ("POST", method == "POST"),
+            _ => ("GET", method == "GET" || method == "HEAD"),
+        };
+        if !ok {
+            return Local::error(&GatewayError::MethodNotAllowed { method, path, allowed });
+        }
+        match route {
+            Route::Health => own_routes::health(&self.upstreams.nodes()),
+            Route::Metrics => Local {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                body: Bytes::from(self.metrics.render(&self.upstreams.nodes())),
+            },
+            Route::Stats => own_routes::stats(&self.client, &self.upstreams.nodes()).await,
+            Route::CacheReset => match self.authorize(session.req_header()) {
+                Err(e) => Local::error(&e),
+                Ok(auth) => own_routes::cache_reset(&self.client, &self.upstreams.nodes(), &auth).await,
+            },
+            _ => Local::error(&GatewayError::NotFound { method, path }),
+        }
+    }
+
+    /// Reads a small read body (replayed upstream by pingora) for its key.
+    async fn read_key(&self, session: &mut Session, content_length: Option<u64>) -> Result<Option<Vec<u8>>> {
+        match content_length {
+            Some(n) if n > 0 && n <= RETRY_BUFFER => {}
+            _ => return Ok(None),
+        }
+        session.as_downstream_mut().enable_retry_buffering();
+        let mut body = Vec::with_capacity(content_length.unwrap_or(0) as usize);
+        while let Some(chunk) = session.read_request_body().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > RETRY_BUFFER {
+                return Ok(None);
+            }
+        }
+        Ok(routing::routing_key(&body))
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            route: Route::NotFound,
+            key: None,
+            tried: Vec::new(),
+            response_started: false,
+            started: Instant::now(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let route = routing::classify(session.req_header().uri.path());
+        ctx.route = route;
+        if !matches!(route, Route::Health | Route::Metrics) {
+            if let Err(e) = self.limits.admit() {
+                return self.answer(session, Local::error(&e)).await;
+            }
+        }
+        let headers = &session.req_header().headers;
+        if headers.contains_key("transfer-encoding") {
+            return self.answer(session, Local::error(&GatewayError::LengthRequired)).await;
+        }
+        let content_length = headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Err(e) = self.limits.check_body(content_length) {
+            return self.answer(session, Local::error(&e)).await;
+        }
+        match route {
+            Route::Read(_) => {
+                ctx.key = self.read_key(session, content_length).await?;
+                Ok(false)
+            }
+            Route::Master | Route::Other => Ok(false),
+            Route::NotFound => {
+                let e = GatewayError::NotFound {
+                    method: session.req_header().method.to_string(),
+                    path: session.req_header().uri.path().to_string(),
+                };
+                self.answer(session, Local::error(&e)).await
+            }
+            own => {
+                let local = self.own_route(session, own).await;
+                self.answer(session, local).await
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let picked = match ctx.route {
+            Route::Master => self.upstreams.pick_master(&ctx.tried),
+            _ => self.upstreams.pick_read(ctx.key.as_deref(), &ctx.tried),
+        };
+        let Some(backend) = picked else {
+            let why = match (ctx.route, ctx.tried.len()) {
+                (Route::Master, 0) => "no healthy master",
+                (_, 0) => "no healthy node",
+                _ => "every node tried failed",
+            };
+            return Err(Error::explain(ErrorType::HTTPStatus(503), why));
+        };
+        if !ctx.tried.is_empty() {
+            self.metrics.retried();
+        }
+        ctx.tried.push(backend.addr.clone());
+        let mut peer = HttpPeer::new(backend.addr.clone(), false, String::new());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.connect_timeout);
+        peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.write_timeout = Some(self.read_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(50));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        let original = upstream_request.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let stripped = routing::strip_prefix(original);
+        if stripped.len() != original.len() {
+            let uri = stripped
+                .parse()
+                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "rewriting the path", e))?;
+            upstream_request.set_uri(uri);
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.response_started = true;
+        if matches!(upstream_response.status.as_u16(), 500 | 502 | 503 | 504) {
+            if let Some(addr) = ctx.tried.last() {
+                self.upstreams.eject(addr);
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        if let Some(addr) = peer_addr(peer) {
+            self.upstreams.eject(&addr);
+        }
+        // Nothing was sent: safe to try the next node, for reads and writes.
+        e.set_retry(ctx.tried.len() < self.max_tries);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let read = matches!(ctx.route, Route::Read(_));
+        let can_retry = read
+            && !ctx.response_started
+            && ctx.tried.len() < self.max_tries
+            && !session.as_ref().retry_buffer_truncated();
+        if can_retry && !client_reused {
+            // A fresh connection failed: the node is in trouble.
+            if let Some(addr) = peer_addr(peer) {
+                self.upstreams.eject(&addr);
+            }
+        }
+        if can_retry {
+            e.set_retry(true);
+        } else if read || !session.req_header().method.is_idempotent() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let err = match e.etype() {
+            ErrorType::HTTPStatus(503) => GatewayError::NoUpstream(e.to_string()),
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                GatewayError::GatewayTimeout(e.to_string())
+            }
+            _ => match e.esource() {
+                ErrorSource::Downstream => {
+                    return FailToProxy {
+                        error_code: 0,
+                        can_reuse_downstream: false,
+                    }
+                }
+                _ => GatewayError::BadGateway(e.to_string()),
+            },
+        };
+        let code = err.status();
+        if !ctx.response_started {
+            let _ = self.answer(session, Local::error(&err)).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.metrics
+            .observe(ctx.route, status, ctx.started.elapsed().as_secs_f64());
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
+        // Retried failures are expected during failover; the final outcome is
+        // counted in the metrics.
+        ctx.tried.len() > 1
+    }
+}
+
+fn peer_addr(peer: &HttpPeer) -> Option<SocketAddr> {
+    Some(peer._address.clone())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,217 @@
+//! The set of data nodes the gateway can send to, and picking one.
+//!
+//! Nodes come from etcd (a [`Discovery`] task keeps the live set; pingora's
+//! load balancer polls [`NodeDiscovery::discover`], which returns that
+//! snapshot) plus an optional static list. pingora runs active health checks
+//! (`GET /health`, 200 only); on top of that a node that fails a connect, times
+//! out or answers 5xx is ejected for `eject_for` (passive check), so it
+//! leaves the ring before the next active check notices.
+//!
+//! Reads are hashed on their key over the Ketama ring of healthy read nodes
+//! (master and slaves); a retry walks on to the next node of the ring,
+//! skipping the ones already tried. Writes go to the master.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cluster::Discovery;
+use pingora::lb::discovery::ServiceDiscovery;
+use pingora::lb::selection::Consistent;
+use pingora::lb::{Backend, LoadBalancer};
+use pingora::protocols::l4::socket::SocketAddr;
+
+use crate::config::StaticUpstream;
+
+/// What the gateway knows of one node, shared by every rebuild of the
+/// backend set (it is kept in `Backend::ext`).
+#[derive(Debug)]
+pub struct NodeState {
+    /// As registered, e.g. `localhost:8081`.
+    pub addr: String,
+    pub role: String,
+    /// Milliseconds since the gateway started until which the node is
+    /// ejected; 0 = not ejected.
+    ejected_until: AtomicU64,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeRef(pub Arc<NodeState>);
+
+/// The load balancer's view of discovery: etcd's live set plus the static list.
+pub struct NodeDiscovery {
+    discovery: Option<Discovery>,
+    statics: Vec<StaticUpstream>,
+    /// addr string -> resolved address and shared state.
+    known: Mutex<HashMap<String, (std::net::SocketAddr, Arc<NodeState>)>>,
+}
+
+impl NodeDiscovery {
+    pub fn new(discovery: Option<Discovery>, statics: Vec<StaticUpstream>) -> Self {
+        NodeDiscovery {
+            discovery,
+            statics,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn entries(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> =
+            self.statics.iter().map(|s| (s.addr.clone(), s.role.clone())).collect();
+        if let Some(d) = &self.discovery {
+            for e in d.services().iter() {
+                out.retain(|(a, _)| a != &e.info.addr);
+                out.push((e.info.addr.clone(), e.info.role.clone()));
+            }
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl ServiceDiscovery for NodeDiscovery {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let entries = self.entries();
+        let mut set = BTreeSet::new();
+        let Ok(mut known) = self.known.lock() else {
+            return Ok((set, HashMap::new()));
+        };
+        for (addr, role) in entries {
+            let resolved = match known.get(&addr) {
+                Some((sock, state)) if state.role == role => Some((*sock, state.clone())),
+                _ => addr
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut it| it.find(|a| a.is_ipv4()).or_else(|| addr.to_socket_addrs().ok()?.next()))
+                    .map(|sock| {
+                        let state = Arc::new(NodeState {
+                            addr: addr.clone(),
+                            role: role.clone(),
+                            ejected_until: AtomicU64::new(0),
+                        });
+                        known.insert(addr.clone(), (sock, state.clone()));
+                        (sock, state)
+                    }),
+            };
+            let Some((sock, state)) = resolved else {
+                tracing::warn!("node {addr} ignored: address does not resolve");
+                continue;
+            };
+            let mut backend = Backend {
+                addr: SocketAddr::Inet(sock),
+                weight: 1,
+                ext: Default::default(),
+            };
+            backend.ext.insert(NodeRef(state));
+            set.insert(backend);
+        }
+        Ok((set, HashMap::new()))
+    }
+}
+
+/// One node as `/health` and `/stats` show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeView {
+    pub addr: String,
+    pub role: String,
+    pub healthy: bool,
+    pub ejected: bool,
+}
+
+pub struct Upstreams {
+    pub lb: Arc<LoadBalancer<Consistent>>,
+    epoch: Instant,
+    eject_for: Duration,
+    round_robin: AtomicUsize,
+}
+
+/// Ring steps a selection may walk (Ketama has 160 points per node).
+const MAX_RING_STEPS: usize = 2048;
+
+impl Upstreams {
+    pub fn new(lb: Arc<LoadBalancer<Consistent>>, eject_for: Duration) -> Self {
+        Upstreams {
+            lb,
+            epoch: Instant::now(),
+            eject_for,
+            round_robin: AtomicUsize::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn state(b: &Backend) -> Option<&Arc<NodeState>> {
+        b.ext.get::<NodeRef>().map(|r| &r.0)
+    }
+
+    fn usable(&self, b: &Backend, healthy: bool, tried: &[SocketAddr]) -> bool {
+        healthy
+            && !tried.contains(&b.addr)
+            && Self::state(b).is_none_or(|s| s.ejected_until.load(Ordering::Relaxed) <= self.now_ms())
+    }
+
+    /// A read: the owner of `key` on the ring, or the next usable node.
+    /// Without a key, round robin over the usable nodes.
+    pub fn pick_read(&self, key: Option<&[u8]>, tried: &[SocketAddr]) -> Option<Backend> {
+        match key {
+            Some(k) => self
+                .lb
+                .select_with(k, MAX_RING_STEPS, |b, healthy| self.usable(b, healthy, tried)),
+            None => {
+                let all = self.lb.backends().get_backend();
+                let usable: Vec<&Backend> = all
+                    .iter()
+                    .filter(|b| self.usable(b, self.lb.backends().ready(b), tried))
+                    .collect();
+                if usable.is_empty() {
+                    return None;
+                }
+                let n = self.round_robin.fetch_add(1, Ordering::Relaxed);
+                Some(usable[n % usable.len()].clone())
+            }
+        }
+    }
+
+    /// The master, if it is usable.
+    pub fn pick_master(&self, tried: &[SocketAddr]) -> Option<Backend> {
+        let all = self.lb.backends().get_backend();
+        all.iter()
+            .find(|b| {
+                Self::state(b).is_some_and(|s| s.role == "master") && self.usable(b, self.lb.backends().ready(b), tried)
+            })
+            .cloned()
+    }
+
+    /// Passive check: keep `addr` out of selection for a while.
+    pub fn eject(&self, addr: &SocketAddr) {
+        let all = self.lb.backends().get_backend();
+        if let Some(state) = all.iter().find(|b| &b.addr == addr).and_then(Self::state) {
+            let until = self.now_ms() + self.eject_for.as_millis() as u64;
+            state.ejected_until.store(until, Ordering::Relaxed);
+        }
+    }
+
+    pub fn nodes(&self) -> Vec<NodeView> {
+        let now = self.now_ms();
+        let all = self.lb.backends().get_backend();
+        all.iter()
+            .map(|b| {
+                let (addr, role, ejected) = match Self::state(b) {
+                    Some(s) => (s.addr.clone(), s.role.clone(), s.ejected_until.load(Ordering::Relaxed) > now),
+                    None => (b.addr.to_string(), "unknown".into(), false),
+                };
+                NodeView {
+                    addr,
+                    role,
+                    healthy: self.lb.backends().ready(b),
+                    ejected,
+                }
+            })
+            .collect()
+    }
+}
