@@ -2,10 +2,67 @@
 //! a real `etcd` process on free loopback ports, in a temporary data dir,
 //! stopped when dropped.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub const SNAPSHOT: &str = "/kamaitachi/api/data/v1/snapshot";
+pub const PERIOD: &str = "/kamaitachi/api/data/v1/period";
+pub const STATS: &str = "/kamaitachi/api/data/v1/stats";
+pub const RESET: &str = "/kamaitachi/api/data/v1/cache/reset";
+pub const TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+/// A binary of this workspace next to the running test (target/<profile>/),
+/// built by `cargo build --workspace` (which `make test` runs first).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        bin.display()
+    );
+    bin
+}
+
+/// A fresh directory under the target dir, removed by nobody (cargo clean).
+pub fn temp_dir(name: &str) -> PathBuf {
+    let base = std::env::temp_dir().join("kamaitachi-tests");
+    let dir = base.join(format!("{name}-{}-{}", std::process::id(), nanos()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// `kamaitachi-node gen-data` into `db`.
+pub fn gen_data(bin: &Path, db: &Path, subjects: usize, seed: u64) {
+    let out = Command::new(bin)
+        .args(["gen-data", "--db"])
+        .arg(db)
+        .args([
+            "--subjects",
+            &subjects.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--force",
+        ])
+        .output()
+        .expect("run gen-data");
+    assert!(
+        out.status.success(),
+        "gen-data failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
 /// A free TCP port on 127.0.0.1 (bound and released).
 pub fn free_port() -> u16 {
@@ -141,6 +198,166 @@ impl Drop for Etcd {
     }
 }
 
+pub struct NodeOpts {
+    /// `master` or `slave`.
+    pub mode: &'static str,
+    pub db: PathBuf,
+    pub max_bytes: u64,
+    pub dump: Option<PathBuf>,
+    pub extra: String,
+}
+
+impl NodeOpts {
+    pub fn new(db: &Path) -> Self {
+        NodeOpts {
+            mode: "master",
+            db: db.to_path_buf(),
+            max_bytes: 256 << 20,
+            dump: None,
+            extra: String::new(),
+        }
+    }
+}
+
+/// A running node; killed when dropped.
+pub struct Node {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Starts `bin` (kamaitachi-node) as a master unless `opts.extra` says
+    /// otherwise, and waits until `/health` answers 200.
+    pub fn start(bin: &Path, opts: &NodeOpts) -> Node {
+        let dir = temp_dir("node");
+        let port = free_port();
+        let token = dir.join("admin.token");
+        std::fs::write(&token, TOKEN).expect("write token");
+        let dump = opts
+            .dump
+            .as_ref()
+            .map(|d| format!("snapshot_path = {}\nsnapshot_interval = 0\n", d.display()))
+            .unwrap_or_default();
+        let config = dir.join("node.ini");
+        let ini = format!(
+            "[server]\nport = {port}\nmode = {}\nbind = 127.0.0.1\nservice_addr = localhost:{port}\n\
+             [database]\npath = {}\n\
+             [cache]\nmax_bytes = {}\n{dump}\
+             [security]\nadmin_token_file = {}\n{}",
+            opts.mode,
+            opts.db.display(),
+            opts.max_bytes,
+            token.display(),
+            opts.extra
+        );
+        std::fs::write(&config, ini).expect("write config");
+        Self::start_with_config(bin, dir, config, port)
+    }
+
+    pub fn start_with_config(bin: &Path, dir: PathBuf, config: PathBuf, port: u16) -> Node {
+        let log = dir.join("node.log");
+        let child = Command::new(bin)
+            .arg("-config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn node");
+        let mut node = Node {
+            port,
+            dir,
+            config,
+            log,
+            child: Some(child),
+        };
+        node.wait_healthy();
+        node
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("node exited with {status}: {}", self.log_text());
+                }
+            }
+            if let Ok(r) = try_request(self.port, "GET", "/health", b"", &[]) {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "node on port {} not healthy in time: {}",
+            self.port,
+            self.log_text()
+        );
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Resp {
+        request(self.port, "POST", path, body.as_bytes(), &[])
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        request(self.port, "GET", path, b"", &[])
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let r = self.get(STATS);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["data"].clone()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// kill -9 (no cleanup of any kind).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("node did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Polls `f` every 50 ms until it is true or `timeout` passes.
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -152,5 +369,178 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---- A minimal HTTP/1.1 client that can also send raw bytes. ----
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    /// `status_msg` of an envelope.
+    pub fn msg(&self) -> String {
+        self.json()["status_msg"].as_str().unwrap_or("").to_string()
+    }
+}
+
+pub fn request(port: u16, method: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Resp {
+    try_request(port, method, path, body, headers).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+pub fn try_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> std::io::Result<Resp> {
+    let mut raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        raw.push_str(&format!("{k}: {v}\r\n"));
+    }
+    raw.push_str("Connection: close\r\n\r\n");
+    let mut bytes = raw.into_bytes();
+    bytes.extend_from_slice(body);
+    let out = send_raw(port, &bytes)?;
+    parse_responses(&out)
+        .into_iter()
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("no response: {:?}", String::from_utf8_lossy(&out))))
+}
+
+/// Sends bytes and reads until the server closes (or 5 s pass).
+pub fn send_raw(port: u16, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(bytes)?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Splits a byte stream into the responses it holds.
+pub fn parse_responses(mut data: &[u8]) -> Vec<Resp> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let Some(end) = find(data, b"\r\n\r\n") else { break };
+        let head = String::from_utf8_lossy(&data[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or("");
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let body_start = end + 4;
+        let body_end = (body_start + len).min(data.len());
+        out.push(Resp {
+            status,
+            headers,
+            body: data[body_start..body_end].to_vec(),
+        });
+        data = &data[body_end..];
+    }
+    out
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A keep-alive connection for load loops: one request, one response.
+pub struct KeepAlive {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub fn connect(port: u16) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_nodelay(true)?;
+        Ok(KeepAlive {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn post(&mut self, path: &str, body: &str) -> std::io::Result<Resp> {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.stream.write_all(raw.as_bytes())?;
+        self.buf.clear();
+        let mut chunk = [0u8; 65536];
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if self.buf.len() >= end + 4 + len {
+                    let resp = parse_responses(&self.buf[..end + 4 + len]);
+                    return resp
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| std::io::Error::other("bad response"));
+                }
+            }
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                ));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
     }
 }

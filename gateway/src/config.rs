@@ -48,7 +48,9 @@ impl GatewayConfig {
             return Err(ini.invalid("server", "mode", mode.as_str(), "gateway for kamaitachi-gateway"));
         }
         let port: u16 = ini.require("server", "port", "a TCP port (1-65535)")?;
-        let bind = ini.get_str("server", "bind").unwrap_or_else(|| "127.0.0.1".into());
+        let bind = ini
+            .get_str("server", "bind")
+            .unwrap_or_else(|| "127.0.0.1".into());
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads: usize = ini.get_or("server", "threads", cores, "a number of worker threads")?;
         let etcd = if ini.has_section("etcd") {
@@ -72,7 +74,12 @@ impl GatewayConfig {
             let v: u64 = ini.get_or("gateway", key, default, "milliseconds")?;
             Ok(Duration::from_millis(v.max(1)))
         };
-        let max_tries: usize = ini.get_or("gateway", "max_tries", 3, "a number of attempts per request (1-10)")?;
+        let max_tries: usize = ini.get_or(
+            "gateway",
+            "max_tries",
+            3,
+            "a number of attempts per request (1-10)",
+        )?;
         if !(1..=10).contains(&max_tries) {
             return Err(ini.invalid("gateway", "max_tries", &max_tries.to_string(), "1-10"));
         }
@@ -136,9 +143,15 @@ mod tests {
 
         let ini = IniFile::parse("g.ini", "[server]\nmode = gateway\nport = 9000\n").unwrap();
         let msg = GatewayConfig::from_ini(&ini).unwrap_err().to_string();
-        assert!(msg.contains("static_upstreams") && msg.contains("[etcd]"), "{msg}");
+        assert!(
+            msg.contains("static_upstreams") && msg.contains("[etcd]"),
+            "{msg}"
+        );
 
         let ini = IniFile::parse("g.ini", "[server]\nmode = master\nport = 9000\n").unwrap();
-        assert!(GatewayConfig::from_ini(&ini).unwrap_err().to_string().contains("[server] mode"));
+        assert!(GatewayConfig::from_ini(&ini)
+            .unwrap_err()
+            .to_string()
+            .contains("[server] mode"));
     }
 }

@@ -5,7 +5,9 @@ use bytes::Bytes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error("no route {method} {path}; data routes live under /data (e.g. /data/kamaitachi/api/data/v1/snapshot)")]
+    #[error(
+        "no route {method} {path}; data routes live under /data (e.g. /data/kamaitachi/api/data/v1/snapshot)"
+    )]
     NotFound { method: String, path: String },
     #[error("method {method} not allowed on {path}; allowed: {allowed}")]
     MethodNotAllowed {

@@ -16,7 +16,11 @@ impl Limits {
     pub fn new(max_body_bytes: u64, qps: u32, burst: u32) -> Self {
         let rate = NonZeroU32::new(qps).map(|q| {
             let b = NonZeroU32::new(burst).unwrap_or(q);
-            (RateLimiter::direct(Quota::per_second(q).allow_burst(b)), q.get(), b.get())
+            (
+                RateLimiter::direct(Quota::per_second(q).allow_burst(b)),
+                q.get(),
+                b.get(),
+            )
         });
         Limits { max_body_bytes, rate }
     }
@@ -55,6 +59,9 @@ mod tests {
         let open = Limits::new(10, 0, 0);
         assert!((0..1000).all(|_| open.admit().is_ok()));
         assert!(open.check_body(Some(10)).is_ok());
-        assert!(matches!(open.check_body(Some(11)), Err(GatewayError::PayloadTooLarge { got: 11, limit: 10 })));
+        assert!(matches!(
+            open.check_body(Some(11)),
+            Err(GatewayError::PayloadTooLarge { got: 11, limit: 10 })
+        ));
     }
 }

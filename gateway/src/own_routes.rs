@@ -36,7 +36,9 @@ impl Local {
 /// `GET /health`: 200 while at least one node can answer, else 503.
 pub fn health(nodes: &[NodeView]) -> Local {
     let usable = nodes.iter().filter(|n| n.healthy && !n.ejected).count();
-    let master = nodes.iter().any(|n| n.role == "master" && n.healthy && !n.ejected);
+    let master = nodes
+        .iter()
+        .any(|n| n.role == "master" && n.healthy && !n.ejected);
     let status = if usable > 0 { "ok" } else { "unavailable" };
     let body = json!({
         "status": status,
@@ -98,14 +100,21 @@ pub async fn stats(client: &reqwest::Client, nodes: &[NodeView]) -> Local {
                 }
                 per_node.push(json!({"addr": node.addr, "role": node.role, "healthy": node.healthy, "stats": v["data"]}));
             }
-            Ok((status, v)) => per_node.push(json!({"addr": node.addr, "role": node.role, "healthy": node.healthy,
-                "error": format!("HTTP {status}: {}", v["status_msg"].as_str().unwrap_or(""))})),
-            Err(e) => per_node.push(json!({"addr": node.addr, "role": node.role, "healthy": node.healthy, "error": e})),
+            Ok((status, v)) => per_node.push(
+                json!({"addr": node.addr, "role": node.role, "healthy": node.healthy,
+                "error": format!("HTTP {status}: {}", v["status_msg"].as_str().unwrap_or(""))}),
+            ),
+            Err(e) => per_node
+                .push(json!({"addr": node.addr, "role": node.role, "healthy": node.healthy, "error": e})),
         }
     }
     let hits = totals["hits"].as_u64().unwrap_or(0);
     let misses = totals["misses"].as_u64().unwrap_or(0);
-    totals["hit_rate"] = json!(if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 });
+    totals["hit_rate"] = json!(if hits + misses == 0 {
+        0.0
+    } else {
+        hits as f64 / (hits + misses) as f64
+    });
     totals["nodes"] = json!(nodes.len());
     totals["nodes_answering"] = json!(answered);
     let data = json!({"nodes": per_node, "totals": totals});
@@ -115,7 +124,14 @@ pub async fn stats(client: &reqwest::Client, nodes: &[NodeView]) -> Local {
 /// `POST /kamaitachi/api/data/v1/cache/reset`: every node, with the caller's
 /// token (each node checks it too).
 pub async fn cache_reset(client: &reqwest::Client, nodes: &[NodeView], auth: &str) -> Local {
-    let results = fan_out(client, nodes, reqwest::Method::POST, &format!("{API}/cache/reset"), Some(auth)).await;
+    let results = fan_out(
+        client,
+        nodes,
+        reqwest::Method::POST,
+        &format!("{API}/cache/reset"),
+        Some(auth),
+    )
+    .await;
     let mut all_ok = !results.is_empty();
     let per_node: Vec<Value> = results
         .into_iter()
@@ -131,6 +147,13 @@ pub async fn cache_reset(client: &reqwest::Client, nodes: &[NodeView], auth: &st
             }
         })
         .collect();
-    let (status, msg) = if all_ok { (200, "success") } else { (502, "some nodes did not reset their cache") };
-    Local::json(status, envelope(if all_ok { 0 } else { 502 }, msg, &json!({"nodes": per_node})))
+    let (status, msg) = if all_ok {
+        (200, "success")
+    } else {
+        (502, "some nodes did not reset their cache")
+    };
+    Local::json(
+        status,
+        envelope(if all_ok { 0 } else { 502 }, msg, &json!({"nodes": per_node})),
+    )
 }

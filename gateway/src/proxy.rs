@@ -77,7 +77,9 @@ impl Gateway {
             .ok_or(GatewayError::Unauthorized)?
             .trim();
         match &self.admin_token {
-            Some(expected) if !constant_time_eq(token.as_bytes(), expected.as_bytes()) => Err(GatewayError::Forbidden),
+            Some(expected) if !constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+                Err(GatewayError::Forbidden)
+            }
             _ => Ok(header.to_string()),
         }
     }
@@ -90,7 +92,11 @@ impl Gateway {
             _ => ("GET", method == "GET" || method == "HEAD"),
         };
         if !ok {
-            return Local::error(&GatewayError::MethodNotAllowed { method, path, allowed });
+            return Local::error(&GatewayError::MethodNotAllowed {
+                method,
+                path,
+                allowed,
+            });
         }
         match route {
             Route::Health => own_routes::health(&self.upstreams.nodes()),
@@ -150,7 +156,9 @@ impl ProxyHttp for Gateway {
         }
         let headers = &session.req_header().headers;
         if headers.contains_key("transfer-encoding") {
-            return self.answer(session, Local::error(&GatewayError::LengthRequired)).await;
+            return self
+                .answer(session, Local::error(&GatewayError::LengthRequired))
+                .await;
         }
         let content_length = headers
             .get("content-length")
@@ -211,7 +219,10 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         _ctx: &mut Ctx,
     ) -> Result<()> {
-        let original = upstream_request.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let original = upstream_request
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str());
         let stripped = routing::strip_prefix(original);
         if stripped.len() != original.len() {
             let uri = stripped
@@ -237,7 +248,13 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let Some(addr) = peer_addr(peer) {
             self.upstreams.eject(&addr);
         }

@@ -133,11 +133,23 @@ mod tests {
 
     #[test]
     fn classifies_paths() {
-        assert_eq!(classify("/data/kamaitachi/api/data/v1/snapshot"), Route::Read(ReadKind::Snapshot));
-        assert_eq!(classify("/data/kamaitachi/api/data/v1/snapshot/"), Route::Read(ReadKind::Snapshot));
-        assert_eq!(classify("/data/kamaitachi/api/data/v1/period"), Route::Read(ReadKind::Period));
+        assert_eq!(
+            classify("/data/kamaitachi/api/data/v1/snapshot"),
+            Route::Read(ReadKind::Snapshot)
+        );
+        assert_eq!(
+            classify("/data/kamaitachi/api/data/v1/snapshot/"),
+            Route::Read(ReadKind::Snapshot)
+        );
+        assert_eq!(
+            classify("/data/kamaitachi/api/data/v1/period"),
+            Route::Read(ReadKind::Period)
+        );
         assert_eq!(classify("/data/kamaitachi/api/data/v1/ingest"), Route::Master);
-        assert_eq!(classify("/data/kamaitachi/api/data/v1/cache/reset"), Route::Master);
+        assert_eq!(
+            classify("/data/kamaitachi/api/data/v1/cache/reset"),
+            Route::Master
+        );
         assert_eq!(classify("/data/health"), Route::Other);
         assert_eq!(classify("/database"), Route::NotFound);
         assert_eq!(classify("/kamaitachi/api/data/v1/snapshot"), Route::NotFound);
@@ -147,14 +159,23 @@ mod tests {
 
     #[test]
     fn strips_only_the_prefix() {
-        assert_eq!(strip_prefix("/data/kamaitachi/api/data/v1/stats?x=1&y=/data"), "/kamaitachi/api/data/v1/stats?x=1&y=/data");
+        assert_eq!(
+            strip_prefix("/data/kamaitachi/api/data/v1/stats?x=1&y=/data"),
+            "/kamaitachi/api/data/v1/stats?x=1&y=/data"
+        );
         assert_eq!(strip_prefix("/data"), "/");
     }
 
     #[test]
     fn key_is_first_subject_or_topic() {
-        assert_eq!(routing_key(br#"{"ids":"a","subjects":" 33:000001 ,17:600000"}"#).as_deref(), Some(&b"33:000001"[..]));
-        assert_eq!(routing_key(br#"{"topic":"stock_a_listing_pool","x":[1,{"y":2}]}"#).as_deref(), Some(&b"stock_a_listing_pool"[..]));
+        assert_eq!(
+            routing_key(br#"{"ids":"a","subjects":" 33:000001 ,17:600000"}"#).as_deref(),
+            Some(&b"33:000001"[..])
+        );
+        assert_eq!(
+            routing_key(br#"{"topic":"stock_a_listing_pool","x":[1,{"y":2}]}"#).as_deref(),
+            Some(&b"stock_a_listing_pool"[..])
+        );
         assert_eq!(routing_key(br#"{"subjects":["33:000001"]}"#), None);
         assert_eq!(routing_key(b"not json"), None);
         assert_eq!(routing_key(br#"{"subjects":""}"#), None);

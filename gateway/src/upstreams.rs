@@ -59,8 +59,11 @@ impl NodeDiscovery {
     }
 
     fn entries(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> =
-            self.statics.iter().map(|s| (s.addr.clone(), s.role.clone())).collect();
+        let mut out: Vec<(String, String)> = self
+            .statics
+            .iter()
+            .map(|s| (s.addr.clone(), s.role.clone()))
+            .collect();
         if let Some(d) = &self.discovery {
             for e in d.services().iter() {
                 out.retain(|(a, _)| a != &e.info.addr);
@@ -85,7 +88,10 @@ impl ServiceDiscovery for NodeDiscovery {
                 _ => addr
                     .to_socket_addrs()
                     .ok()
-                    .and_then(|mut it| it.find(|a| a.is_ipv4()).or_else(|| addr.to_socket_addrs().ok()?.next()))
+                    .and_then(|mut it| {
+                        it.find(|a| a.is_ipv4())
+                            .or_else(|| addr.to_socket_addrs().ok()?.next())
+                    })
                     .map(|sock| {
                         let state = Arc::new(NodeState {
                             addr: addr.clone(),
@@ -182,7 +188,8 @@ impl Upstreams {
         let all = self.lb.backends().get_backend();
         all.iter()
             .find(|b| {
-                Self::state(b).is_some_and(|s| s.role == "master") && self.usable(b, self.lb.backends().ready(b), tried)
+                Self::state(b).is_some_and(|s| s.role == "master")
+                    && self.usable(b, self.lb.backends().ready(b), tried)
             })
             .cloned()
     }
@@ -202,7 +209,11 @@ impl Upstreams {
         all.iter()
             .map(|b| {
                 let (addr, role, ejected) = match Self::state(b) {
-                    Some(s) => (s.addr.clone(), s.role.clone(), s.ejected_until.load(Ordering::Relaxed) > now),
+                    Some(s) => (
+                        s.addr.clone(),
+                        s.role.clone(),
+                        s.ejected_until.load(Ordering::Relaxed) > now,
+                    ),
                     None => (b.addr.to_string(), "unknown".into(), false),
                 };
                 NodeView {

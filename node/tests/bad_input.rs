@@ -13,7 +13,7 @@ use common::*;
 fn node() -> Node {
     let mut opts = NodeOpts::new(sample_db());
     opts.extra = "[limits]\nrequest_timeout_secs = 1\n".into();
-    Node::start(&opts)
+    start_node(&opts)
 }
 
 #[track_caller]

@@ -28,8 +28,8 @@ fn bytes_never_exceed_max_bytes_while_touching_every_subject() {
     let max = 400_000u64;
     let mut opts = NodeOpts::new(sample_db());
     opts.max_bytes = max;
-    let node = Node::start(&opts);
-    let reference = Node::start(&NodeOpts {
+    let node = start_node(&opts);
+    let reference = start_node(&NodeOpts {
         max_bytes: 0,
         ..NodeOpts::new(sample_db())
     });
@@ -59,7 +59,7 @@ fn bytes_never_exceed_max_bytes_while_touching_every_subject() {
 fn warm_and_stop(db: &Path, dump: &Path, subjects: &[String]) -> Vec<serde_json::Value> {
     let mut opts = NodeOpts::new(db);
     opts.dump = Some(dump.to_path_buf());
-    let mut node = Node::start(&opts);
+    let mut node = start_node(&opts);
     let answers = subjects
         .iter()
         .map(|s| node.post(SNAPSHOT, &snapshot_body(s)).json())
@@ -73,7 +73,7 @@ fn warm_and_stop(db: &Path, dump: &Path, subjects: &[String]) -> Vec<serde_json:
 fn restart(db: &Path, dump: &Path) -> Node {
     let mut opts = NodeOpts::new(db);
     opts.dump = Some(dump.to_path_buf());
-    Node::start(&opts)
+    start_node(&opts)
 }
 
 #[test]

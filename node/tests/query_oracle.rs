@@ -304,7 +304,7 @@ fn run_randomized(node: &Node, seed: u64, rounds: usize) {
 
 #[test]
 fn snapshot_and_period_match_sql_oracle_with_cache() {
-    let node = Node::start(&NodeOpts::new(sample_db()));
+    let node = start_node(&NodeOpts::new(sample_db()));
     run_randomized(&node, 1, 120);
     let stats = node.stats();
     assert!(stats["cache"]["hits"].as_u64().unwrap() > 0, "{stats}");
@@ -315,7 +315,7 @@ fn snapshot_and_period_match_sql_oracle_with_cache() {
 fn snapshot_and_period_match_sql_oracle_without_cache() {
     let mut opts = NodeOpts::new(sample_db());
     opts.max_bytes = 0;
-    let node = Node::start(&opts);
+    let node = start_node(&opts);
     run_randomized(&node, 2, 80);
     let stats = node.stats();
     assert_eq!(stats["cache"]["hits"], 0, "{stats}");
@@ -324,7 +324,7 @@ fn snapshot_and_period_match_sql_oracle_without_cache() {
 
 #[test]
 fn unknown_subjects_are_named_not_dropped_silently() {
-    let node = Node::start(&NodeOpts::new(sample_db()));
+    let node = start_node(&NodeOpts::new(sample_db()));
     let r = node.post(
         SNAPSHOT,
         r#"{"ids":"net_profit","subjects":"33:000001,33:999999,17:777777"}"#,
@@ -337,7 +337,7 @@ fn unknown_subjects_are_named_not_dropped_silently() {
 
 #[test]
 fn default_sort_is_first_id_descending_and_limit_ten() {
-    let node = Node::start(&NodeOpts::new(sample_db()));
+    let node = start_node(&NodeOpts::new(sample_db()));
     let r = node.post(
         SNAPSHOT,
         r#"{"ids":"net_profit,operating_income","topic":"stock_a_listing_pool"}"#,

@@ -15,7 +15,7 @@ fn node_with_etcd(etcd: &Etcd, ttl: u64) -> Node {
         "[etcd]\nendpoints = {}\nprefix = /kmt-node\nttl = {ttl}\n",
         etcd.endpoint()
     );
-    Node::start(&opts)
+    start_node(&opts)
 }
 
 #[test]

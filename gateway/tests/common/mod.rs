@@ -1,0 +1,257 @@
+//! Gateway test harness: a real `kamaitachi-gateway` process on a free
+//! loopback port, stopped when dropped; nodes and etcd come from
+//! `cluster::testkit`.
+#![allow(dead_code, unused_imports)]
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub use cluster::testkit::*;
+
+pub const GATEWAY: &str = env!("CARGO_BIN_EXE_kamaitachi-gateway");
+
+pub fn node_bin() -> PathBuf {
+    workspace_bin("kamaitachi-node")
+}
+
+/// Sample data for this test binary (generated once).
+pub fn sample_db() -> &'static Path {
+    static DB: OnceLock<PathBuf> = OnceLock::new();
+    DB.get_or_init(|| {
+        let db = temp_dir("gw-sample").join("sample.db");
+        gen_data(&node_bin(), &db, 200, 11);
+        db
+    })
+}
+
+/// The `n`-th subject of the sample data (see `gen-data`).
+pub fn subject(n: usize) -> String {
+    let sz = 200 * 3 / 5;
+    if n < sz {
+        if n % 4 == 3 {
+            format!("33:{:06}", 300_001 + n)
+        } else {
+            format!("33:{:06}", 1 + n)
+        }
+    } else {
+        let k = n - sz;
+        if k % 5 == 4 {
+            format!("17:{:06}", 688_001 + k)
+        } else {
+            format!("17:{:06}", 600_000 + k)
+        }
+    }
+}
+
+pub fn snapshot_body(subject: &str) -> String {
+    format!(r#"{{"ids":"operating_income,net_profit","subjects":"{subject}"}}"#)
+}
+
+/// A node registered in `etcd` with a short lease.
+pub fn registered_node(etcd: &Etcd, mode: &'static str) -> Node {
+    let mut opts = NodeOpts::new(sample_db());
+    opts.mode = mode;
+    opts.extra = format!(
+        "[etcd]\nendpoints = {}\nprefix = /kmt-gw\nttl = 2\n",
+        etcd.endpoint()
+    );
+    Node::start(&node_bin(), &opts)
+}
+
+pub struct Gateway {
+    pub port: u16,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    /// `upstreams`: `[gateway]`/`[etcd]`/`[limits]` lines for the config.
+    pub fn start(extra: &str) -> Gateway {
+        let dir = temp_dir("gateway");
+        let port = free_port();
+        let config = dir.join("gateway.ini");
+        let token = dir.join("admin.token");
+        std::fs::write(&token, TOKEN).unwrap();
+        let ini = format!(
+            "[server]\nport = {port}\nmode = gateway\nthreads = 2\n\
+             [security]\nadmin_token_file = {}\n{extra}",
+            token.display()
+        );
+        let ini = if ini.contains("[gateway]") {
+            ini.replace("[gateway]\n", "[gateway]\nhealth_interval_ms = 300\n")
+        } else {
+            format!("{ini}\n[gateway]\nhealth_interval_ms = 300\n")
+        };
+        std::fs::write(&config, ini).unwrap();
+        let log = dir.join("gateway.log");
+        let child = Command::new(GATEWAY)
+            .arg("-config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn gateway");
+        let mut gw = Gateway {
+            port,
+            log,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while try_request(port, "GET", "/metrics", b"", &[]).is_err() {
+            if let Some(Ok(Some(status))) = gw.child.as_mut().map(|c| c.try_wait()) {
+                panic!("gateway exited with {status}: {}", gw.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not start: {}",
+                gw.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        gw
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn health(&self) -> serde_json::Value {
+        request(self.port, "GET", "/health", b"", &[]).json()
+    }
+
+    /// Waits until `/health` lists `n` usable nodes.
+    pub fn wait_nodes(&self, n: u64) {
+        assert!(
+            eventually(Duration::from_secs(15), || self.health()["healthy_nodes"] == n),
+            "gateway never saw {n} healthy nodes: {}",
+            self.health()
+        );
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Resp {
+        request(self.port, "POST", path, body.as_bytes(), &[])
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// SIGTERM; returns how long the gateway took to exit.
+    pub fn stop(&mut self) -> Duration {
+        let mut child = self.child.take().expect("running");
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return started.elapsed();
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("gateway ignored SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A recording upstream on a free port: answers every request with 200 and
+/// a small JSON body, and keeps each request's head and body. Stops when
+/// dropped (its thread exits on the next connection or after 60 s idle).
+pub struct Recorder {
+    pub port: u16,
+    pub seen: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    pub data_requests: Arc<AtomicUsize>,
+}
+
+impl Recorder {
+    pub fn start() -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let data_requests = Arc::new(AtomicUsize::new(0));
+        let (s, d) = (seen.clone(), data_requests.clone());
+        std::thread::spawn(move || {
+            listener.set_nonblocking(false).ok();
+            let started = Instant::now();
+            for conn in listener.incoming() {
+                if started.elapsed() > Duration::from_secs(120) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let (s, d) = (s.clone(), d.clone());
+                std::thread::spawn(move || {
+                    conn.set_read_timeout(Some(Duration::from_secs(30))).ok();
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    for _ in 0..10_000 {
+                        // one request: head, then Content-Length bytes
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i;
+                            }
+                            match conn.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                        let len: usize = head
+                            .to_ascii_lowercase()
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        while buf.len() < head_end + 4 + len {
+                            match conn.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body = buf[head_end + 4..head_end + 4 + len].to_vec();
+                        buf.drain(..head_end + 4 + len);
+                        let request_line = head.lines().next().unwrap_or("").to_string();
+                        if !request_line.starts_with("GET /health ") {
+                            d.fetch_add(1, Ordering::SeqCst);
+                            s.lock().unwrap().push((head.clone(), body));
+                        }
+                        let reply = b"{\"status_code\":0,\"status_msg\":\"success\",\"data\":[]}";
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                            reply.len()
+                        );
+                        if conn
+                            .write_all(resp.as_bytes())
+                            .and_then(|_| conn.write_all(reply))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Recorder {
+            port,
+            seen,
+            data_requests,
+        }
+    }
+}

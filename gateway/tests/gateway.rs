@@ -1,0 +1,323 @@
+//! The gateway as a real process: in front of a recording upstream (what
+//! exactly is forwarded), and in front of real nodes found through a real
+//! etcd (routing, joins, failover, etcd loss).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn static_gateway(rec: &Recorder, extra: &str) -> Gateway {
+    let gw = Gateway::start(&format!(
+        "[gateway]\nstatic_upstreams = 127.0.0.1:{}=master\n{extra}",
+        rec.port
+    ));
+    gw.wait_nodes(1);
+    gw
+}
+
+#[test]
+fn strips_the_prefix_keeps_the_query_and_replays_the_body() {
+    let rec = Recorder::start();
+    let gw = static_gateway(&rec, "");
+    let body = snapshot_body("33:000001");
+    let r = gw.post("/data/kamaitachi/api/data/v1/snapshot?x=1&y=%2Fdata", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = request(gw.port, "GET", "/data/anything/else?q=1", b"", &[]);
+    assert_eq!(r.status, 200);
+    // A body larger than the early-read window is streamed through whole.
+    let big = format!(
+        r#"{{"ids":"net_profit","subjects":"33:000001","pad":"{}"}}"#,
+        "x".repeat(100_000)
+    );
+    assert_eq!(gw.post("/data/kamaitachi/api/data/v1/period", &big).status, 200);
+
+    let seen = rec.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(
+        seen[0]
+            .0
+            .starts_with("POST /kamaitachi/api/data/v1/snapshot?x=1&y=%2Fdata HTTP/1.1"),
+        "{}",
+        seen[0].0
+    );
+    assert_eq!(
+        seen[0].1,
+        body.as_bytes(),
+        "the body read for routing was not replayed upstream"
+    );
+    assert!(
+        seen[1].0.starts_with("GET /anything/else?q=1 HTTP/1.1"),
+        "{}",
+        seen[1].0
+    );
+    assert!(seen[2]
+        .0
+        .starts_with("POST /kamaitachi/api/data/v1/period HTTP/1.1"));
+    assert_eq!(seen[2].1.len(), big.len());
+}
+
+#[test]
+fn bad_requests_are_answered_at_the_gateway() {
+    let rec = Recorder::start();
+    let gw = static_gateway(&rec, "[limits]\nmax_body_bytes = 1048576\n");
+    let r = gw.post("/kamaitachi/api/data/v1/snapshot", "{}");
+    assert_eq!(r.status, 404);
+    assert!(r.msg().contains("/data"), "{}", r.text());
+    assert_eq!(request(gw.port, "GET", "/database", b"", &[]).status, 404);
+
+    let raw = format!(
+        "POST /data/kamaitachi/api/data/v1/snapshot HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        2 << 20
+    );
+    let out = parse_responses(&send_raw(gw.port, raw.as_bytes()).unwrap());
+    assert_eq!(out[0].status, 413);
+    assert!(out[0].msg().contains("limit"));
+
+    let raw = "POST /data/kamaitachi/api/data/v1/ingest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n";
+    assert_eq!(
+        parse_responses(&send_raw(gw.port, raw.as_bytes()).unwrap())[0].status,
+        411
+    );
+
+    let r = request(gw.port, "POST", "/kamaitachi/api/data/v1/cache/reset", b"", &[]);
+    assert_eq!(r.status, 401);
+    let r = request(
+        gw.port,
+        "POST",
+        "/kamaitachi/api/data/v1/cache/reset",
+        b"",
+        &[("Authorization", "Bearer nope")],
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        request(gw.port, "GET", "/kamaitachi/api/data/v1/cache/reset", b"", &[]).status,
+        405
+    );
+    // None of these reached the upstream.
+    assert_eq!(rec.data_requests.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn rate_limit_answers_429() {
+    let rec = Recorder::start();
+    let gw = static_gateway(&rec, "[limits]\nqps = 5\nburst = 5\n");
+    let statuses: Vec<u16> = (0..30)
+        .map(|_| {
+            gw.post(
+                "/data/kamaitachi/api/data/v1/snapshot",
+                &snapshot_body("33:000001"),
+            )
+            .status
+        })
+        .collect();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(limited >= 20, "{statuses:?}");
+    assert!(
+        statuses[..5].iter().all(|s| *s == 200),
+        "burst not honoured: {statuses:?}"
+    );
+    let r = gw.post("/data/kamaitachi/api/data/v1/snapshot", "{}");
+    assert_eq!(r.status, 429);
+    assert!(r.msg().contains("rate limit"), "{}", r.text());
+    // Health stays reachable for the checks.
+    assert_eq!(request(gw.port, "GET", "/health", b"", &[]).status, 200);
+}
+
+#[test]
+fn sigterm_stops_the_gateway_quickly() {
+    let rec = Recorder::start();
+    let mut gw = static_gateway(&rec, "");
+    let took = gw.stop();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+/// Requests answered by each node so far (hits + misses of its cache).
+fn served(node: &Node) -> u64 {
+    let c = &node.stats()["cache"];
+    c["hits"].as_u64().unwrap_or(0) + c["misses"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn routes_by_subject_follows_etcd_and_fails_over() {
+    let dir = temp_dir("gw-cluster");
+    let mut etcd = Etcd::start(&dir);
+    let master = registered_node(&etcd, "master");
+    let slave1 = registered_node(&etcd, "slave");
+    let mut slave2 = registered_node(&etcd, "slave");
+    let gw = Gateway::start(&format!(
+        "[etcd]\nendpoints = {}\nprefix = /kmt-gw\n",
+        etcd.endpoint()
+    ));
+    gw.wait_nodes(3);
+    let nodes = gw.health()["nodes"].as_array().unwrap().clone();
+    assert!(nodes.iter().any(|n| n["role"] == "master"));
+
+    // One subject, one node.
+    let before: Vec<u64> = [&master, &slave1, &slave2].iter().map(|n| served(n)).collect();
+    for _ in 0..12 {
+        let r = gw.post(
+            "/data/kamaitachi/api/data/v1/snapshot",
+            &snapshot_body(&subject(5)),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let after: Vec<u64> = [&master, &slave1, &slave2].iter().map(|n| served(n)).collect();
+    let deltas: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(
+        deltas.iter().filter(|d| **d == 12).count(),
+        1,
+        "one subject spread over nodes: {deltas:?}"
+    );
+    assert_eq!(deltas.iter().sum::<u64>(), 12);
+
+    // Malformed JSON is forwarded and answered by a node.
+    let r = gw.post("/data/kamaitachi/api/data/v1/snapshot", "{not json");
+    assert_eq!(r.status, 400);
+    assert!(r.msg().contains("JSON"), "{}", r.text());
+
+    // A new node joins through etcd, no restart, and takes a share of keys.
+    let joined = registered_node(&etcd, "slave");
+    gw.wait_nodes(4);
+    let before = served(&joined);
+    for n in 0..200 {
+        assert_eq!(
+            gw.post(
+                "/data/kamaitachi/api/data/v1/snapshot",
+                &snapshot_body(&subject(n))
+            )
+            .status,
+            200
+        );
+    }
+    assert!(served(&joined) > before, "the joined node got no keys");
+
+    // Failover: kill a node during a bounded load; no client sees a failure.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let port = gw.port;
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, failures, done) = (stop.clone(), failures.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut conn = KeepAlive::connect(port).expect("connect");
+                let started = Instant::now();
+                for i in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(20) {
+                        break;
+                    }
+                    let body = snapshot_body(&subject((i * 7 + w * 13) % 200));
+                    let ok = match conn.post("/data/kamaitachi/api/data/v1/snapshot", &body) {
+                        Ok(r) => r.status == 200,
+                        Err(_) => {
+                            conn = KeepAlive::connect(port).expect("reconnect");
+                            false
+                        }
+                    };
+                    if !ok {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    slave2.kill9();
+    std::thread::sleep(Duration::from_millis(2500));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let total = done.load(Ordering::Relaxed);
+    assert!(total > 200, "load too small to mean anything: {total}");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "{} of {total} requests failed during failover",
+        failures.load(Ordering::Relaxed)
+    );
+
+    // The dead node was really tried and its requests retried elsewhere.
+    let metrics = request(gw.port, "GET", "/metrics", b"", &[]).text();
+    let retries: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kamaitachi_gateway_retries_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(retries > 0.0, "no retry happened; the kill did not hit the load");
+    eprintln!("failover: {total} requests, {retries} retried, 0 failed");
+
+    // The killed node leaves the ring (lease expiry or health check).
+    gw.wait_nodes(3);
+
+    // etcd dies: the gateway keeps serving on its last-known set.
+    etcd.kill();
+    for n in 0..50 {
+        let r = gw.post(
+            "/data/kamaitachi/api/data/v1/snapshot",
+            &snapshot_body(&subject(n)),
+        );
+        assert_eq!(r.status, 200, "with etcd down: {}", r.text());
+    }
+    // Cluster stats through the gateway add up the nodes.
+    let stats = request(gw.port, "GET", "/kamaitachi/api/data/v1/stats", b"", &[]).json();
+    assert_eq!(stats["data"]["totals"]["nodes_answering"], 3, "{stats}");
+    assert!(stats["data"]["totals"]["hit_rate"].as_f64().unwrap() > 0.0);
+    let auth = format!("Bearer {TOKEN}");
+    let r = request(
+        gw.port,
+        "POST",
+        "/kamaitachi/api/data/v1/cache/reset",
+        b"",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(served(&master), 0);
+    drop(slave1);
+}
+
+#[test]
+fn writes_go_to_the_master_and_no_master_is_a_clear_503() {
+    let dir = temp_dir("gw-master");
+    let etcd = Etcd::start(&dir);
+    let master = registered_node(&etcd, "master");
+    let _slave = registered_node(&etcd, "slave");
+    let gw = Gateway::start(&format!(
+        "[etcd]\nendpoints = {}\nprefix = /kmt-gw\n",
+        etcd.endpoint()
+    ));
+    gw.wait_nodes(2);
+    let auth = format!("Bearer {TOKEN}");
+    // The proxied admin call reaches the master only (it resets its counters).
+    for n in 0..20 {
+        gw.post(
+            "/data/kamaitachi/api/data/v1/snapshot",
+            &snapshot_body(&subject(n)),
+        );
+    }
+    let r = request(
+        gw.port,
+        "POST",
+        "/data/kamaitachi/api/data/v1/cache/reset",
+        b"",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(served(&master), 0);
+    drop(master);
+    gw.wait_nodes(1);
+    let r = request(
+        gw.port,
+        "POST",
+        "/data/kamaitachi/api/data/v1/cache/reset",
+        b"",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.msg().contains("master"), "{}", r.text());
+}
