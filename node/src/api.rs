@@ -6,15 +6,20 @@
 //! | `POST /kamaitachi/api/data/v1/period` | [`QueryEngine::period`] |
 //! | `GET /kamaitachi/api/data/v1/stats` | counts, cache, replication |
 //! | `POST /kamaitachi/api/data/v1/cache/reset` | admin: empty the cache |
+//! | `POST /kamaitachi/api/data/v1/ingest` | admin, master: upsert rows (`write.rs`) |
+//! | `POST /kamaitachi/api/data/v1/delete` | admin, master: delete rows |
+//! | `GET /kamaitachi/api/data/v1/replication/changes` | admin: change feed (`replication.rs`) |
+//! | `GET /kamaitachi/api/data/v1/replication/image` | admin: database image |
 //! | `GET /health` | readiness for the gateway |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! A trailing slash is accepted. Errors become the JSON envelope here, with
 //! the status [`ApiError::status`] gives.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cluster::Mode;
 
@@ -23,6 +28,9 @@ use crate::http::{Body, Request, Response, Service};
 use crate::metrics::{Metrics, RouteLabel};
 use crate::query::QueryEngine;
 use crate::response;
+use crate::state::DataState;
+use crate::store::{self, StoreError, WritePool};
+use crate::write::Batch;
 
 const PREFIX: &str = "/kamaitachi/api/data/v1";
 
@@ -38,11 +46,19 @@ pub struct Api {
     pub metrics: Metrics,
     /// Admin bearer token; admin routes are refused when none is configured.
     pub admin_token: Option<String>,
-    pub data_version: AtomicU64,
-    pub total_records: AtomicU64,
-    /// False until the node can answer (and again while it stops).
-    pub ready: AtomicBool,
+    pub state: Arc<DataState>,
+    /// The single writer (master: writes; slave: applying changes).
+    pub writer: WritePool,
+    /// Change-log entries the master keeps.
+    pub log_retain: u64,
+    /// The database file (images are staged next to it).
+    pub db_path: PathBuf,
 }
+
+/// Longest a change-feed request may wait for a change.
+const MAX_WAIT: Duration = Duration::from_secs(10);
+/// Changes per change-feed answer.
+const CHANGES_PER_PULL: usize = 64;
 
 impl Api {
     fn route(&self, req: &Request<'_>) -> (RouteLabel, Result<Response, ApiError>) {
@@ -55,6 +71,10 @@ impl Api {
             Some("/period") => (RouteLabel::Period, "POST"),
             Some("/stats") => (RouteLabel::Stats, "GET"),
             Some("/cache/reset") => (RouteLabel::CacheReset, "POST"),
+            Some("/ingest") => (RouteLabel::Ingest, "POST"),
+            Some("/delete") => (RouteLabel::Delete, "POST"),
+            Some("/replication/changes") => (RouteLabel::Changes, "GET"),
+            Some("/replication/image") => (RouteLabel::Image, "GET"),
             _ => match path {
                 "/health" => (RouteLabel::Health, "GET"),
                 "/metrics" => (RouteLabel::Metrics, "GET"),
@@ -83,6 +103,11 @@ impl Api {
                 self.engine.cache().reset();
                 ok_json(&serde_json::json!({"reset": true}))
             }),
+            RouteLabel::Ingest | RouteLabel::Delete => {
+                self.authorize(req).and_then(|()| self.write(req, label))
+            }
+            RouteLabel::Changes => self.authorize(req).and_then(|()| self.changes(req)),
+            RouteLabel::Image => self.authorize(req).and_then(|()| self.image()),
             RouteLabel::Health => Ok(self.health()),
             RouteLabel::Metrics => Ok(self.metrics()),
             RouteLabel::Other => unreachable_route(),
@@ -108,18 +133,159 @@ impl Api {
         }
     }
 
+    /// `POST …/ingest` and `…/delete` (master only): validate the whole
+    /// batch, commit it with its change-log entry on the writer thread,
+    /// publish it, reply.
+    fn write(&self, req: &Request<'_>, label: RouteLabel) -> Result<Response, ApiError> {
+        if self.identity.mode != Mode::Master {
+            let at = self
+                .state
+                .master_addr()
+                .map_or_else(|| " (not located yet)".to_string(), |m| format!(" at {m}"));
+            return Err(ApiError::Unavailable(format!(
+                "this node is a slave: send writes to the master{at}"
+            )));
+        }
+        let catalog = self.engine.catalog();
+        let mut batch = match label {
+            RouteLabel::Ingest => Batch::from_ingest(req.body, &catalog)?,
+            _ => Batch::from_delete(req.body)?,
+        };
+        let (engine, state, retain) = (self.engine.clone(), self.state.clone(), self.log_retain);
+        let (written, seq) = self
+            .writer
+            .call(move |store| {
+                let (applied, seq) = store.write_batch(&mut batch, retain)?;
+                let written = applied.written;
+                let catalog = if applied.catalog_changed {
+                    Some(store.load_catalog()?)
+                } else {
+                    None
+                };
+                state.publish(&engine, applied, seq, catalog);
+                Ok::<_, StoreError>((written, seq))
+            })
+            .map_err(|e| ApiError::Unavailable(e.to_string()))??;
+        Ok(ok_json(&serde_json::json!({"written": written, "seq": seq})))
+    }
+
+    /// `GET …/replication/changes?from=S&wait_ms=W&dataset=D`.
+    fn changes(&self, req: &Request<'_>) -> Result<Response, ApiError> {
+        let param = |name: &'static str| -> Result<Option<u64>, ApiError> {
+            match query_param(req.query, name) {
+                None => Ok(None),
+                Some(v) => v
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| ApiError::field(name, "expected a non-negative integer")),
+            }
+        };
+        let from = param("from")?.ok_or_else(|| ApiError::field("from", "required"))?;
+        let wait = Duration::from_millis(param("wait_ms")?.unwrap_or(0)).min(MAX_WAIT);
+        let dataset = self.state.dataset_id.load(Ordering::Acquire);
+        if let Some(d) = param("dataset")? {
+            if d != dataset {
+                return Err(ApiError::Gone(format!(
+                    "dataset {d} is not this master's ({dataset})"
+                )));
+            }
+        }
+        let deadline = Instant::now() + wait;
+        while self.state.applied() <= from && Instant::now() < deadline {
+            may::coroutine::sleep(Duration::from_millis(5));
+        }
+        let (floor, changes) = store::read(self.engine.readers(), move |s| {
+            Ok((s.log_floor()?, s.changes_since(from, CHANGES_PER_PULL)?))
+        })?;
+        if from + 1 < floor {
+            return Err(ApiError::Gone(format!(
+                "change {} is no longer in the log (oldest kept: {floor})",
+                from + 1
+            )));
+        }
+        // The stored batches are JSON already: copied, not re-serialised.
+        let mut data = Vec::with_capacity(128 + changes.iter().map(|c| c.1.len() + 32).sum::<usize>());
+        data.extend_from_slice(b"{\"master_seq\":");
+        response::push_i64(&mut data, self.state.applied() as i64);
+        data.extend_from_slice(b",\"dataset_id\":");
+        response::push_i64(&mut data, dataset as i64);
+        data.extend_from_slice(b",\"changes\":[");
+        for (n, (seq, batch)) in changes.iter().enumerate() {
+            if n > 0 {
+                data.push(b',');
+            }
+            data.extend_from_slice(b"{\"seq\":");
+            response::push_i64(&mut data, *seq as i64);
+            data.extend_from_slice(b",\"batch\":");
+            data.extend_from_slice(batch.as_bytes());
+            data.push(b'}');
+        }
+        data.extend_from_slice(b"]}");
+        Ok(Response::json(
+            200,
+            Body::Owned(response::envelope(0, "success", &data)),
+        ))
+    }
+
+    /// `GET …/replication/image`: a consistent copy of the database.
+    fn image(&self) -> Result<Response, ApiError> {
+        let dir = self
+            .db_path
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let tmp = dir.join(format!(".image-{}-{nanos}.db", std::process::id()));
+        let (version, bytes) = store::read(self.engine.readers(), move |s| {
+            let result = s.image_to(&tmp).and_then(|()| {
+                let v = store::check_image(&tmp)?;
+                let bytes = std::fs::read(&tmp).map_err(|e| StoreError::BadImage(e.to_string()))?;
+                Ok((v, bytes))
+            });
+            let _ = std::fs::remove_file(&tmp);
+            result
+        })?;
+        let crc = crc32fast::hash(&bytes);
+        Ok(Response {
+            status: 200,
+            content_type: "application/vnd.sqlite3",
+            body: Body::Owned(bytes),
+            headers: vec![
+                ("X-Kamaitachi-Seq", version.version.to_string()),
+                ("X-Kamaitachi-Dataset", version.dataset_id.to_string()),
+                ("X-Kamaitachi-Crc32", crc.to_string()),
+            ],
+        })
+    }
+
+    fn replication_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "role": self.identity.mode.as_str(),
+            "applied_seq": self.state.applied(),
+            "master_seq": self.state.master_seq.load(Ordering::Acquire),
+            "lag": self.state.lag(),
+            "master": self.state.master_addr(),
+        })
+    }
+
     fn health(&self) -> Response {
-        let ready = self.ready.load(Ordering::Acquire);
+        let ready = self.state.is_ready();
         let mut body = serde_json::json!({
             "status": if ready { "ok" } else { "unavailable" },
             "mode": self.identity.mode.as_str(),
             "addr": self.identity.addr,
-            "data_version": self.data_version.load(Ordering::Relaxed),
-            "applied_seq": self.data_version.load(Ordering::Relaxed),
-            "lag": 0,
+            "data_version": self.state.applied(),
+            "applied_seq": self.state.applied(),
+            "master_seq": self.state.master_seq.load(Ordering::Acquire),
+            "lag": self.state.lag(),
         });
         if !ready {
-            body["reason"] = "node is starting or stopping".into();
+            body["reason"] = match self.identity.mode {
+                Mode::Slave => "not yet synced with the master".into(),
+                _ => "node is starting or stopping".into(),
+            };
         }
         Response::json(
             if ready { 200 } else { 503 },
@@ -129,11 +295,10 @@ impl Api {
 
     fn stats(&self) -> Response {
         let c = self.engine.cache().stats();
-        let version = self.data_version.load(Ordering::Relaxed);
         ok_json(&serde_json::json!({
-            "total_records": self.total_records.load(Ordering::Relaxed),
+            "total_records": self.state.total_records.load(Ordering::Relaxed),
             "stock_count": self.engine.catalog().subject_count(),
-            "data_version": version,
+            "data_version": self.state.applied(),
             "cache": {
                 "entries": c.entries,
                 "bytes": c.bytes,
@@ -143,20 +308,16 @@ impl Api {
                 "hit_rate": c.hit_rate(),
                 "evictions": c.evictions,
             },
-            "replication": {
-                "role": self.identity.mode.as_str(),
-                "applied_seq": version,
-                "master_seq": version,
-                "lag": 0,
-            },
+            "replication": self.replication_json(),
         }))
     }
 
     fn metrics(&self) -> Response {
         let body = self.metrics.render(
             &self.engine.cache().stats(),
-            self.data_version.load(Ordering::Relaxed),
-            0,
+            self.state.applied(),
+            self.state.master_seq.load(Ordering::Acquire),
+            self.state.lag(),
         );
         Response {
             status: 200,
@@ -165,6 +326,16 @@ impl Api {
             headers: Vec::new(),
         }
     }
+}
+
+/// The value of `name` in a query string (no percent-decoding: the
+/// parameters are numbers).
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 impl Service for Api {

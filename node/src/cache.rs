@@ -36,14 +36,22 @@ pub enum Route {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheKey {
     Series(Arc<str>),
-    Response { route: Route, body: Box<[u8]> },
+    Response {
+        route: Route,
+        epoch: u64,
+        body: Box<[u8]>,
+    },
 }
 
 /// A borrowed key, so lookups allocate nothing.
 #[derive(Debug, Clone, Copy)]
 pub enum KeyRef<'a> {
     Series(&'a str),
-    Response { route: Route, body: &'a [u8] },
+    Response {
+        route: Route,
+        epoch: u64,
+        body: &'a [u8],
+    },
 }
 
 impl KeyRef<'_> {
@@ -53,8 +61,9 @@ impl KeyRef<'_> {
                 state.write_u8(0);
                 state.write(s.as_bytes());
             }
-            KeyRef::Response { route, body } => {
+            KeyRef::Response { route, epoch, body } => {
                 state.write_u8(route as u8);
+                state.write_u64(epoch);
                 state.write(body);
             }
         }
@@ -65,7 +74,11 @@ impl CacheKey {
     fn as_ref(&self) -> KeyRef<'_> {
         match self {
             CacheKey::Series(s) => KeyRef::Series(s),
-            CacheKey::Response { route, body } => KeyRef::Response { route: *route, body },
+            CacheKey::Response { route, epoch, body } => KeyRef::Response {
+                route: *route,
+                epoch: *epoch,
+                body,
+            },
         }
     }
 }
@@ -86,9 +99,18 @@ impl Equivalent<CacheKey> for KeyRef<'_> {
     fn equivalent(&self, key: &CacheKey) -> bool {
         match (*self, key) {
             (KeyRef::Series(a), CacheKey::Series(b)) => a == &**b,
-            (KeyRef::Response { route: r1, body: b1 }, CacheKey::Response { route: r2, body: b2 }) => {
-                r1 == *r2 && b1 == &**b2
-            }
+            (
+                KeyRef::Response {
+                    route: r1,
+                    epoch: e1,
+                    body: b1,
+                },
+                CacheKey::Response {
+                    route: r2,
+                    epoch: e2,
+                    body: b2,
+                },
+            ) => r1 == *r2 && e1 == *e2 && b1 == &**b2,
             _ => false,
         }
     }
@@ -202,34 +224,42 @@ impl DataCache {
         }
     }
 
-    pub fn response(&self, route: Route, body: &[u8]) -> Option<Arc<[u8]>> {
-        match self.inner.as_ref()?.get(&KeyRef::Response { route, body })? {
+    /// A finished response for `body`, computed at data `epoch`.
+    pub fn response(&self, route: Route, epoch: u64, body: &[u8]) -> Option<Arc<[u8]>> {
+        match self
+            .inner
+            .as_ref()?
+            .get(&KeyRef::Response { route, epoch, body })?
+        {
             CacheValue::Response(b) => Some(b),
             CacheValue::Series(_) => None,
         }
     }
 
-    pub fn insert_response(&self, route: Route, body: &[u8], response: Arc<[u8]>) {
+    pub fn insert_response(&self, route: Route, epoch: u64, body: &[u8], response: Arc<[u8]>) {
         if let Some(c) = &self.inner {
             let key = CacheKey::Response {
                 route,
+                epoch,
                 body: body.into(),
             };
             c.insert(key, CacheValue::Response(response));
         }
     }
 
-    /// Drops the cached series of `subject`. Cached responses are dropped by
-    /// [`DataCache::clear_responses`], since one may cover many subjects.
+    /// Drops the cached series of `subject`. Cached responses need no
+    /// dropping: their keys carry the data epoch, which every write moves on,
+    /// so older ones are never looked up again and age out.
     pub fn invalidate_subject(&self, subject: &str) {
         if let Some(c) = &self.inner {
             c.remove(&KeyRef::Series(subject));
         }
     }
 
-    pub fn clear_responses(&self) {
+    /// Drops every entry (after a full resync), keeping the counters.
+    pub fn clear(&self) {
         if let Some(c) = &self.inner {
-            c.retain(|k, _| matches!(k, CacheKey::Series(_)));
+            c.clear();
         }
     }
 
@@ -313,16 +343,17 @@ mod tests {
     fn responses_and_series_are_distinct_keys() {
         let cache = DataCache::new(1 << 20);
         cache.insert_series(Arc::from("33:000001"), series(2));
-        cache.insert_response(Route::Snapshot, b"33:000001", Arc::from(&b"resp"[..]));
+        cache.insert_response(Route::Snapshot, 1, b"33:000001", Arc::from(&b"resp"[..]));
         assert!(cache.series("33:000001").is_some());
         assert_eq!(
-            cache.response(Route::Snapshot, b"33:000001").as_deref(),
+            cache.response(Route::Snapshot, 1, b"33:000001").as_deref(),
             Some(&b"resp"[..])
         );
-        assert!(cache.response(Route::Period, b"33:000001").is_none());
-        cache.clear_responses();
-        assert!(cache.response(Route::Snapshot, b"33:000001").is_none());
-        assert!(cache.series("33:000001").is_some());
+        assert!(cache.response(Route::Period, 1, b"33:000001").is_none());
+        // Another data epoch: the old response is not found.
+        assert!(cache.response(Route::Snapshot, 2, b"33:000001").is_none());
+        cache.invalidate_subject("33:000001");
+        assert!(cache.series("33:000001").is_none());
     }
 
     #[test]

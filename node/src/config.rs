@@ -27,6 +27,11 @@ pub struct NodeConfig {
     pub admin_token_file: Option<PathBuf>,
     /// The registry; `None` when the file has no `[etcd]` section.
     pub etcd: Option<EtcdConfig>,
+    /// `[replication] master`: where a slave finds the master when etcd
+    /// does not say.
+    pub master: Option<String>,
+    /// `[replication] log_retain`: change-log entries the master keeps.
+    pub log_retain: u64,
     pub max_body_bytes: usize,
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
@@ -93,6 +98,17 @@ impl NodeConfig {
         } else {
             None
         };
+        let master = ini.get_str("replication", "master");
+        if mode == Mode::Slave && master.is_none() && etcd.is_none() {
+            return Err(ini.invalid(
+                "replication",
+                "master",
+                "",
+                "host:port of the master (or an [etcd] section to find it) for a slave",
+            ));
+        }
+        let log_retain: u64 =
+            ini.get_or("replication", "log_retain", 100_000, "a number of changes (>= 1)")?;
         Ok(NodeConfig {
             file: ini.path().to_path_buf(),
             mode,
@@ -108,6 +124,8 @@ impl NodeConfig {
             snapshot_interval: Duration::from_secs(minutes * 60),
             admin_token_file,
             etcd,
+            master,
+            log_retain: log_retain.max(1),
             max_body_bytes,
             idle_timeout: Duration::from_secs(idle.max(1)),
             request_timeout: Duration::from_secs(request_secs.max(1)),

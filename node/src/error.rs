@@ -11,6 +11,9 @@ pub enum ApiError {
     /// Bad input: the message names the field.
     #[error("{field}: {reason}")]
     BadField { field: &'static str, reason: String },
+    /// Bad input in one record of a batch: `records[3].values.net_profit`.
+    #[error("{field}: {reason}")]
+    BadRecord { field: String, reason: String },
     /// Bad input that is not about one field (not JSON, not an object, …).
     #[error("{0}")]
     BadRequest(String),
@@ -36,6 +39,9 @@ pub enum ApiError {
     TransferEncodingUnsupported,
     #[error("{0}")]
     Unavailable(String),
+    /// The replication request cannot be served incrementally.
+    #[error("{0}")]
+    Gone(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -52,7 +58,7 @@ impl ApiError {
     /// number.
     pub fn status(&self) -> u16 {
         match self {
-            ApiError::BadField { .. } | ApiError::BadRequest(_) => 400,
+            ApiError::BadField { .. } | ApiError::BadRecord { .. } | ApiError::BadRequest(_) => 400,
             ApiError::Unauthorized => 401,
             ApiError::Forbidden => 403,
             ApiError::NotFound { .. } => 404,
@@ -62,6 +68,7 @@ impl ApiError {
             ApiError::HeadersTooLarge { .. } => 431,
             ApiError::TransferEncodingUnsupported => 501,
             ApiError::Unavailable(_) => 503,
+            ApiError::Gone(_) => 410,
             ApiError::Internal(_) => 500,
         }
     }

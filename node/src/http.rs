@@ -55,8 +55,10 @@ impl Default for Limits {
 /// A parsed request; borrows the connection's read buffer.
 pub struct Request<'a> {
     pub method: &'a str,
-    /// The path without the query string (the node's routes take none).
+    /// The path, without the query string.
     pub path: &'a str,
+    /// What follows `?`, or "".
+    pub query: &'a str,
     pub headers: &'a [httparse::Header<'a>],
     pub body: &'a [u8],
 }
@@ -289,12 +291,13 @@ fn answer_one<S: Service>(buf: &[u8], service: &S, limits: &Limits, out: &mut Ve
     }
     let method = req.method.unwrap_or("GET");
     let target = req.path.unwrap_or("/");
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let keep_alive = keep_alive(req.version.unwrap_or(1), req.headers);
     let head = method == "HEAD";
     let request = Request {
         method: if head { "GET" } else { method },
         path,
+        query,
         headers: req.headers,
         body: &buf[head_len..head_len + body_len],
     };

@@ -22,25 +22,29 @@ mod http;
 mod metrics;
 mod pool;
 mod query;
+mod replication;
 mod request;
 mod response;
 mod series;
+mod state;
 mod store;
+mod write;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
-use cluster::{Registration, ServiceInfo};
+use cluster::{Discovery, Mode, Registration, ServiceInfo};
 
 use crate::api::{Api, NodeIdentity};
 use crate::cache::DataCache;
 use crate::config::NodeConfig;
 use crate::pool::WorkerPool;
+use crate::state::DataState;
 use crate::store::{DataVersion, Store};
 
 /// Coroutine stack, in words (may's unit): 256 KiB, room for serde_json's
@@ -155,6 +159,19 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
             })?),
         };
 
+    // The writer comes first: it creates the database (and any table an
+    // older file lacks); a slave starts from an empty one and copies the
+    // master's.
+    if cfg.mode == Mode::Master && !cfg.db_path.exists() {
+        return Err(anyhow!(
+            "config file {}: [database] path {}: no such file (run `kamaitachi-node gen-data --db {}`)",
+            cfg.file.display(),
+            cfg.db_path.display(),
+            cfg.db_path.display()
+        ));
+    }
+    let writer = store::start_writer(&cfg.db_path)
+        .with_context(|| format!("config file {}: [database] path", cfg.file.display()))?;
     let meta = Store::open_ro(&cfg.db_path)
         .with_context(|| format!("config file {}: [database] path", cfg.file.display()))?;
     let catalog = meta.load_catalog()?;
@@ -170,17 +187,24 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
         warm_from_dump(&cache, path, version);
     }
 
+    let state = Arc::new(DataState::default());
+    state.applied_seq.store(version.version, Ordering::Release);
+    state.master_seq.store(version.version, Ordering::Release);
+    state.dataset_id.store(version.dataset_id, Ordering::Release);
+    state.total_records.store(total_records as i64, Ordering::Release);
+    let engine = Arc::new(query::QueryEngine::new(catalog, cache.clone(), readers, compute));
     let api = Arc::new(Api {
-        engine: Arc::new(query::QueryEngine::new(catalog, cache.clone(), readers, compute)),
+        engine: engine.clone(),
         identity: NodeIdentity {
             mode: cfg.mode,
             addr: cfg.service_addr.clone(),
         },
         metrics: metrics::Metrics::new().map_err(|e| anyhow!("metrics: {e}"))?,
-        admin_token,
-        data_version: AtomicU64::new(version.version),
-        total_records: AtomicU64::new(total_records),
-        ready: AtomicBool::new(false),
+        admin_token: admin_token.clone(),
+        state: state.clone(),
+        writer: writer.clone(),
+        log_retain: cfg.log_retain,
+        db_path: cfg.db_path.clone(),
     });
 
     let addr = format!("{}:{}", cfg.bind, cfg.port);
@@ -203,6 +227,25 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the registry runtime")?;
+    if cfg.mode == Mode::Slave {
+        let locator = replication::MasterLocator {
+            registry: cfg
+                .etcd
+                .clone()
+                .map(|e| Discovery::spawn(registry_rt.handle(), e)),
+            fallback: cfg.master.clone(),
+        };
+        replication::Follower {
+            engine,
+            state: state.clone(),
+            writer,
+            locator,
+            token: admin_token,
+            db_path: cfg.db_path.clone(),
+        }
+        .spawn()
+        .context("cannot start the replication thread")?;
+    }
     let registration = match &cfg.etcd {
         None => {
             tracing::info!("no [etcd] section in {}: not registering", cfg.file.display());
@@ -222,7 +265,7 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
     let dumper = cfg.snapshot_path.clone().map(|path| Dumper {
         path,
         cache: cache.clone(),
-        version,
+        state: state.clone(),
     });
     spawn_signal_thread(api.clone(), dumper.clone(), registration)?;
     if let (Some(d), false) = (&dumper, cfg.snapshot_interval.is_zero()) {
@@ -236,12 +279,15 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
         max_connections: cfg.max_connections,
         ..http::Limits::default()
     };
-    api.ready.store(true, Ordering::Release);
+    // A master serves at once; a slave once it has caught up (replication.rs).
+    if cfg.mode == Mode::Master {
+        state.ready.store(true, Ordering::Release);
+    }
     tracing::info!(
         "kamaitachi-node {} listening on {addr} (db {}, data version {}, cache max {} bytes)",
         cfg.mode,
         cfg.db_path.display(),
-        version.version,
+        state.applied(),
         cfg.max_bytes
     );
     let server = may::go!(move || http::serve(listener, api, limits));
@@ -287,7 +333,7 @@ fn warm_from_dump(cache: &DataCache, path: &Path, version: DataVersion) {
 struct Dumper {
     path: PathBuf,
     cache: Arc<DataCache>,
-    version: DataVersion,
+    state: Arc<DataState>,
 }
 
 impl Dumper {
@@ -296,8 +342,14 @@ impl Dumper {
             return;
         }
         let started = Instant::now();
+        // The version is read before the entries: every write up to it has
+        // already dropped what it touched, so no entry is older than it.
+        let version = DataVersion {
+            dataset_id: self.state.dataset_id.load(Ordering::Acquire),
+            version: self.state.applied(),
+        };
         let entries = self.cache.all_series();
-        match dump::write(&self.path, self.version, &entries) {
+        match dump::write(&self.path, version, &entries) {
             Ok(bytes) => tracing::info!(
                 "cache dump {}: {} series, {bytes} bytes in {:.0} ms",
                 self.path.display(),
@@ -333,7 +385,7 @@ fn spawn_signal_thread(
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
                 tracing::info!("signal {sig}: stopping");
-                api.ready.store(false, Ordering::Release);
+                api.state.ready.store(false, Ordering::Release);
                 if let Some(reg) = registration {
                     // Leave the registry at once rather than after the lease.
                     reg.shutdown_blocking(Duration::from_secs(2));

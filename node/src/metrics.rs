@@ -17,16 +17,24 @@ pub enum RouteLabel {
     Period,
     Stats,
     CacheReset,
+    Ingest,
+    Delete,
+    Changes,
+    Image,
     Health,
     Metrics,
     Other,
 }
 
-const ROUTES: [RouteLabel; 7] = [
+const ROUTES: [RouteLabel; 11] = [
     RouteLabel::Snapshot,
     RouteLabel::Period,
     RouteLabel::Stats,
     RouteLabel::CacheReset,
+    RouteLabel::Ingest,
+    RouteLabel::Delete,
+    RouteLabel::Changes,
+    RouteLabel::Image,
     RouteLabel::Health,
     RouteLabel::Metrics,
     RouteLabel::Other,
@@ -39,6 +47,10 @@ impl RouteLabel {
             RouteLabel::Period => "period",
             RouteLabel::Stats => "stats",
             RouteLabel::CacheReset => "cache_reset",
+            RouteLabel::Ingest => "ingest",
+            RouteLabel::Delete => "delete",
+            RouteLabel::Changes => "replication_changes",
+            RouteLabel::Image => "replication_image",
             RouteLabel::Health => "health",
             RouteLabel::Metrics => "metrics",
             RouteLabel::Other => "other",
@@ -46,7 +58,9 @@ impl RouteLabel {
     }
 }
 
-const STATUSES: [u16; 13] = [200, 400, 401, 403, 404, 405, 408, 413, 429, 431, 500, 501, 503];
+const STATUSES: [u16; 14] = [
+    200, 400, 401, 403, 404, 405, 408, 410, 413, 429, 431, 500, 501, 503,
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -59,6 +73,7 @@ pub struct Metrics {
     cache_misses: IntGauge,
     cache_evictions: IntGauge,
     data_version: IntGauge,
+    master_seq: IntGauge,
     lag: IntGauge,
 }
 
@@ -117,7 +132,14 @@ impl Metrics {
                 "kamaitachi_cache_evictions",
                 "Entries evicted since the last reset",
             )?,
-            data_version: gauge("kamaitachi_data_version", "Data version of the node's database")?,
+            data_version: gauge(
+                "kamaitachi_data_version",
+                "Data version (last applied change) of the node's database",
+            )?,
+            master_seq: gauge(
+                "kamaitachi_replication_master_seq",
+                "Latest change sequence the master reported",
+            )?,
             lag: gauge(
                 "kamaitachi_replication_lag",
                 "Changes the node is behind its master",
@@ -140,7 +162,7 @@ impl Metrics {
     }
 
     /// The text exposition, with gauges brought up to date.
-    pub fn render(&self, cache: &CacheStats, data_version: u64, lag: u64) -> Vec<u8> {
+    pub fn render(&self, cache: &CacheStats, data_version: u64, master_seq: u64, lag: u64) -> Vec<u8> {
         self.cache_entries.set(cache.entries as i64);
         self.cache_bytes.set(cache.bytes as i64);
         self.cache_max_bytes.set(cache.max_bytes as i64);
@@ -148,6 +170,7 @@ impl Metrics {
         self.cache_misses.set(cache.misses as i64);
         self.cache_evictions.set(cache.evictions as i64);
         self.data_version.set(data_version as i64);
+        self.master_seq.set(master_seq as i64);
         self.lag.set(lag as i64);
         let mut out = Vec::new();
         // Encoding into a Vec only fails on invalid metric families, which

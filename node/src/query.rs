@@ -15,6 +15,7 @@
 //! A request is a cache hit when it needed no SQLite read at all.
 
 use std::cmp::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -44,6 +45,10 @@ pub struct QueryEngine {
     cache: Arc<DataCache>,
     readers: ReadPool,
     compute: WorkerPool<()>,
+    /// Data epoch: moved on by every write (twice, around invalidation).
+    /// Cached responses are keyed by it; a series read from SQLite is cached
+    /// only if no write happened meanwhile.
+    epoch: AtomicU64,
 }
 
 impl QueryEngine {
@@ -53,6 +58,49 @@ impl QueryEngine {
             cache,
             readers,
             compute,
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(AtomicOrdering::Acquire)
+    }
+
+    /// After a write committed: new catalog if it changed, the touched
+    /// subjects out of the cache, and the epoch moved on so no response
+    /// computed before the write is looked up again.
+    pub fn after_write(&self, touched: impl IntoIterator<Item = String>, catalog: Option<Catalog>) {
+        if let Some(c) = catalog {
+            self.catalog.store(Arc::new(c));
+        }
+        self.epoch.fetch_add(1, AtomicOrdering::AcqRel);
+        for subject in touched {
+            self.cache.invalidate_subject(&subject);
+        }
+        self.epoch.fetch_add(1, AtomicOrdering::AcqRel);
+    }
+
+    /// After the whole database was replaced (full resync).
+    pub fn after_restore(&self, catalog: Catalog) {
+        self.catalog.store(Arc::new(catalog));
+        self.epoch.fetch_add(1, AtomicOrdering::AcqRel);
+        self.cache.clear();
+        self.epoch.fetch_add(1, AtomicOrdering::AcqRel);
+    }
+
+    pub fn readers(&self) -> &ReadPool {
+        &self.readers
+    }
+
+    /// Caches a series read at epoch `e0`, unless a write came in between
+    /// (checked again after the insert, so a racing invalidation wins).
+    fn cache_series_if_current(&self, e0: u64, subject: Arc<str>, series: Arc<Series>) {
+        if self.epoch() != e0 {
+            return;
+        }
+        self.cache.insert_series(subject.clone(), series);
+        if self.epoch() != e0 {
+            self.cache.invalidate_subject(&subject);
         }
     }
 
@@ -66,7 +114,8 @@ impl QueryEngine {
 
     /// `POST …/snapshot`: the full response body.
     pub fn snapshot(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, ApiError> {
-        if let Some(hit) = self.cache.response(Route::Snapshot, body) {
+        let e0 = self.epoch();
+        if let Some(hit) = self.cache.response(Route::Snapshot, e0, body) {
             self.cache.record_hit();
             return Ok(hit);
         }
@@ -77,19 +126,20 @@ impl QueryEngine {
             let body = body.to_vec();
             return self
                 .compute
-                .call(move |_| engine.answer_snapshot(&q, &body, &catalog))
+                .call(move |_| engine.answer_snapshot(e0, &q, &body, &catalog))
                 .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         }
-        self.answer_snapshot(&q, body, &catalog)
+        self.answer_snapshot(e0, &q, body, &catalog)
     }
 
     fn answer_snapshot(
         &self,
+        e0: u64,
         q: &SnapshotQuery,
         body: &[u8],
         catalog: &Catalog,
     ) -> Result<Arc<[u8]>, ApiError> {
-        let series = self.series_for(&q.subjects, Need::LatestAt(q.as_of), catalog)?;
+        let series = self.series_for(e0, &q.subjects, Need::LatestAt(q.as_of), catalog)?;
 
         let mut rows: Vec<(&Arc<SubjectInfo>, Option<&Report>)> = q
             .subjects
@@ -119,13 +169,15 @@ impl QueryEngine {
         buf.push(b']');
         response::end_envelope(&mut buf);
         let bytes: Arc<[u8]> = buf.into();
-        self.cache.insert_response(Route::Snapshot, body, bytes.clone());
+        self.cache
+            .insert_response(Route::Snapshot, e0, body, bytes.clone());
         Ok(bytes)
     }
 
     /// `POST …/period`: the full response body.
     pub fn period(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, ApiError> {
-        if let Some(hit) = self.cache.response(Route::Period, body) {
+        let e0 = self.epoch();
+        if let Some(hit) = self.cache.response(Route::Period, e0, body) {
             self.cache.record_hit();
             return Ok(hit);
         }
@@ -136,14 +188,20 @@ impl QueryEngine {
             let body = body.to_vec();
             return self
                 .compute
-                .call(move |_| engine.answer_period(&q, &body, &catalog))
+                .call(move |_| engine.answer_period(e0, &q, &body, &catalog))
                 .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         }
-        self.answer_period(&q, body, &catalog)
+        self.answer_period(e0, &q, body, &catalog)
     }
 
-    fn answer_period(&self, q: &PeriodQuery, body: &[u8], catalog: &Catalog) -> Result<Arc<[u8]>, ApiError> {
-        let series = self.series_for(&q.subjects, Need::Range(q.from, q.to), catalog)?;
+    fn answer_period(
+        &self,
+        e0: u64,
+        q: &PeriodQuery,
+        body: &[u8],
+        catalog: &Catalog,
+    ) -> Result<Arc<[u8]>, ApiError> {
+        let series = self.series_for(e0, &q.subjects, Need::Range(q.from, q.to), catalog)?;
         let mut buf = Vec::with_capacity(256 + q.subjects.len() * 1024);
         response::begin_envelope(&mut buf, 0, &response::success_msg(&q.unknown));
         buf.push(b'[');
@@ -156,7 +214,7 @@ impl QueryEngine {
         buf.push(b']');
         response::end_envelope(&mut buf);
         let bytes: Arc<[u8]> = buf.into();
-        self.cache.insert_response(Route::Period, body, bytes.clone());
+        self.cache.insert_response(Route::Period, e0, body, bytes.clone());
         Ok(bytes)
     }
 
@@ -164,6 +222,7 @@ impl QueryEngine {
     /// the rest read in one job on a reader thread.
     fn series_for(
         &self,
+        e0: u64,
         subjects: &[Arc<SubjectInfo>],
         need: Need,
         catalog: &Catalog,
@@ -208,7 +267,7 @@ impl QueryEngine {
             let mut loaded = loaded.into_iter();
             for slot in out.iter_mut().filter(|s| s.is_none()) {
                 if let Some((name, series)) = loaded.next() {
-                    self.cache.insert_series(name, series.clone());
+                    self.cache_series_if_current(e0, name, series.clone());
                     *slot = Some(series);
                 }
             }

@@ -44,6 +44,7 @@ pub struct Series {
 }
 
 impl Series {
+    #[cfg(test)]
     pub fn new(mut reports: Vec<Report>) -> Self {
         reports.sort_by_key(|r| r.report_date);
         reports.dedup_by_key(|r| r.report_date);

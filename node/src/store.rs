@@ -6,7 +6,9 @@
 //! "reports in [from, to]" as index range scans; `report_values(subject,
 //! report_date, indicator)` holds one row per non-null value, so the indicator
 //! set is data (`indicators`), not columns. `meta` carries the dataset id and
-//! the data version a cache dump is checked against.
+//! the data version a cache dump is checked against. `changelog` holds the
+//! master's recent writes, by sequence, for the slaves (see `write.rs`,
+//! `replication.rs`); the data version is the sequence of the last write.
 //!
 //! SQLite calls block, and a blocking call inside a may coroutine stalls every
 //! socket on its worker thread. So reads run on dedicated OS threads, each
@@ -21,6 +23,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use crate::catalog::{Catalog, Indicator, SubjectInfo};
 use crate::pool::WorkerPool;
 use crate::series::{Report, Series};
+use crate::write::{self, Applied, Batch};
 
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -57,6 +60,11 @@ CREATE TABLE IF NOT EXISTS reports (
     declare_date TEXT NOT NULL,
     PRIMARY KEY (subject, report_date)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changelog (
+    seq        INTEGER PRIMARY KEY,
+    batch      TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS report_values (
     subject     TEXT NOT NULL,
     report_date INTEGER NOT NULL,
@@ -74,6 +82,10 @@ pub enum StoreError {
     Open { path: PathBuf, reason: String },
     #[error("database reader threads are gone")]
     WorkerGone,
+    #[error("replication out of order: at version {have}, change {got} arrived")]
+    OutOfOrder { have: u64, got: u64 },
+    #[error("{0}")]
+    BadImage(String),
 }
 
 /// Identity and version of the data a database holds.
@@ -287,6 +299,131 @@ impl Store {
             reports: reports.into_boxed_slice(),
         })
     }
+}
+
+/// The master's write path and the slaves' apply path.
+impl Store {
+    /// Master: applies `batch` as the next change, records it in the change
+    /// log in the same transaction, keeps the log to `retain` entries, and
+    /// commits (fsync'd). Returns what changed and the new sequence.
+    pub fn write_batch(&mut self, batch: &mut Batch, retain: u64) -> Result<(Applied, u64), StoreError> {
+        let current = self.data_version()?.version;
+        let seq = current + 1;
+        let tx = self.conn.transaction()?;
+        let applied = write::apply(&tx, batch, true)?;
+        let json = serde_json::to_string(&*batch).map_err(|e| StoreError::BadImage(e.to_string()))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        tx.execute(
+            "INSERT INTO changelog (seq, batch, created_at) VALUES (?1, ?2, ?3)",
+            params![seq as i64, json, now],
+        )?;
+        tx.execute(
+            "DELETE FROM changelog WHERE seq <= ?1",
+            params![seq.saturating_sub(retain.max(1)) as i64],
+        )?;
+        set_version(&tx, seq)?;
+        tx.commit()?;
+        Ok((applied, seq))
+    }
+
+    /// Slave: applies change `seq` from the master; it must be the next one.
+    pub fn apply_replicated(&mut self, batch: &mut Batch, seq: u64) -> Result<Applied, StoreError> {
+        let tx = self.conn.transaction()?;
+        let have: u64 = tx
+            .query_row("SELECT value FROM meta WHERE key = 'data_version'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if seq != have + 1 {
+            return Err(StoreError::OutOfOrder { have, got: seq });
+        }
+        let applied = write::apply(&tx, batch, false)?;
+        set_version(&tx, seq)?;
+        tx.commit()?;
+        Ok(applied)
+    }
+
+    /// The oldest sequence still in the change log (one past the data
+    /// version when the log is empty).
+    pub fn log_floor(&self) -> Result<u64, StoreError> {
+        let min: Option<i64> = self
+            .conn
+            .query_row("SELECT min(seq) FROM changelog", [], |r| r.get(0))?;
+        match min {
+            Some(m) => Ok(m as u64),
+            None => Ok(self.data_version()?.version + 1),
+        }
+    }
+
+    /// Changes after `from`, oldest first, at most `limit`; each batch is
+    /// the JSON text stored in the log.
+    pub fn changes_since(&self, from: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, batch FROM changelog WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+        let rows = stmt.query_map(params![from as i64, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Writes a consistent image of the database to `path` (SQLite backup
+    /// API, one step, so it is a single snapshot).
+    pub fn image_to(&self, path: &Path) -> Result<(), StoreError> {
+        let mut dst = Connection::open(path)?;
+        let backup = rusqlite::backup::Backup::new(&self.conn, &mut dst)?;
+        backup.step(-1)?;
+        drop(backup);
+        dst.pragma_update(None, "journal_mode", "DELETE")?;
+        Ok(())
+    }
+
+    /// Replaces this database's contents with the image at `path`, in one
+    /// step; readers on other connections see the old or the new data,
+    /// never a mix.
+    pub fn restore_from(&mut self, path: &Path) -> Result<(), StoreError> {
+        let src = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let backup = rusqlite::backup::Backup::new(&src, &mut self.conn)?;
+        backup.step(-1)?;
+        Ok(())
+    }
+}
+
+fn set_version(tx: &rusqlite::Transaction<'_>, seq: u64) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('data_version', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![seq.to_string()],
+    )?;
+    Ok(())
+}
+
+/// Checks a downloaded image before it is trusted: SQLite's quick check, the
+/// schema, and its data version. Returns that version.
+pub fn check_image(path: &Path) -> Result<DataVersion, StoreError> {
+    let store = Store::open_ro(path)?;
+    let check: String = store.conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Err(StoreError::BadImage(format!(
+            "image fails SQLite's quick check: {check}"
+        )));
+    }
+    store.data_version()
+}
+
+/// A writer: one thread, one read-write connection.
+pub type WritePool = WorkerPool<Store>;
+
+pub fn start_writer(path: &Path) -> Result<WritePool, StoreError> {
+    let store = Store::open_rw(path)?;
+    WorkerPool::start("sqlite-writer", vec![store]).map_err(|e| StoreError::Open {
+        path: path.to_path_buf(),
+        reason: format!("cannot start the writer thread: {e}"),
+    })
 }
 
 /// SQLite reader threads, each with its own read-only connection.

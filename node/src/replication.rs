@@ -1,0 +1,313 @@
+//! Slaves follow the master.
+//!
+//! Protocol (both routes are admin routes on every node; slaves call the
+//! master's):
+//! - `GET …/replication/changes?from=S&wait_ms=W&dataset=D`: the changes
+//!   after sequence `S` from the master's change log (long-poll: waits up to
+//!   `W` ms for one to appear). `410 Gone` when `S` is older than the log
+//!   keeps or the dataset differs: the slave must copy the whole database.
+//! - `GET …/replication/image`: a consistent image of the master's database
+//!   (SQLite backup API), with its sequence, dataset id and CRC-32 in headers.
+//!
+//! The [`Follower`] runs on its own OS thread in a slave: it finds the master
+//! (etcd entry with role `master`, else `[replication] master`), pulls
+//! changes from its applied sequence, applies each in one transaction with
+//! the new sequence (`Store::apply_replicated` refuses gaps and repeats), and
+//! then drops the touched subjects from the cache. An empty slave, one too
+//! far behind, or one from another dataset first copies the image: it is
+//! checked (CRC-32, SQLite quick check, its sequence), then restored into the
+//! slave's database in one step. The slave reports ready (`/health` 200) once
+//! it has caught up with the master for the first time.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster::Discovery;
+use serde::Deserialize;
+
+use crate::query::QueryEngine;
+use crate::state::DataState;
+use crate::store::{self, StoreError, WritePool};
+use crate::write::Batch;
+
+pub const API: &str = "/kamaitachi/api/data/v1/replication";
+/// How long a slave's long-poll waits on the master.
+pub const POLL_WAIT_MS: u64 = 1000;
+/// Largest image a slave accepts.
+const MAX_IMAGE_BYTES: u64 = 64 << 30;
+
+/// Where the master is.
+pub struct MasterLocator {
+    pub registry: Option<Discovery>,
+    pub fallback: Option<String>,
+}
+
+impl MasterLocator {
+    pub fn master(&self) -> Option<String> {
+        let from_registry = self.registry.as_ref().and_then(|d| {
+            d.services()
+                .iter()
+                .find(|e| e.info.role == "master")
+                .map(|e| e.info.addr.clone())
+        });
+        from_registry.or_else(|| self.fallback.clone())
+    }
+}
+
+#[derive(Deserialize)]
+struct ChangesEnvelope {
+    data: ChangesData,
+}
+
+#[derive(Deserialize)]
+struct ChangesData {
+    master_seq: u64,
+    changes: Vec<Change>,
+}
+
+#[derive(Deserialize)]
+struct Change {
+    seq: u64,
+    batch: Batch,
+}
+
+enum Pull {
+    Changes { master_seq: u64, changes: Vec<Change> },
+    NeedImage(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error("cannot reach the master: {0}")]
+    Http(String),
+    #[error("the master answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("image rejected: {0}")]
+    Image(String),
+}
+
+pub struct Follower {
+    pub engine: Arc<QueryEngine>,
+    pub state: Arc<DataState>,
+    pub writer: WritePool,
+    pub locator: MasterLocator,
+    pub token: Option<String>,
+    pub db_path: PathBuf,
+}
+
+impl Follower {
+    /// Follows forever on a thread of its own.
+    pub fn spawn(self) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name("replication".into())
+            .spawn(move || self.run())?;
+        Ok(())
+    }
+
+    fn agent(timeout: Duration) -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .build()
+            .into()
+    }
+
+    fn run(self) {
+        let poll = Self::agent(Duration::from_millis(POLL_WAIT_MS + 5000));
+        let mut backoff = Duration::from_millis(200);
+        let mut last_error = String::new();
+        loop {
+            let Some(master) = self.locator.master() else {
+                if last_error != "no master" {
+                    tracing::warn!("replication: no master known yet (etcd entry with role master, or [replication] master)");
+                    last_error = "no master".into();
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            };
+            if let Ok(mut m) = self.state.master_addr.lock() {
+                *m = Some(master.clone());
+            }
+            let step = match self.pull(&poll, &master) {
+                Ok(Pull::Changes { master_seq, changes }) => self.apply(master_seq, changes),
+                Ok(Pull::NeedImage(why)) => {
+                    tracing::info!("replication: copying the database from {master} ({why})");
+                    self.full_sync(&master)
+                }
+                Err(e) => Err(e),
+            };
+            match step {
+                Ok(()) => {
+                    backoff = Duration::from_millis(200);
+                    last_error.clear();
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if msg != last_error {
+                        tracing::warn!("replication from {master}: {msg}; retrying");
+                        last_error = msg;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn auth(&self) -> String {
+        format!("Bearer {}", self.token.as_deref().unwrap_or(""))
+    }
+
+    fn pull(&self, agent: &ureq::Agent, master: &str) -> Result<Pull, FollowError> {
+        let url = format!(
+            "http://{master}{API}/changes?from={}&wait_ms={POLL_WAIT_MS}&dataset={}",
+            self.state.applied(),
+            self.state.dataset_id.load(Ordering::Acquire)
+        );
+        let mut resp = agent
+            .get(&url)
+            .header("Authorization", &self.auth())
+            .call()
+            .map_err(|e| FollowError::Http(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_vec()
+            .map_err(|e| FollowError::Http(e.to_string()))?;
+        match status {
+            200 => {
+                let env: ChangesEnvelope = serde_json::from_slice(&body)
+                    .map_err(|e| FollowError::Http(format!("changes do not decode: {e}")))?;
+                Ok(Pull::Changes {
+                    master_seq: env.data.master_seq,
+                    changes: env.data.changes,
+                })
+            }
+            410 => Ok(Pull::NeedImage(String::from_utf8_lossy(&body).into_owned())),
+            _ => Err(FollowError::Status {
+                status,
+                body: String::from_utf8_lossy(&body).chars().take(300).collect(),
+            }),
+        }
+    }
+
+    fn apply(&self, master_seq: u64, changes: Vec<Change>) -> Result<(), FollowError> {
+        for change in changes {
+            let engine = self.engine.clone();
+            let state = self.state.clone();
+            let Change { seq, mut batch } = change;
+            self.writer
+                .call(move |store| {
+                    let applied = store.apply_replicated(&mut batch, seq)?;
+                    let catalog = if applied.catalog_changed {
+                        Some(store.load_catalog()?)
+                    } else {
+                        None
+                    };
+                    state.publish(&engine, applied, seq, catalog);
+                    Ok::<_, StoreError>(())
+                })
+                .map_err(|_| StoreError::WorkerGone)??;
+        }
+        self.state
+            .master_seq
+            .store(master_seq.max(self.state.applied()), Ordering::Release);
+        if self.state.applied() >= master_seq && !self.state.is_ready() {
+            tracing::info!("replication: caught up with the master at {master_seq}; ready");
+            self.state.ready.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn full_sync(&self, master: &str) -> Result<(), FollowError> {
+        let started = Instant::now();
+        let agent = Self::agent(Duration::from_secs(600));
+        let mut resp = agent
+            .get(&format!("http://{master}{API}/image"))
+            .header("Authorization", &self.auth())
+            .call()
+            .map_err(|e| FollowError::Http(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let header = |name: &str| -> Option<u64> {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        };
+        let (seq, dataset, crc) = (
+            header("x-kamaitachi-seq"),
+            header("x-kamaitachi-dataset"),
+            header("x-kamaitachi-crc32"),
+        );
+        let mut bytes = Vec::new();
+        resp.body_mut()
+            .as_reader()
+            .take(MAX_IMAGE_BYTES)
+            .read_to_end(&mut bytes)
+            .map_err(|e| FollowError::Http(e.to_string()))?;
+        if status != 200 {
+            return Err(FollowError::Status {
+                status,
+                body: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+            });
+        }
+        let (Some(seq), Some(dataset), Some(crc)) = (seq, dataset, crc) else {
+            return Err(FollowError::Image(
+                "missing sequence, dataset or checksum headers".into(),
+            ));
+        };
+        let computed = u64::from(crc32fast::hash(&bytes));
+        if computed != crc {
+            return Err(FollowError::Image(format!(
+                "checksum {computed:08x} != {crc:08x} (damaged in transit)"
+            )));
+        }
+        let mut tmp = self.db_path.as_os_str().to_owned();
+        tmp.push(".sync-tmp");
+        let tmp = PathBuf::from(tmp);
+        std::fs::write(&tmp, &bytes)
+            .map_err(|e| FollowError::Image(format!("cannot write {}: {e}", tmp.display())))?;
+        drop(bytes);
+        let result = (|| {
+            let version = store::check_image(&tmp)?;
+            if version.version != seq || version.dataset_id != dataset {
+                return Err(FollowError::Image(format!(
+                    "image holds version {} of dataset {}, headers said {seq} of {dataset}",
+                    version.version, version.dataset_id
+                )));
+            }
+            let engine = self.engine.clone();
+            let state = self.state.clone();
+            let path = tmp.clone();
+            self.writer
+                .call(move |store| {
+                    store.restore_from(&path)?;
+                    let catalog = store.load_catalog()?;
+                    let records = store.report_count()?;
+                    let v = store.data_version()?;
+                    engine.after_restore(catalog);
+                    state.total_records.store(records as i64, Ordering::Release);
+                    state.dataset_id.store(v.dataset_id, Ordering::Release);
+                    state.applied_seq.store(v.version, Ordering::Release);
+                    state.master_seq.fetch_max(v.version, Ordering::AcqRel);
+                    Ok::<_, StoreError>(())
+                })
+                .map_err(|_| StoreError::WorkerGone)??;
+            Ok(())
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        result?;
+        tracing::info!(
+            "replication: database copied from {master} at version {seq} in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}
