@@ -358,6 +358,37 @@ impl Drop for Node {
     }
 }
 
+/// A text fingerprint of a database's data (every row of every data table,
+/// in key order): equal fingerprints mean equal data.
+pub fn db_fingerprint(db: &Path) -> String {
+    let conn = rusqlite_open(db);
+    let mut out = String::new();
+    for sql in [
+        "SELECT id, code FROM indicators ORDER BY id",
+        "SELECT subject, name FROM subjects ORDER BY subject",
+        "SELECT topic, subject FROM topic_members ORDER BY topic, subject",
+        "SELECT subject, report_date, end_date, year, period, declare_date FROM reports ORDER BY subject, report_date",
+        "SELECT subject, report_date, indicator, quote(value) FROM report_values ORDER BY 1, 2, 3",
+    ] {
+        let Ok(mut st) = conn.prepare(sql) else { continue };
+        let n = st.column_count();
+        let Ok(mut rows) = st.query([]) else { continue };
+        while let Ok(Some(r)) = rows.next() {
+            for i in 0..n {
+                let v: rusqlite::types::Value = r.get(i).unwrap_or(rusqlite::types::Value::Null);
+                out.push_str(&format!("{v:?}|"));
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn rusqlite_open(db: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open database")
+}
+
 /// Polls `f` every 50 ms until it is true or `timeout` passes.
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

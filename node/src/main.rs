@@ -33,7 +33,7 @@ mod write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
@@ -246,21 +246,28 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
         .spawn()
         .context("cannot start the replication thread")?;
     }
-    let registration = match &cfg.etcd {
-        None => {
-            tracing::info!("no [etcd] section in {}: not registering", cfg.file.display());
-            None
-        }
+    // The node joins the registry — and so the gateway's ring — once it is
+    // ready: at once for a master, after its first sync for a slave.
+    let registration: Arc<Mutex<Option<Registration>>> = Arc::default();
+    match &cfg.etcd {
+        None => tracing::info!("no [etcd] section in {}: not registering", cfg.file.display()),
         Some(etcd) => {
+            let (slot, state, handle) = (registration.clone(), state.clone(), registry_rt.handle().clone());
+            let (etcd, name) = (etcd.clone(), cfg.service_name.clone());
             let info = ServiceInfo::new(&cfg.service_addr, cfg.mode.as_str());
-            Some(Registration::spawn(
-                registry_rt.handle(),
-                etcd.clone(),
-                &cfg.service_name,
-                info,
-            ))
+            std::thread::Builder::new()
+                .name("register".into())
+                .spawn(move || {
+                    while !state.is_ready() {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    if let Ok(mut slot) = slot.lock() {
+                        *slot = Some(Registration::spawn(&handle, etcd, &name, info));
+                    }
+                })
+                .context("cannot start the registration thread")?;
         }
-    };
+    }
 
     let dumper = cfg.snapshot_path.clone().map(|path| Dumper {
         path,
@@ -375,7 +382,7 @@ fn spawn_dump_timer(dumper: Dumper, every: Duration) -> anyhow::Result<()> {
 fn spawn_signal_thread(
     api: Arc<Api>,
     dumper: Option<Dumper>,
-    registration: Option<Registration>,
+    registration: Arc<Mutex<Option<Registration>>>,
 ) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals =
@@ -386,7 +393,7 @@ fn spawn_signal_thread(
             if let Some(sig) = signals.forever().next() {
                 tracing::info!("signal {sig}: stopping");
                 api.state.ready.store(false, Ordering::Release);
-                if let Some(reg) = registration {
+                if let Some(reg) = registration.lock().ok().and_then(|mut r| r.take()) {
                     // Leave the registry at once rather than after the lease.
                     reg.shutdown_blocking(Duration::from_secs(2));
                 }

@@ -52,9 +52,15 @@ pub fn snapshot_body(subject: &str) -> String {
     format!(r#"{{"ids":"operating_income,net_profit","subjects":"{subject}"}}"#)
 }
 
-/// A node registered in `etcd` with a short lease.
+/// A node registered in `etcd` with a short lease. A slave gets an empty
+/// database of its own and copies the master's through replication.
 pub fn registered_node(etcd: &Etcd, mode: &'static str) -> Node {
-    let mut opts = NodeOpts::new(sample_db());
+    let db = if mode == "master" {
+        sample_db().to_path_buf()
+    } else {
+        temp_dir("gw-slave").join("slave.db")
+    };
+    let mut opts = NodeOpts::new(&db);
     opts.mode = mode;
     opts.extra = format!(
         "[etcd]\nendpoints = {}\nprefix = /kmt-gw\nttl = 2\n",

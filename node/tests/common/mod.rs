@@ -32,3 +32,7 @@ pub fn gen_data(db: &Path, subjects: usize, seed: u64) {
 pub fn start_node(opts: &NodeOpts) -> Node {
     Node::start(Path::new(BIN), opts)
 }
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(BIN)
+}
