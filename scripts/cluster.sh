@@ -1,123 +1,205 @@
 #!/usr/bin/env bash
-# Start, stop and inspect the local Kamaitachi cluster.
-#   scripts/cluster.sh start | stop | status
+# The local Kamaitachi cluster: etcd, a master, two slaves and the gateway.
+#
+#   scripts/cluster.sh start        start everything (what `make cluster` runs)
+#   scripts/cluster.sh stop         graceful stop of what start started
+#   scripts/cluster.sh status       health, role, data version, hit rate; etcd's registry
+#   scripts/cluster.sh add N        one more slave, "slaveN", on the next free port
+#
 # Processes are tracked by pid files under run/ (never by name); logs go to
-# logs/. Ports come from the conf/ files.
+# logs/. The configs actually used are written to run/conf/ from conf/*.ini
+# with the ports below (override them in the environment, e.g.
+# MASTER_PORT=18080 make cluster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RUN=run; LOGS=logs; DATA=data; BIN=bin
-NODES="master:conf/master.ini:8080 slave1:conf/slave.ini:8081 slave2:conf/slave2.ini:8082"
+MASTER_PORT=${MASTER_PORT:-8080}
+SLAVE1_PORT=${SLAVE1_PORT:-8081}
+SLAVE2_PORT=${SLAVE2_PORT:-8082}
+GATEWAY_PORT=${GATEWAY_PORT:-9000}
 ETCD_PORT=${ETCD_PORT:-2379}
-mkdir -p "$RUN" "$LOGS" "$DATA"
+ETCD_PEER_PORT=${ETCD_PEER_PORT:-$((ETCD_PORT + 1))}
+BIN=${BIN:-bin}
+RUN=run; LOGS=logs; DATA=data; CONF=$RUN/conf
+mkdir -p "$RUN" "$LOGS" "$DATA" "$CONF"
 
 die() { echo "cluster: $*" >&2; exit 1; }
-alive() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+pid_of() { cat "$RUN/$1.pid" 2>/dev/null || true; }
+alive() { local p; p=$(pid_of "$1"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-health() { curl -s -m 2 "http://127.0.0.1:$1/health" || true; }
+etcd_up() { curl -s -m 1 "http://127.0.0.1:$ETCD_PORT/health" 2>/dev/null | grep -q '"health":"true"'; }
+
+# Every node the cluster runs: name:template:port. Added slaves are
+# remembered in run/extra-nodes.
+nodes() {
+  echo "master:master:$MASTER_PORT slave1:slave:$SLAVE1_PORT slave2:slave2:$SLAVE2_PORT"
+  [ -f "$RUN/extra-nodes" ] && cat "$RUN/extra-nodes"
+  return 0
+}
+
+# render TEMPLATE NAME PORT -> run/conf/NAME.ini with this run's ports.
+render() {
+  local template=$1 name=$2 port=$3 db=$4
+  sed -e "s/^port = [0-9]*/port = $port/" \
+      -e "s/^service_addr = localhost:[0-9]*/service_addr = localhost:$port/" \
+      -e "s/^master = localhost:[0-9]*/master = localhost:$MASTER_PORT/" \
+      -e "s/^endpoints = localhost:[0-9]*/endpoints = localhost:$ETCD_PORT/" \
+      -e "s#^path = [^ ]*#path = ./data/$db.db#" \
+      -e "s#^snapshot_path = [^ ]*#snapshot_path = ./data/${db}_snapshot.dat#" \
+      "conf/$template.ini" >"$CONF/$name.ini"
+}
 
 stop_one() {
   local name=$1 pid
-  [ -f "$RUN/$name.pid" ] || return 0
-  pid=$(cat "$RUN/$name.pid")
-  if kill -0 "$pid" 2>/dev/null; then
+  pid=$(pid_of "$name")
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && { echo "cluster: $name ($pid) ignored SIGTERM; killing"; kill -KILL "$pid" || true; }
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "cluster: $name ($pid) did not stop on SIGTERM in 10 s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
   fi
   rm -f "$RUN/$name.pid"
 }
 
+# wait_health NAME PORT [SECONDS]: until /health answers 200, or show the log.
+wait_health() {
+  local name=$1 port=$2 secs=${3:-60}
+  for _ in $(seq 1 $((secs * 10))); do
+    curl -sf -m 1 "http://127.0.0.1:$port/health" >/dev/null 2>&1 && return 0
+    alive "$name" || break
+    sleep 0.1
+  done
+  echo "cluster: $name did not become healthy on :$port; last lines of $LOGS/$name.log:" >&2
+  tail -n 20 "$LOGS/$name.log" >&2 || true
+  exit 1
+}
+
 start_etcd() {
-  if curl -s -m 1 "http://127.0.0.1:$ETCD_PORT/health" >/dev/null 2>&1; then
-    echo "cluster: etcd already answers on :$ETCD_PORT"
+  if etcd_up; then
+    echo "cluster: etcd already answers on :$ETCD_PORT; using it"
     return 0
   fi
-  command -v etcd >/dev/null || die "etcd not found: run scripts/install-deps.sh"
-  port_busy "$ETCD_PORT" && die "port $ETCD_PORT is in use by something that is not etcd; stop it or set ETCD_PORT"
+  command -v etcd >/dev/null || die "etcd not found: run scripts/install-deps.sh (Debian package etcd-server)"
+  port_busy "$ETCD_PORT" && die "port $ETCD_PORT is in use by something that is not a healthy etcd; stop it or set ETCD_PORT"
   etcd --name kamaitachi --data-dir "$DATA/etcd" \
     --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
-    --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
-    --initial-cluster "kamaitachi=http://127.0.0.1:$((ETCD_PORT + 1))" >"$LOGS/etcd.log" 2>&1 &
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "kamaitachi=http://127.0.0.1:$ETCD_PEER_PORT" >"$LOGS/etcd.log" 2>&1 &
   echo $! >"$RUN/etcd.pid"
-  for _ in $(seq 1 50); do
-    curl -s -m 1 "http://127.0.0.1:$ETCD_PORT/health" >/dev/null 2>&1 && return 0
-    sleep 0.2
-  done
+  for _ in $(seq 1 100); do etcd_up && return 0; sleep 0.2; done
   tail -n 20 "$LOGS/etcd.log" >&2
-  die "etcd did not become healthy on :$ETCD_PORT (log above: $LOGS/etcd.log)"
+  die "etcd did not become healthy on :$ETCD_PORT (log: $LOGS/etcd.log)"
+}
+
+start_node() {
+  local name=$1 template=$2 port=$3 db
+  db=$name; [ "$name" = slave1 ] && db=slave
+  alive "$name" && die "$name is already running (pid $(pid_of "$name")); run 'make stop' first"
+  port_busy "$port" && die "port $port ($name) is in use: stop what listens there (ss -ltnp | grep :$port) or set ${name^^}_PORT"
+  render "$template" "$name" "$port" "$db"
+  "$BIN/kamaitachi-node" -config "$CONF/$name.ini" >>"$LOGS/$name.log" 2>&1 &
+  echo $! >"$RUN/$name.pid"
 }
 
 start() {
-  [ -x "$BIN/kamaitachi-node" ] || die "missing $BIN/kamaitachi-node: run 'make build'"
+  for b in kamaitachi-node kamaitachi-gateway; do
+    [ -x "$BIN/$b" ] || die "missing $BIN/$b: run 'make build'"
+  done
   [ -f "$DATA/master.db" ] || die "missing $DATA/master.db: run 'make data'"
-  [ -s "$RUN/admin.token" ] || { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/admin.token"; chmod 600 "$RUN/admin.token"; }
-  # Clean up what an earlier run left (by pid file only).
-  for entry in $NODES; do stop_one "${entry%%:*}"; done
+  if [ ! -s "$RUN/admin.token" ]; then
+    (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/admin.token")
+  fi
+  # Clean up what an earlier run left behind (by pid file only).
+  stop_all quiet
+  rm -f "$RUN/extra-nodes"
   start_etcd
-  # Until replication lands (issue 5), each slave starts from a copy of the
-  # master's database.
-  for db in slave slave2; do
-    [ -f "$DATA/$db.db" ] || cp "$DATA/master.db" "$DATA/$db.db"
+  local name template port
+  for entry in $(nodes); do
+    IFS=: read -r name template port <<<"$entry"
+    start_node "$name" "$template" "$port"
   done
-  for entry in $NODES; do
-    IFS=: read -r name conf port <<<"$entry"
-    port_busy "$port" && die "port $port ($name) is in use: stop whatever listens there (ss -ltnp | grep :$port) or change $conf"
-    "$BIN/kamaitachi-node" -config "$conf" >"$LOGS/$name.log" 2>&1 &
-    echo $! >"$RUN/$name.pid"
+  for entry in $(nodes); do
+    IFS=: read -r name template port <<<"$entry"
+    wait_health "$name" "$port" 120
   done
-  for entry in $NODES; do
-    IFS=: read -r name conf port <<<"$entry"
-    ok=
-    for _ in $(seq 1 100); do
-      if curl -sf -m 1 "http://127.0.0.1:$port/health" >/dev/null 2>&1; then ok=1; break; fi
-      alive "$name" || break
-      sleep 0.1
-    done
-    if [ -z "$ok" ]; then
-      echo "cluster: $name did not become healthy on :$port; last lines of $LOGS/$name.log:" >&2
-      tail -n 20 "$LOGS/$name.log" >&2
-      exit 1
-    fi
+  alive gateway && die "the gateway is already running"
+  port_busy "$GATEWAY_PORT" && die "port $GATEWAY_PORT (gateway) is in use: stop what listens there or set GATEWAY_PORT"
+  sed -e "s/^port = [0-9]*/port = $GATEWAY_PORT/" -e "s/^endpoints = localhost:[0-9]*/endpoints = localhost:$ETCD_PORT/" \
+    conf/gateway.ini >"$CONF/gateway.ini"
+  "$BIN/kamaitachi-gateway" -config "$CONF/gateway.ini" >>"$LOGS/gateway.log" 2>&1 &
+  echo $! >"$RUN/gateway.pid"
+  wait_health gateway "$GATEWAY_PORT" 30
+  local want; want=$(nodes | wc -w)
+  for _ in $(seq 1 100); do
+    curl -s -m 1 "http://127.0.0.1:$GATEWAY_PORT/health" | grep -q "\"healthy_nodes\":$want" && break
+    sleep 0.1
   done
   status
   cat <<EOF
 
-Try:
-  curl -s -X POST http://localhost:8080/kamaitachi/api/data/v1/snapshot -d '{"ids":"operating_income,net_profit","subjects":"33:000001,17:600000"}'
-  curl -s -X POST http://localhost:8081/kamaitachi/api/data/v1/period -d '{"ids":"net_profit","subjects":"33:000001","from":1672531200,"to":1735603200}'
-  curl -s http://localhost:8082/kamaitachi/api/data/v1/stats
-(The gateway on :9000 arrives with its issue; until then, talk to the nodes directly.)
+Try (through the gateway; /data is stripped and the rest goes to a node):
+  curl -s -X POST http://localhost:$GATEWAY_PORT/data/kamaitachi/api/data/v1/snapshot -d '{"ids":"operating_income,net_profit","subjects":"33:000001,17:600000"}'
+  curl -s -X POST http://localhost:$GATEWAY_PORT/data/kamaitachi/api/data/v1/period -d '{"ids":"net_profit","subjects":"33:000001","from":1672531200,"to":1735603200}'
+  curl -s http://localhost:$GATEWAY_PORT/kamaitachi/api/data/v1/stats
+Stop with: make stop
 EOF
 }
 
 status() {
-  printf '%-8s %-6s %-8s %-8s %-9s %-9s %s\n' NAME PORT PID ROLE DATA_VER HIT_RATE HEALTH
-  for entry in $NODES; do
-    IFS=: read -r name conf port <<<"$entry"
-    pid=-; alive "$name" && pid=$(cat "$RUN/$name.pid")
-    h=$(health "$port")
+  printf '%-8s %-6s %-8s %-8s %-9s %-6s %-9s %s\n' NAME PORT PID ROLE DATA_VER LAG HIT_RATE HEALTH
+  local name template port h role ver lag rate st pid
+  for entry in $(nodes) gateway:gateway:$GATEWAY_PORT; do
+    IFS=: read -r name template port <<<"$entry"
+    pid=-; alive "$name" && pid=$(pid_of "$name")
+    h=$(curl -s -m 2 "http://127.0.0.1:$port/health" || true)
     role=$(sed -n 's/.*"mode":"\([a-z]*\)".*/\1/p' <<<"$h")
     ver=$(sed -n 's/.*"data_version":\([0-9]*\).*/\1/p' <<<"$h")
-    rate=$(curl -s -m 2 "http://127.0.0.1:$port/kamaitachi/api/data/v1/stats" | sed -n 's/.*"hit_rate":\([0-9.]*\).*/\1/p')
-    st=$(sed -n 's/.*"status":"\([a-z]*\)".*/\1/p' <<<"$h")
-    printf '%-8s %-6s %-8s %-8s %-9s %-9s %s\n' "$name" "$port" "$pid" "${role:--}" "${ver:--}" "${rate:--}" "${st:-down}"
+    lag=$(sed -n 's/.*"lag":\([0-9]*\).*/\1/p' <<<"$h")
+    rate=$(curl -s -m 2 "http://127.0.0.1:$port/kamaitachi/api/data/v1/stats" | grep -o '"hit_rate":[0-9.]*' | tail -n 1 | cut -d: -f2 || true)
+    st=$(sed -n 's/^{"[^}]*"status":"\([a-z]*\)".*/\1/p; s/.*,"status":"\([a-z]*\)".*/\1/p' <<<"$h" | head -n 1)
+    printf '%-8s %-6s %-8s %-8s %-9s %-6s %-9s %s\n' "$name" "$port" "$pid" "${role:--}" "${ver:--}" "${lag:--}" \
+      "${rate:0:6}" "${st:-down}"
   done
-  if command -v etcdctl >/dev/null; then
-    echo; echo "etcd registry (etcdctl get --prefix /kamaitachi):"
-    ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ETCD_PORT" --dial-timeout 1s get --prefix /kamaitachi 2>&1 || true
+  echo
+  if etcd_up; then
+    echo "etcd :$ETCD_PORT registry (etcdctl get --prefix /kamaitachi):"
+    ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ETCD_PORT" --dial-timeout 1s get --prefix /kamaitachi 2>&1 | sed 's/^/  /' || true
+  else
+    echo "etcd :$ETCD_PORT is not answering"
   fi
 }
 
-stop() {
-  for entry in $NODES; do stop_one "${entry%%:*}"; done
+stop_all() {
+  stop_one gateway
+  local name template port
+  for entry in $(nodes); do
+    IFS=: read -r name template port <<<"$entry"
+    stop_one "$name"
+  done
   stop_one etcd
-  echo "cluster: stopped"
+  rm -f "$RUN/extra-nodes"
+  [ "${1:-}" = quiet ] || echo "cluster: stopped (pid files removed)"
+}
+
+add() {
+  local n=${1:-}
+  [[ "$n" =~ ^[0-9]+$ ]] || die "usage: $0 add N (N a number, e.g. 3)"
+  local name=slave$n port=$((MASTER_PORT + n))
+  grep -qs "^$name:" "$RUN/extra-nodes" && alive "$name" && die "$name already runs"
+  while port_busy "$port"; do port=$((port + 1)); done
+  etcd_up || die "etcd is not answering on :$ETCD_PORT: start the cluster first (make cluster)"
+  start_node "$name" slave "$port"
+  grep -qs "^$name:" "$RUN/extra-nodes" || echo "$name:slave:$port" >>"$RUN/extra-nodes"
+  wait_health "$name" "$port" 120
+  echo "cluster: $name runs on :$port (config $CONF/$name.ini); the gateway picks it up through etcd"
 }
 
 case "${1:-}" in
   start) start ;;
-  stop) stop ;;
+  stop) stop_all ;;
   status) status ;;
-  *) die "usage: $0 start|stop|status" ;;
+  add) add "${2:-}" ;;
+  *) die "usage: $0 start|stop|status|add N" ;;
 esac
