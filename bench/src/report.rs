@@ -1,6 +1,7 @@
 //! Results: the outcome of one request, per-worker tallies with a latency
-//! histogram, their aggregation into a run summary, and the summary's
-//! output as a table or as one JSON object.
+//! histogram, their aggregation into a run summary (reads) or an ingest
+//! summary (writes and replication delays), and their output as a table or
+//! as one JSON object.
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
@@ -9,6 +10,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use crate::follow::Replication;
 use crate::stats::HitRate;
 
 /// Highest latency the histogram tracks exactly, in microseconds (larger
@@ -30,6 +32,8 @@ pub enum ErrorKind {
     NotJson,
     /// Any other transport failure (connection closed mid-answer, ...).
     Transport,
+    /// A successful ingest answer without `data.written` and `data.seq`.
+    NoAck,
 }
 
 impl fmt::Display for ErrorKind {
@@ -42,6 +46,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Envelope(None) => f.write_str("envelope without status_code"),
             ErrorKind::NotJson => f.write_str("body not JSON"),
             ErrorKind::Transport => f.write_str("transport error"),
+            ErrorKind::NoAck => f.write_str("answer without data.written/seq"),
         }
     }
 }
@@ -58,13 +63,25 @@ pub struct Tally {
     pub errors: BTreeMap<ErrorKind, u64>,
 }
 
+/// An empty histogram of microseconds: 3 significant digits from 1 us to
+/// an hour.
+pub fn histogram() -> Histogram<u64> {
+    // The bounds are constant and valid, so this cannot fail at run time.
+    Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid histogram bounds")
+}
+
+/// Records `d` in microseconds, clamped into the histogram's bounds.
+pub fn record_micros(h: &mut Histogram<u64>, d: Duration) {
+    let micros = u64::try_from(d.as_micros())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_MICROS);
+    h.saturating_record(micros);
+}
+
 impl Tally {
     pub fn new() -> Self {
-        // 3 significant digits from 1 us to an hour; the bounds are constant
-        // and valid, so this cannot fail at run time.
-        let latency = Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid histogram bounds");
         Tally {
-            latency,
+            latency: histogram(),
             ok: 0,
             errors: BTreeMap::new(),
         }
@@ -74,10 +91,7 @@ impl Tally {
     pub fn record(&mut self, outcome: Outcome) {
         match outcome {
             Ok(elapsed) => {
-                let micros = u64::try_from(elapsed.as_micros())
-                    .unwrap_or(u64::MAX)
-                    .clamp(1, MAX_MICROS);
-                self.latency.saturating_record(micros);
+                record_micros(&mut self.latency, elapsed);
                 self.ok += 1;
             }
             Err(kind) => *self.errors.entry(kind).or_default() += 1,
@@ -288,6 +302,194 @@ impl Summary {
     }
 }
 
+/// A latency histogram as `{p50, p95, p99, max, mean}` in ms, or null.
+fn latency_json(h: &Histogram<u64>) -> Value {
+    Latency::of(h).map_or(
+        Value::Null,
+        |l| json!({ "p50": l.p50, "p95": l.p95, "p99": l.p99, "max": l.max, "mean": l.mean }),
+    )
+}
+
+/// Table rows `{name} p50` .. `{name} max` of a histogram, or one "n/a" row.
+fn latency_rows(rows: &mut Vec<(String, String)>, name: &str, h: &Histogram<u64>, none: &str) {
+    match Latency::of(h) {
+        Some(l) => {
+            for (p, v) in [("p50", l.p50), ("p95", l.p95), ("p99", l.p99), ("max", l.max)] {
+                rows.push((format!("{name} {p}"), format!("{v:.3} ms")));
+            }
+        }
+        None => rows.push((name.to_string(), format!("n/a ({none})"))),
+    }
+}
+
+/// Rows aligned on their names.
+fn table(rows: &[(String, String)]) -> String {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (k, v) in rows {
+        let _ = writeln!(out, "{k:<width$}  {v}");
+    }
+    out
+}
+
+/// Everything an ingest run reports.
+#[derive(Debug, Clone)]
+pub struct IngestSummary {
+    /// The common settings; `repeat` is unused.
+    pub info: RunInfo,
+    /// Records per batch.
+    pub batch: u64,
+    /// Target rows per second (None: as fast as possible).
+    pub rate: Option<u64>,
+    /// Batch latencies and errors by kind.
+    pub tally: Tally,
+    /// Sum of `data.written` of the acknowledged batches.
+    pub rows_written: u64,
+    /// The highest acknowledged seq.
+    pub last_seq: Option<u64>,
+    /// Wall time of the writes.
+    pub elapsed: Duration,
+    /// Time spent waiting for the followers after the writes.
+    pub follow_wait: Duration,
+    /// The first failed answer.
+    pub first_error: Option<String>,
+    pub followers: Vec<Replication>,
+}
+
+impl IngestSummary {
+    fn per_sec(&self, n: u64) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            n as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// The summary as one JSON object.
+    pub fn to_json(&self) -> Value {
+        let t = &self.tally;
+        let i = &self.info;
+        let errors: serde_json::Map<String, Value> =
+            t.errors.iter().map(|(k, n)| (k.to_string(), json!(n))).collect();
+        let followers: Vec<Value> = self
+            .followers
+            .iter()
+            .map(|r| {
+                json!({
+                    "url": r.watch.url,
+                    "acknowledged": t.ok,
+                    "replicated": r.replicated,
+                    "not_replicated": r.not_replicated,
+                    "delay_ms": latency_json(&r.delays),
+                    "applied_seq": r.watch.applied(),
+                    "polls": r.watch.polls,
+                    "poll_errors": r.watch.errors,
+                    "last_poll_error": r.watch.last_error,
+                })
+            })
+            .collect();
+        json!({
+            "target": i.target,
+            "scenario": i.scenario,
+            "concurrency": i.concurrency,
+            "requests_limit": i.requests_limit,
+            "duration_limit_s": i.duration_limit,
+            "seed": i.seed,
+            "subjects": i.subjects,
+            "timeout_ms": i.timeout_ms,
+            "batch": self.batch,
+            "rate_rows_s": self.rate,
+            "batches": t.total(),
+            "ok": t.ok,
+            "errors_total": t.error_count(),
+            "errors": errors,
+            "first_error": self.first_error,
+            "rows_written": self.rows_written,
+            "last_seq": self.last_seq,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "batches_per_s": self.per_sec(t.total()),
+            "rows_per_s": self.per_sec(self.rows_written),
+            "latency_ms": latency_json(&t.latency),
+            "follow_wait_s": self.follow_wait.as_secs_f64(),
+            "followers": followers,
+        })
+    }
+
+    /// The summary as a human-readable table.
+    pub fn to_table(&self) -> String {
+        let t = &self.tally;
+        let i = &self.info;
+        let row = |k: &str, v: String| (k.to_string(), v);
+        let mut rows = vec![
+            row("target", i.target.clone()),
+            row("scenario", i.scenario.clone()),
+            row("concurrency", i.concurrency.to_string()),
+            row("batch", format!("{} rows, seed {}", self.batch, i.seed)),
+            row(
+                "rate",
+                match self.rate {
+                    Some(r) => format!(
+                        "target {r} rows/s ({:.1} batches/s)",
+                        r as f64 / self.batch.max(1) as f64
+                    ),
+                    None => "as fast as possible".to_string(),
+                },
+            ),
+            row(
+                "batches",
+                format!("{} (ok {}, errors {})", t.total(), t.ok, t.error_count()),
+            ),
+            row("rows written", self.rows_written.to_string()),
+            row("elapsed", format!("{:.3} s", self.elapsed.as_secs_f64())),
+            row("rows/s", format!("{:.1}", self.per_sec(self.rows_written))),
+            row("batches/s", format!("{:.1}", self.per_sec(t.total()))),
+        ];
+        latency_rows(&mut rows, "latency", &t.latency, "no successful batch");
+        if t.errors.is_empty() {
+            rows.push(row("errors", "none".to_string()));
+        }
+        for (kind, n) in &t.errors {
+            rows.push(row("error", format!("{kind}: {n}")));
+        }
+        if let Some(e) = &self.first_error {
+            rows.push(row("first error", e.clone()));
+        }
+        rows.push(row(
+            "last seq",
+            self.last_seq.map_or("n/a".to_string(), |s| s.to_string()),
+        ));
+        if !self.followers.is_empty() {
+            rows.push(row(
+                "follow wait",
+                format!("{:.3} s after the writes", self.follow_wait.as_secs_f64()),
+            ));
+        }
+        for r in &self.followers {
+            let w = &r.watch;
+            rows.push(row("follower", w.url.clone()));
+            rows.push(row(
+                "  replicated",
+                format!(
+                    "{} of {} (not replicated {})",
+                    r.replicated, t.ok, r.not_replicated
+                ),
+            ));
+            latency_rows(&mut rows, "  delay", &r.delays, "no replicated batch");
+            rows.push(row(
+                "  applied seq",
+                w.applied().map_or("n/a".to_string(), |s| s.to_string()),
+            ));
+            let mut polls = format!("{} (errors {})", w.polls, w.errors);
+            if let Some(e) = &w.last_error {
+                let _ = write!(polls, ", last: {e}");
+            }
+            rows.push(row("  polls", polls));
+        }
+        table(&rows)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,5 +619,85 @@ mod tests {
         assert_eq!(v["latency_ms"], Value::Null);
         assert_eq!(v["hit_rate"]["before"]["error"], "HTTP 404");
         assert!(s.to_table().contains("unavailable (HTTP 404)"));
+    }
+
+    #[test]
+    fn ingest_json_and_table() {
+        use crate::follow::{replication, Watch};
+        use crate::writer::Ack;
+        use std::time::Instant;
+
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let acks = [
+            Ack {
+                seq: 1,
+                at: at(0),
+                written: 50,
+            },
+            Ack {
+                seq: 2,
+                at: at(10),
+                written: 50,
+            },
+        ];
+        let mut tally = Tally::new();
+        tally.record(ms(4));
+        tally.record(ms(6));
+        tally.record(Err(ErrorKind::NoAck));
+        let watch = Watch {
+            url: "http://127.0.0.1:2".into(),
+            seen: vec![(at(0), 0), (at(25), 1)],
+            polls: 9,
+            errors: 1,
+            last_error: Some("connection refused".into()),
+        };
+        let mut s = summary(
+            tally.clone(),
+            HitRates {
+                before: Err(String::new()),
+                after: Err(String::new()),
+            },
+        );
+        s.info.scenario = "ingest".into();
+        let summary = IngestSummary {
+            info: s.info,
+            batch: 50,
+            rate: Some(1000),
+            tally,
+            rows_written: 100,
+            last_seq: Some(2),
+            elapsed: Duration::from_secs(2),
+            follow_wait: Duration::from_millis(10_000),
+            first_error: Some("answer without data.written/seq".into()),
+            followers: vec![replication(watch, &acks)],
+        };
+        let v = summary.to_json();
+        assert_eq!(
+            (v["batches"].clone(), v["ok"].clone(), v["rows_written"].clone()),
+            (json!(3), json!(2), json!(100))
+        );
+        assert_eq!(v["rows_per_s"], 50.0);
+        assert_eq!(v["rate_rows_s"], 1000);
+        assert_eq!(v["errors"]["answer without data.written/seq"], 1);
+        let f = &v["followers"][0];
+        assert_eq!(
+            (f["replicated"].clone(), f["not_replicated"].clone()),
+            (json!(1), json!(1))
+        );
+        assert!(
+            (f["delay_ms"]["p50"].as_f64().expect("p50") - 25.0).abs() < 0.1,
+            "{f}"
+        );
+        assert_eq!(f["applied_seq"], 1);
+        let table = summary.to_table();
+        for want in [
+            "target 1000 rows/s (20.0 batches/s)",
+            "1 of 2 (not replicated 1)",
+            "  delay p50",
+            "9 (errors 1), last: connection refused",
+        ] {
+            assert!(table.contains(want), "{want:?} in\n{table}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The load loop: C workers, each with its own keep-alive HTTP/1.1
 //! connection, take request numbers from a shared counter until the request
-//! count or the deadline is reached, and tally what they saw.
+//! count or the deadline is reached, and tally what they saw. Also the
+//! send-and-check helpers the write workload (`writer.rs`) shares.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
 use reqwest::header::{HeaderValue, CONTENT_TYPE};
-use reqwest::Url;
+use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
 use crate::report::{ErrorKind, Outcome, Tally};
@@ -126,11 +127,22 @@ struct Envelope {
 
 /// Sends one request and reads its whole answer within `timeout`.
 async fn send(client: &reqwest::Client, url: &Url, body: String, timeout: Duration) -> Outcome {
-    let start = Instant::now();
     let request = client
         .post(url.clone())
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
         .body(body);
+    let (status, bytes, elapsed) = exchange(request, timeout).await?;
+    check(status, bytes.as_ref())?;
+    Ok(elapsed)
+}
+
+/// Sends `request` and reads its whole answer within `timeout`; returns the
+/// status, the body and the time from sending to the end of the body.
+pub async fn exchange(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<(StatusCode, impl AsRef<[u8]>, Duration), ErrorKind> {
+    let start = Instant::now();
     let answer = async {
         let resp = request.send().await?;
         let status = resp.status();
@@ -138,19 +150,22 @@ async fn send(client: &reqwest::Client, url: &Url, body: String, timeout: Durati
         let bytes = resp.bytes().await?;
         Ok::<_, reqwest::Error>((status, bytes))
     };
-    let (status, bytes) = match tokio::time::timeout(timeout, answer).await {
-        Err(_) => return Err(ErrorKind::Timeout),
-        Ok(Err(e)) => return Err(classify(&e)),
-        Ok(Ok(answer)) => answer,
-    };
-    let elapsed = start.elapsed();
+    match tokio::time::timeout(timeout, answer).await {
+        Err(_) => Err(ErrorKind::Timeout),
+        Ok(Err(e)) => Err(classify(&e)),
+        Ok(Ok((status, bytes))) => Ok((status, bytes, start.elapsed())),
+    }
+}
+
+/// Checks an answer: a 2xx status and a JSON envelope with status_code 0.
+pub fn check(status: StatusCode, bytes: &[u8]) -> Result<(), ErrorKind> {
     if !status.is_success() {
         return Err(ErrorKind::Http(status.as_u16()));
     }
-    match serde_json::from_slice::<Envelope>(&bytes) {
-        Ok(Envelope { status_code: Some(0) }) => Ok(elapsed),
+    match serde_json::from_slice::<Envelope>(bytes) {
+        Ok(Envelope { status_code: Some(0) }) => Ok(()),
         Ok(Envelope { status_code }) => Err(ErrorKind::Envelope(status_code)),
-        Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() => {
+        Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() => {
             Err(ErrorKind::Envelope(None))
         }
         Err(_) => Err(ErrorKind::NotJson),

@@ -1,4 +1,5 @@
-//! Request bodies: the five scenarios of the original load tool, the subject
+//! Request bodies: the five read scenarios of the original load tool (plus
+//! the `ingest` write workload, whose bodies live in `ingest.rs`), the subject
 //! codes of a `gen-data` database, and deterministic body generation (the
 //! body of request `i` depends only on the seed, the scenario and `i`).
 
@@ -145,6 +146,38 @@ impl FromStr for Choice {
             }
         };
         Ok(Choice::One(one))
+    }
+}
+
+/// What `--scenario` selects: reads (one scenario or all), or the `ingest`
+/// write workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    Read(Choice),
+    Ingest,
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Workload::Read(c) => c.fmt(f),
+            Workload::Ingest => f.write_str("ingest"),
+        }
+    }
+}
+
+impl FromStr for Workload {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "ingest" | "write" => Ok(Workload::Ingest),
+            other => other.parse().map(Workload::Read).map_err(|_| {
+                format!(
+                    "unknown scenario {other:?}: use 1..5 (multi, single, paging, asof, period), all, or ingest"
+                )
+            }),
+        }
     }
 }
 
@@ -465,5 +498,14 @@ mod tests {
         assert_eq!("all".parse::<Choice>(), Ok(Choice::All));
         assert!("6".parse::<Choice>().is_err());
         assert!("0".parse::<Choice>().is_err());
+        assert_eq!("ingest".parse::<Workload>(), Ok(Workload::Ingest));
+        assert_eq!(" Ingest ".parse::<Workload>(), Ok(Workload::Ingest));
+        assert_eq!(
+            "3".parse::<Workload>(),
+            Ok(Workload::Read(Choice::One(Scenario::Paging)))
+        );
+        assert_eq!("all".parse::<Workload>(), Ok(Workload::Read(Choice::All)));
+        let err = "9".parse::<Workload>().expect_err("unknown");
+        assert!(err.contains("ingest"), "{err}");
     }
 }

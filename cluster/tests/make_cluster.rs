@@ -1,0 +1,173 @@
+//! `make cluster`, the README's examples, `make status` and `make stop`, run
+//! for real in a temporary copy of the checkout, on free ports, against a
+//! real etcd. Reuses this workspace's debug build (PROFILE=debug,
+//! CARGO_TARGET_DIR), so it does not rebuild.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use cluster::testkit::{eventually, free_port, temp_dir, Etcd};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The checkout's files (tracked and new, not ignored) copied to `dst`.
+fn copy_checkout(dst: &Path) {
+    let root = workspace();
+    let out = Command::new("git")
+        .args(["ls-files", "--cached", "--others", "--exclude-standard", "-z"])
+        .current_dir(&root)
+        .output()
+        .expect("git ls-files");
+    assert!(out.status.success());
+    for rel in out.stdout.split(|b| *b == 0).filter(|p| !p.is_empty()) {
+        let rel = Path::new(std::str::from_utf8(rel).unwrap());
+        let (from, to) = (root.join(rel), dst.join(rel));
+        if !from.is_file() {
+            continue;
+        }
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&from, &to).unwrap();
+    }
+}
+
+/// The `curl` commands of the README's examples block, continuation lines
+/// joined.
+fn readme_examples(readme: &str) -> Vec<String> {
+    let block = readme
+        .split("<!-- examples:start -->")
+        .nth(1)
+        .and_then(|r| r.split("<!-- examples:end -->").next())
+        .expect("README has an examples block");
+    let mut commands = Vec::new();
+    let mut current = String::new();
+    for line in block.lines() {
+        let line = line.trim();
+        if current.is_empty() && !line.starts_with("curl ") {
+            continue;
+        }
+        current.push_str(line.trim_end_matches('\\'));
+        current.push(' ');
+        if !line.ends_with('\\') {
+            commands.push(std::mem::take(&mut current));
+        }
+    }
+    commands
+}
+
+fn make(dir: &Path, env: &[(String, String)], args: &[&str]) -> (bool, String) {
+    let out = Command::new("make")
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("run make");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn make_cluster_serves_the_readme_examples_and_make_stop_cleans_up() {
+    let dir = temp_dir("make-cluster");
+    let checkout = dir.join("checkout");
+    copy_checkout(&checkout);
+    let etcd = Etcd::start(&dir);
+    let ports: Vec<(&str, u16)> = vec![
+        ("MASTER_PORT", free_port()),
+        ("SLAVE1_PORT", free_port()),
+        ("SLAVE2_PORT", free_port()),
+        ("GATEWAY_PORT", free_port()),
+    ];
+    let mut env: Vec<(String, String)> = ports
+        .iter()
+        .map(|(k, p)| (k.to_string(), p.to_string()))
+        .collect();
+    env.push(("ETCD_PORT".into(), etcd.client_port.to_string()));
+    env.push(("PROFILE".into(), "debug".into()));
+    env.push(("SUBJECTS".into(), "300".into()));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| workspace().join("target").display().to_string());
+    env.push(("CARGO_TARGET_DIR".into(), target));
+
+    let (ok, out) = make(&checkout, &env, &["cluster"]);
+    assert!(ok, "make cluster failed:\n{out}");
+    assert!(
+        out.contains("curl -s -X POST http://localhost:"),
+        "no examples printed:\n{out}"
+    );
+    let (gw, master, slave1, slave2) = (ports[3].1, ports[0].1, ports[1].1, ports[2].1);
+
+    let readme = std::fs::read_to_string(checkout.join("README.md")).unwrap();
+    let examples = readme_examples(&readme);
+    assert!(examples.len() >= 8, "{examples:?}");
+    for example in &examples {
+        let cmd = example
+            .replace("localhost:9000", &format!("localhost:{gw}"))
+            .replace("localhost:8080", &format!("localhost:{master}"))
+            .replace("localhost:8081", &format!("localhost:{slave1}"))
+            .replace("localhost:8082", &format!("localhost:{slave2}"));
+        let out = Command::new("bash")
+            .args(["-c", &cmd])
+            .current_dir(&checkout)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}");
+        let body: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{cmd}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+        let fine = body["status_code"] == 0 || body["status"] == "ok";
+        assert!(fine, "{cmd} -> {body}");
+        if cmd.contains("/snapshot") || cmd.contains("/period") {
+            assert!(!body["data"].as_array().unwrap().is_empty(), "{cmd} -> {body}");
+        }
+    }
+
+    let (ok, status) = make(&checkout, &env, &["status"]);
+    assert!(ok, "{status}");
+    for name in ["master", "slave1", "slave2", "gateway"] {
+        assert!(
+            status.lines().any(|l| l.starts_with(name) && l.ends_with("ok")),
+            "{name} not ok:\n{status}"
+        );
+    }
+    assert!(
+        status.contains("/kamaitachi/services/kamaitachi-master/"),
+        "{status}"
+    );
+
+    let pids: Vec<String> = ["master", "slave1", "slave2", "gateway"]
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(checkout.join("run").join(format!("{n}.pid")))
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let (ok, out) = make(&checkout, &env, &["stop"]);
+    assert!(ok, "{out}");
+    for pid in &pids {
+        let gone = eventually(Duration::from_secs(5), || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+        });
+        assert!(gone, "process {pid} still runs after make stop");
+    }
+    assert!(
+        etcd.keys("/kamaitachi").is_empty(),
+        "registry not empty: {:?}",
+        etcd.keys("/kamaitachi")
+    );
+    assert!(std::fs::read_dir(checkout.join("run")).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".pid")));
+}
