@@ -420,10 +420,52 @@ pub type WritePool = WorkerPool<Store>;
 
 pub fn start_writer(path: &Path) -> Result<WritePool, StoreError> {
     let store = Store::open_rw(path)?;
+    // A batch of 1,000 rows touches thousands of index pages: keep them in
+    // memory (64 MiB) rather than re-reading them. Checkpoints run on their
+    // own thread, off the write path.
+    store.conn.pragma_update(None, "cache_size", -65536)?;
+    store.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    start_checkpointer(path)?;
     WorkerPool::start("sqlite-writer", vec![store]).map_err(|e| StoreError::Open {
         path: path.to_path_buf(),
         reason: format!("cannot start the writer thread: {e}"),
     })
+}
+
+/// WAL size past which the checkpointer truncates it, pausing the writer
+/// for that one checkpoint.
+const WAL_TRUNCATE_BYTES: u64 = 128 << 20;
+
+/// Copies the WAL back into the database every 500 ms, so commits do not
+/// pay for it. PASSIVE checkpoints never wait for, nor block, the writer or
+/// the readers; when the WAL has grown past [`WAL_TRUNCATE_BYTES`] anyway
+/// (writes faster than a passive checkpoint can finish), a TRUNCATE
+/// checkpoint resets it, so the file stays bounded.
+fn start_checkpointer(path: &Path) -> Result<(), StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_TRUNCATE_BYTES);
+            let sql = if big {
+                "PRAGMA wal_checkpoint(TRUNCATE)"
+            } else {
+                "PRAGMA wal_checkpoint(PASSIVE)"
+            };
+            if let Err(e) = conn.query_row(sql, [], |_| Ok(())) {
+                tracing::warn!("WAL checkpoint failed: {e}");
+            }
+        })
+        .map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            reason: format!("cannot start the checkpoint thread: {e}"),
+        })?;
+    Ok(())
 }
 
 /// SQLite reader threads, each with its own read-only connection.
