@@ -51,7 +51,10 @@ pub enum StatsError {
 
 /// Reads the hit rate from `{target}/kamaitachi/api/data/v1/stats`.
 pub async fn fetch(client: &reqwest::Client, target: &str, timeout: Duration) -> Result<HitRate, StatsError> {
-    let url = format!("{target}{STATS_PATH}");
+    // Through the gateway (`…/data`), the cluster's figures are the gateway's
+    // own stats route, outside /data (under /data one node would answer).
+    let base = target.strip_suffix("/data").unwrap_or(target);
+    let url = format!("{base}{STATS_PATH}");
     let unreachable = |e: &reqwest::Error| {
         if e.is_timeout() {
             StatsError::Unreachable(format!("no answer within {} ms", timeout.as_millis()))
