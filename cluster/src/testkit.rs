@@ -384,6 +384,18 @@ pub fn db_fingerprint(db: &Path) -> String {
     out
 }
 
+/// Every subject of a database, sorted.
+pub fn subjects(db: &Path) -> Vec<String> {
+    let conn = rusqlite_open(db);
+    let mut st = conn
+        .prepare("SELECT subject FROM subjects ORDER BY subject")
+        .expect("subjects table");
+    st.query_map([], |r| r.get(0))
+        .expect("query subjects")
+        .filter_map(Result::ok)
+        .collect()
+}
+
 fn rusqlite_open(db: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .expect("open database")

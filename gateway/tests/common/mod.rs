@@ -29,23 +29,11 @@ pub fn sample_db() -> &'static Path {
     })
 }
 
-/// The `n`-th subject of the sample data (see `gen-data`).
+/// The `n`-th subject of the sample data (wrapping around).
 pub fn subject(n: usize) -> String {
-    let sz = 200 * 3 / 5;
-    if n < sz {
-        if n % 4 == 3 {
-            format!("33:{:06}", 300_001 + n)
-        } else {
-            format!("33:{:06}", 1 + n)
-        }
-    } else {
-        let k = n - sz;
-        if k % 5 == 4 {
-            format!("17:{:06}", 688_001 + k)
-        } else {
-            format!("17:{:06}", 600_000 + k)
-        }
-    }
+    static ALL: OnceLock<Vec<String>> = OnceLock::new();
+    let all = ALL.get_or_init(|| subjects(sample_db()));
+    all[n % all.len()].clone()
 }
 
 pub fn snapshot_body(subject: &str) -> String {
@@ -179,9 +167,12 @@ impl Drop for Gateway {
 /// A recording upstream on a free port: answers every request with 200 and
 /// a small JSON body, and keeps each request's head and body. Stops when
 /// dropped (its thread exits on the next connection or after 60 s idle).
+/// Each request the recorder saw: its head and its body.
+pub type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 pub struct Recorder {
     pub port: u16,
-    pub seen: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    pub seen: Seen,
     pub data_requests: Arc<AtomicUsize>,
 }
 
@@ -189,7 +180,7 @@ impl Recorder {
     pub fn start() -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen: Seen = Arc::new(Mutex::new(Vec::new()));
         let data_requests = Arc::new(AtomicUsize::new(0));
         let (s, d) = (seen.clone(), data_requests.clone());
         std::thread::spawn(move || {
