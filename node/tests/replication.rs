@@ -321,3 +321,40 @@ fn subject_at(n: usize) -> String {
     });
     all[n % all.len()].clone()
 }
+
+#[test]
+fn a_dump_taken_after_writes_restarts_warm_and_current() {
+    let db = master_db("dump-writes");
+    let dump = temp_dir("dump-writes-d").join("cache.dat");
+    let mut opts = NodeOpts::new(&db);
+    opts.dump = Some(dump.clone());
+    let mut m = start_node(&opts);
+    let q = |s: &str| format!(r#"{{"ids":"net_profit","subjects":"{s}"}}"#);
+    let subjects: Vec<String> = (0..20).map(subject_at).collect();
+    for s in &subjects {
+        m.post(SNAPSHOT, &q(s));
+    }
+    let seq = ingest(&m, vec![record(&subjects[0], true, 31337.0)]);
+    for s in &subjects {
+        m.post(SNAPSHOT, &q(s));
+    }
+    assert!(m.stop().success());
+
+    let m2 = start_node(&opts);
+    assert!(m2.log_text().contains("loaded"), "{}", m2.log_text());
+    assert_eq!(applied(&m2), seq);
+    let got = m2.post(SNAPSHOT, &q(&subjects[0])).json();
+    assert_eq!(got["data"][0]["data"]["net_profit"], 31337.0, "stale value after a warm restart: {got}");
+    for s in &subjects[1..] {
+        assert_eq!(m2.post(SNAPSHOT, &q(s)).status, 200);
+    }
+    assert_eq!(m2.stats()["cache"]["misses"], 0, "the dump did not warm the cache");
+
+    // A write after the dump makes it stale for the database: ignored.
+    drop(m2);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'data_version'", []).unwrap();
+    drop(conn);
+    let m3 = start_node(&opts);
+    assert!(m3.log_text().contains("ignored"), "{}", m3.log_text());
+}
