@@ -130,6 +130,35 @@ fn make_cluster_serves_the_readme_examples_and_make_stop_cleans_up() {
         }
     }
 
+    // The load generator against the running cluster: every request counted,
+    // none failed.
+    for scenario in ["1", "3", "period"] {
+        let out = Command::new(checkout.join("bin/kamaitachi-bench"))
+            .args([
+                "--scenario",
+                scenario,
+                "--requests",
+                "1500",
+                "--concurrency",
+                "20",
+                "--subjects",
+                "300",
+                "--json",
+            ])
+            .args(["--target", &format!("http://localhost:{gw}/data")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["requests"], 1500, "{report}");
+        assert_eq!(report["errors_total"], 0, "{report}");
+        assert_eq!(report["ok"], 1500, "{report}");
+        assert!(
+            report["hit_rate"]["after"]["hits"].as_u64().is_some(),
+            "no cluster hit rate: {report}"
+        );
+    }
+
     let (ok, status) = make(&checkout, &env, &["status"]);
     assert!(ok, "{status}");
     for name in ["master", "slave1", "slave2", "gateway"] {

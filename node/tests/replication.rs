@@ -344,16 +344,24 @@ fn a_dump_taken_after_writes_restarts_warm_and_current() {
     assert!(m2.log_text().contains("loaded"), "{}", m2.log_text());
     assert_eq!(applied(&m2), seq);
     let got = m2.post(SNAPSHOT, &q(&subjects[0])).json();
-    assert_eq!(got["data"][0]["data"]["net_profit"], 31337.0, "stale value after a warm restart: {got}");
+    assert_eq!(
+        got["data"][0]["data"]["net_profit"], 31337.0,
+        "stale value after a warm restart: {got}"
+    );
     for s in &subjects[1..] {
         assert_eq!(m2.post(SNAPSHOT, &q(s)).status, 200);
     }
-    assert_eq!(m2.stats()["cache"]["misses"], 0, "the dump did not warm the cache");
+    assert_eq!(
+        m2.stats()["cache"]["misses"],
+        0,
+        "the dump did not warm the cache"
+    );
 
     // A write after the dump makes it stale for the database: ignored.
     drop(m2);
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'data_version'", []).unwrap();
+    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'data_version'", [])
+        .unwrap();
     drop(conn);
     let m3 = start_node(&opts);
     assert!(m3.log_text().contains("ignored"), "{}", m3.log_text());
