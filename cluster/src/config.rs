@@ -32,6 +32,31 @@ pub enum ConfigError {
     },
 }
 
+/// The message for a port that cannot be bound, with what to do about it.
+pub fn listen_error(addr: &str, port: u16, file: &Path, e: &std::io::Error) -> String {
+    format!(
+        "cannot listen on {addr}: {e} (is another process using port {port}? `ss -ltnp | grep :{port}` shows it; \
+         change [server] port in {})",
+        file.display()
+    )
+}
+
+/// Reads the admin bearer token named by `[security] admin_token_file`: the
+/// file's content, trimmed, at least 16 characters.
+pub fn read_admin_token(config: &Path, token_file: &Path) -> Result<String, String> {
+    let what = format!(
+        "config file {}: [security] admin_token_file {}",
+        config.display(),
+        token_file.display()
+    );
+    let token = std::fs::read_to_string(token_file).map_err(|e| format!("{what}: cannot read it: {e}"))?;
+    let token = token.trim().to_string();
+    if token.len() < 16 {
+        return Err(format!("{what}: the token must be at least 16 characters"));
+    }
+    Ok(token)
+}
+
 /// The role a process plays, from `[server] mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

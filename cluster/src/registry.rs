@@ -27,6 +27,17 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::{ConfigError, IniFile};
 
+/// The small tokio runtime the registry tasks run on, apart from the
+/// process's own I/O (may coroutines in the node, pingora's runtimes in the
+/// gateway). Build it on a plain thread, before those start.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("registry")
+        .enable_all()
+        .build()
+}
+
 /// `[etcd]` of a config file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EtcdConfig {

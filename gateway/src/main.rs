@@ -69,37 +69,15 @@ fn run(config: &Path) -> anyhow::Result<()> {
     let cfg = GatewayConfig::load(config)?;
     let listen = format!("{}:{}", cfg.bind, cfg.port);
     // A clear message for the most common start-up failure.
-    std::net::TcpListener::bind(&listen).map_err(|e| {
-        anyhow!(
-            "cannot listen on {listen}: {e} (is another process using port {}? `ss -ltnp | grep :{}` shows it; \
-             change [server] port in {})",
-            cfg.port,
-            cfg.port,
-            cfg.file.display()
-        )
-    })?;
+    std::net::TcpListener::bind(&listen)
+        .map_err(|e| anyhow!(cluster::config::listen_error(&listen, cfg.port, &cfg.file, &e)))?;
     let admin_token = match &cfg.admin_token_file {
         None => None,
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .map(|t| t.trim().to_string())
-                .with_context(|| {
-                    format!(
-                        "config file {}: [security] admin_token_file {}",
-                        cfg.file.display(),
-                        p.display()
-                    )
-                })?,
-        ),
+        Some(p) => Some(cluster::config::read_admin_token(&cfg.file, p).map_err(|e| anyhow!(e))?),
     };
 
     // Discovery runs on its own runtime, independent of pingora's.
-    let registry_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("registry")
-        .enable_all()
-        .build()
-        .context("cannot start the registry runtime")?;
+    let registry_rt = cluster::registry::runtime().context("cannot start the registry runtime")?;
     let discovery = cfg
         .etcd
         .clone()

@@ -151,13 +151,10 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
         .set_stack_size(COROUTINE_STACK_WORDS);
     may::config().set_worker_pin(false);
 
-    let admin_token =
-        match &cfg.admin_token_file {
-            None => None,
-            Some(p) => Some(read_token(p).with_context(|| {
-                format!("config file {}: [security] admin_token_file", cfg.file.display())
-            })?),
-        };
+    let admin_token = match &cfg.admin_token_file {
+        None => None,
+        Some(p) => Some(cluster::config::read_admin_token(&cfg.file, p).map_err(|e| anyhow!(e))?),
+    };
 
     // The writer comes first: it creates the database (and any table an
     // older file lacks); a slave starts from an empty one and copies the
@@ -208,25 +205,13 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
     });
 
     let addr = format!("{}:{}", cfg.bind, cfg.port);
-    let listener = may::net::TcpListener::bind(&addr).map_err(|e| {
-        anyhow!(
-            "cannot listen on {addr}: {e} (is another process using port {}? `ss -ltnp | grep :{}` shows it; \
-             change [server] port in {})",
-            cfg.port,
-            cfg.port,
-            cfg.file.display()
-        )
-    })?;
+    let listener = may::net::TcpListener::bind(&addr)
+        .map_err(|e| anyhow!(cluster::config::listen_error(&addr, cfg.port, &cfg.file, &e)))?;
 
     // The registry runs on a small tokio runtime of its own, made here on a
     // plain thread before the first coroutine.
     // It lives as long as `run`, that is, as long as the process.
-    let registry_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("registry")
-        .enable_all()
-        .build()
-        .context("cannot start the registry runtime")?;
+    let registry_rt = cluster::registry::runtime().context("cannot start the registry runtime")?;
     if cfg.mode == Mode::Slave {
         let locator = replication::MasterLocator {
             registry: cfg
@@ -302,18 +287,6 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
         .join()
         .map_err(|_| anyhow!("the accept loop stopped unexpectedly"))?;
     Ok(())
-}
-
-fn read_token(path: &Path) -> anyhow::Result<String> {
-    let token = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let token = token.trim().to_string();
-    if token.len() < 16 {
-        return Err(anyhow!(
-            "{}: the admin token must be at least 16 characters",
-            path.display()
-        ));
-    }
-    Ok(token)
 }
 
 fn warm_from_dump(cache: &DataCache, path: &Path, version: DataVersion) {

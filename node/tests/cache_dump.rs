@@ -13,14 +13,7 @@ fn snapshot_body(subject: &str) -> String {
 }
 
 fn all_subjects(db: &Path) -> Vec<String> {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let mut st = conn
-        .prepare("SELECT subject FROM subjects ORDER BY subject")
-        .unwrap();
-    st.query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    cluster::testkit::subjects(db)
 }
 
 #[test]

@@ -309,16 +309,7 @@ fn a_slave_too_far_behind_copies_the_database() {
 fn subject_at(n: usize) -> String {
     // Any subject of the sample data: read them from it once.
     static ALL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let all = ALL.get_or_init(|| {
-        let conn = rusqlite::Connection::open(sample_db()).unwrap();
-        let mut st = conn
-            .prepare("SELECT subject FROM subjects ORDER BY subject")
-            .unwrap();
-        st.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    });
+    let all = ALL.get_or_init(|| cluster::testkit::subjects(sample_db()));
     all[n % all.len()].clone()
 }
 
