@@ -11,7 +11,8 @@
 //! 3. `upstream_request_filter`: strip `/data`, keep the query string.
 //! 4. Failures: a connect failure ejects the node and retries elsewhere; an
 //!    error mid-proxy retries a read on the next node unless a response has
-//!    started downstream; a 5xx answer ejects the node. At most `max_tries`.
+//!    started downstream or its body was streamed (not replayable); a 5xx
+//!    answer ejects the node. At most `max_tries`.
 //! 5. `fail_to_proxy`: a JSON error (502/503/504) when no node could answer.
 
 use std::sync::Arc;
@@ -49,6 +50,9 @@ pub struct Gateway {
 pub struct Ctx {
     route: Route,
     key: Option<Vec<u8>>,
+    /// The request can be sent again whole: no body, or a body held in
+    /// pingora's retry buffer. A streamed body cannot.
+    replayable: bool,
     tried: Vec<SocketAddr>,
     response_started: bool,
     started: Instant,
@@ -115,20 +119,22 @@ impl Gateway {
     }
 
     /// Reads a small read body (replayed upstream by pingora) for its key.
-    async fn read_key(&self, session: &mut Session, content_length: Option<u64>) -> Result<Option<Vec<u8>>> {
+    /// Returns the key and whether the body is held for replay.
+    async fn read_key(&self, session: &mut Session, content_length: Option<u64>) -> Result<(Option<Vec<u8>>, bool)> {
         match content_length {
-            Some(n) if n > 0 && n <= RETRY_BUFFER => {}
-            _ => return Ok(None),
+            None | Some(0) => return Ok((None, true)),
+            Some(n) if n > RETRY_BUFFER => return Ok((None, false)),
+            Some(_) => {}
         }
         session.as_downstream_mut().enable_retry_buffering();
         let mut body = Vec::with_capacity(content_length.unwrap_or(0) as usize);
         while let Some(chunk) = session.read_request_body().await? {
             body.extend_from_slice(&chunk);
             if body.len() as u64 > RETRY_BUFFER {
-                return Ok(None);
+                return Ok((None, false));
             }
         }
-        Ok(routing::routing_key(&body))
+        Ok((routing::routing_key(&body), true))
     }
 }
 
@@ -140,6 +146,7 @@ impl ProxyHttp for Gateway {
         Ctx {
             route: Route::NotFound,
             key: None,
+            replayable: false,
             tried: Vec::new(),
             response_started: false,
             started: Instant::now(),
@@ -169,10 +176,13 @@ impl ProxyHttp for Gateway {
         }
         match route {
             Route::Read(_) => {
-                ctx.key = self.read_key(session, content_length).await?;
+                (ctx.key, ctx.replayable) = self.read_key(session, content_length).await?;
                 Ok(false)
             }
-            Route::Master | Route::Other => Ok(false),
+            Route::Master | Route::Other => {
+                ctx.replayable = matches!(content_length, None | Some(0));
+                Ok(false)
+            }
             Route::NotFound => {
                 let e = GatewayError::NotFound {
                     method: session.req_header().method.to_string(),
@@ -274,6 +284,7 @@ impl ProxyHttp for Gateway {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let read = matches!(ctx.route, Route::Read(_));
         let can_retry = read
+            && ctx.replayable
             && !ctx.response_started
             && ctx.tried.len() < self.max_tries
             && !session.as_ref().retry_buffer_truncated();
