@@ -120,7 +120,11 @@ impl Gateway {
 
     /// Reads a small read body (replayed upstream by pingora) for its key.
     /// Returns the key and whether the body is held for replay.
-    async fn read_key(&self, session: &mut Session, content_length: Option<u64>) -> Result<(Option<Vec<u8>>, bool)> {
+    async fn read_key(
+        &self,
+        session: &mut Session,
+        content_length: Option<u64>,
+    ) -> Result<(Option<Vec<u8>>, bool)> {
         match content_length {
             None | Some(0) => return Ok((None, true)),
             Some(n) if n > RETRY_BUFFER => return Ok((None, false)),
@@ -173,6 +177,16 @@ impl ProxyHttp for Gateway {
             .and_then(|v| v.trim().parse::<u64>().ok());
         if let Err(e) = self.limits.check_body(content_length) {
             return self.answer(session, Local::error(&e)).await;
+        }
+        // `Expect: 100-continue` is answered here, once the limits passed;
+        // the upstream request goes without it (upstream_request_filter).
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get("expect")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue && route.is_proxied() {
+            session.as_downstream_mut().write_continue_response().await?;
         }
         match route {
             Route::Read(_) => {
@@ -229,6 +243,8 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         _ctx: &mut Ctx,
     ) -> Result<()> {
+        // Answered by the gateway already (request_filter).
+        upstream_request.remove_header("expect");
         let original = upstream_request
             .uri
             .path_and_query()

@@ -58,6 +58,11 @@ impl Route {
         Route::NotFound,
     ];
 
+    /// Sent on to a node (as opposed to answered by the gateway).
+    pub fn is_proxied(self) -> bool {
+        matches!(self, Route::Read(_) | Route::Master | Route::Other)
+    }
+
     pub fn index(self) -> usize {
         Route::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }

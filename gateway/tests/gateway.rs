@@ -35,8 +35,29 @@ fn strips_the_prefix_keeps_the_query_and_replays_the_body() {
     );
     assert_eq!(gw.post("/data/kamaitachi/api/data/v1/period", &big).status, 200);
 
+    // A client that waits for `100 Continue` gets it, and its body goes on.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let head = format!(
+        "POST /data/kamaitachi/api/data/v1/snapshot HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    std::io::Write::write_all(&mut s, head.as_bytes()).unwrap();
+    let mut interim = [0u8; 25];
+    std::io::Read::read_exact(&mut s, &mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    std::io::Write::write_all(&mut s, body.as_bytes()).unwrap();
+    let mut reply = [0u8; 12];
+    std::io::Read::read_exact(&mut s, &mut reply).unwrap();
+    assert_eq!(&reply, b"HTTP/1.1 200");
+
     let seen = rec.seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(
+        !seen[3].0.to_ascii_lowercase().contains("expect:"),
+        "Expect forwarded upstream: {}",
+        seen[3].0
+    );
     assert!(
         seen[0]
             .0

@@ -13,6 +13,7 @@
 //!   request and the number of connections are bounded, each with a JSON
 //!   error (431, 413, 408, 503) before the connection closes;
 //! - `Connection: close` and HTTP/1.0 are honoured; HEAD gets no body;
+//!   `Expect: 100-continue` gets its `100 Continue`;
 //! - pipelined requests are answered in order with one write per batch.
 //!
 //! It runs on may's coroutines (`may::net`), one per connection; the
@@ -166,8 +167,9 @@ pub const MAX_HEADERS: usize = 64;
 
 /// The outcome of trying to answer the first request in the buffer.
 enum Step {
-    /// Not all of it has arrived yet.
-    Partial,
+    /// Not all of it has arrived yet; `expects_continue` when its head is in
+    /// and asks for `100 Continue` before sending the body.
+    Partial { expects_continue: bool },
     /// Answered a request of `len` bytes; keep reading if `keep_alive`.
     Answered { len: usize, keep_alive: bool },
     /// Unusable: answer with this error and close.
@@ -183,11 +185,18 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
     let mut start = 0usize;
     let mut pending_since: Option<Instant> = None;
     let mut timeout_set = Duration::ZERO;
+    let mut sent_continue = false;
     loop {
         // Answer every whole request already in the buffer.
         while start < rbuf.len() {
             match answer_one(&rbuf[start..], service, limits, &mut wbuf) {
-                Step::Partial => break,
+                Step::Partial { expects_continue } => {
+                    if expects_continue && !sent_continue {
+                        wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        sent_continue = true;
+                    }
+                    break;
+                }
                 Step::Reject(err) => {
                     write_response(&mut wbuf, &service.reject(&err), false, false);
                     stream.write_all(&wbuf)?;
@@ -196,6 +205,7 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
                 Step::Answered { len, keep_alive } => {
                     start += len;
                     pending_since = None;
+                    sent_continue = false;
                     if !keep_alive {
                         stream.write_all(&wbuf)?;
                         return Ok(());
@@ -274,7 +284,9 @@ fn answer_one<S: Service>(buf: &[u8], service: &S, limits: &Limits, out: &mut Ve
             if buf.len() > limits.max_header_bytes {
                 return Step::Reject(headers_too_large(limits));
             }
-            return Step::Partial;
+            return Step::Partial {
+                expects_continue: false,
+            };
         }
         Err(httparse::Error::TooManyHeaders) => return Step::Reject(headers_too_large(limits)),
         Err(e) => return Step::Reject(ApiError::BadRequest(format!("malformed HTTP request: {e}"))),
@@ -287,7 +299,11 @@ fn answer_one<S: Service>(buf: &[u8], service: &S, limits: &Limits, out: &mut Ve
         Err(e) => return Step::Reject(e),
     };
     if buf.len() < head_len + body_len {
-        return Step::Partial;
+        let expects_continue = req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("expect") && h.value.eq_ignore_ascii_case(b"100-continue"));
+        return Step::Partial { expects_continue };
     }
     let method = req.method.unwrap_or("GET");
     let target = req.path.unwrap_or("/");

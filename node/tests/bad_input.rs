@@ -345,6 +345,22 @@ fn connection_semantics() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("\r\n\r\n"), "HEAD carried a body: {text}");
 
+    // Expect: 100-continue is answered before the body is sent.
+    let mut s = TcpStream::connect(("127.0.0.1", n.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let head = format!(
+        "POST {SNAPSHOT} HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(body.as_bytes()).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert_eq!(parse_responses(&rest)[0].status, 200);
+
     // Garbage is a 400, not a hang or a crash.
     let out = parse_responses(&send_raw(n.port, b"\x16\x03\x01\x02\x00garbage\r\n\r\n").unwrap());
     assert_eq!(out[0].status, 400);
