@@ -159,6 +159,18 @@ fn make_cluster_serves_the_readme_examples_and_make_stop_cleans_up() {
         );
     }
 
+    // One more slave, picked up by the gateway through etcd.
+    let (ok, out) = make(&checkout, &env, &["node", "N=7"]);
+    assert!(ok, "make node failed:\n{out}");
+    let health = |port: u16| -> serde_json::Value {
+        cluster::testkit::request(port, "GET", "/health", b"", &[]).json()
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || health(gw)["healthy_nodes"] == 4),
+        "the gateway did not pick up slave7: {}",
+        health(gw)
+    );
+
     let (ok, status) = make(&checkout, &env, &["status"]);
     assert!(ok, "{status}");
     for name in ["master", "slave1", "slave2", "gateway"] {
@@ -172,7 +184,7 @@ fn make_cluster_serves_the_readme_examples_and_make_stop_cleans_up() {
         "{status}"
     );
 
-    let pids: Vec<String> = ["master", "slave1", "slave2", "gateway"]
+    let pids: Vec<String> = ["master", "slave1", "slave2", "slave7", "gateway"]
         .iter()
         .map(|n| {
             std::fs::read_to_string(checkout.join("run").join(format!("{n}.pid")))
