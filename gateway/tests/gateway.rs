@@ -289,14 +289,7 @@ fn routes_by_subject_follows_etcd_and_fails_over() {
     let stats = request(gw.port, "GET", "/kamaitachi/api/data/v1/stats", b"", &[]).json();
     assert_eq!(stats["data"]["totals"]["nodes_answering"], 3, "{stats}");
     assert!(stats["data"]["totals"]["hit_rate"].as_f64().unwrap() > 0.0);
-    let auth = format!("Bearer {TOKEN}");
-    let r = request(
-        gw.port,
-        "POST",
-        "/kamaitachi/api/data/v1/cache/reset",
-        b"",
-        &[("Authorization", &auth)],
-    );
+    let r = admin_post(gw.port, "/kamaitachi/api/data/v1/cache/reset");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(served(&master), 0);
     drop(slave1);
@@ -313,7 +306,6 @@ fn writes_go_to_the_master_and_no_master_is_a_clear_503() {
         etcd.endpoint()
     ));
     gw.wait_nodes(2);
-    let auth = format!("Bearer {TOKEN}");
     // The proxied admin call reaches the master only (it resets its counters).
     for n in 0..20 {
         gw.post(
@@ -321,24 +313,12 @@ fn writes_go_to_the_master_and_no_master_is_a_clear_503() {
             &snapshot_body(&subject(n)),
         );
     }
-    let r = request(
-        gw.port,
-        "POST",
-        "/data/kamaitachi/api/data/v1/cache/reset",
-        b"",
-        &[("Authorization", &auth)],
-    );
+    let r = admin_post(gw.port, "/data/kamaitachi/api/data/v1/cache/reset");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(served(&master), 0);
     drop(master);
     gw.wait_nodes(1);
-    let r = request(
-        gw.port,
-        "POST",
-        "/data/kamaitachi/api/data/v1/cache/reset",
-        b"",
-        &[("Authorization", &auth)],
-    );
+    let r = admin_post(gw.port, "/data/kamaitachi/api/data/v1/cache/reset");
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.msg().contains("master"), "{}", r.text());
 }

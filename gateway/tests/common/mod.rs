@@ -36,6 +36,12 @@ pub fn subject(n: usize) -> String {
     all[n % all.len()].clone()
 }
 
+/// An admin POST (bearer token) with an empty body.
+pub fn admin_post(port: u16, path: &str) -> Resp {
+    let auth = format!("Bearer {TOKEN}");
+    request(port, "POST", path, b"", &[("Authorization", &auth)])
+}
+
 pub fn snapshot_body(subject: &str) -> String {
     format!(r#"{{"ids":"operating_income,net_profit","subjects":"{subject}"}}"#)
 }
