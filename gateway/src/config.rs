@@ -28,6 +28,9 @@ pub struct GatewayConfig {
     pub read_timeout: Duration,
     pub eject_for: Duration,
     pub keepalive_pool: usize,
+    /// Reads are proxied by the read path (`read_path.rs`); off: every
+    /// request goes through pingora's proxy.
+    pub read_fast_path: bool,
     pub grace_period_secs: u64,
     pub shutdown_timeout_secs: u64,
     pub max_body_bytes: u64,
@@ -96,6 +99,7 @@ impl GatewayConfig {
             read_timeout: ms("read_timeout_ms", 5000)?,
             eject_for: ms("eject_ms", 3000)?,
             keepalive_pool: ini.get_or("gateway", "keepalive_pool", 1024, "a connection count")?,
+            read_fast_path: ini.get_or("gateway", "read_fast_path", true, "true or false")?,
             grace_period_secs: ini.get_or("gateway", "grace_period_secs", 0, "seconds")?,
             shutdown_timeout_secs: ini.get_or("gateway", "shutdown_timeout_secs", 2, "seconds")?,
             max_body_bytes: ini.get_or("limits", "max_body_bytes", 1 << 20, "a byte count")?,

@@ -19,6 +19,8 @@ pub enum GatewayError {
     PayloadTooLarge { got: u64, limit: u64 },
     #[error("Transfer-Encoding is not supported; send the body with a Content-Length")]
     LengthRequired,
+    #[error("the request did not arrive whole in time")]
+    RequestTimeout,
     #[error("rate limit exceeded ({qps} requests/s, burst {burst}); retry later")]
     RateLimited { qps: u32, burst: u32 },
     #[error("missing admin token: send Authorization: Bearer <token>")]
@@ -38,6 +40,7 @@ impl GatewayError {
         match self {
             GatewayError::NotFound { .. } => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::RequestTimeout => 408,
             GatewayError::LengthRequired => 411,
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::RateLimited { .. } => 429,

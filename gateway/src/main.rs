@@ -2,9 +2,10 @@
 //!
 //! Start-up: read the config; start the registry discovery on a small tokio
 //! runtime of its own; build pingora's load balancer over the discovered
-//! nodes with active health checks on `/health`; serve. A request's path is
-//! described in `proxy.rs`; where it goes, in `routing.rs` and
-//! `upstreams.rs`. SIGTERM stops the gateway within the configured grace
+//! nodes with active health checks on `/health`; serve. Every connection
+//! enters at `read_path.rs`, which proxies reads itself and hands every
+//! other request to pingora's proxy (`proxy.rs`); where a request goes is
+//! decided in `routing.rs` and `upstreams.rs`. SIGTERM stops the gateway within the configured grace
 //! period and shutdown timeout (seconds, not pingora's default minutes).
 
 mod config;
@@ -13,7 +14,9 @@ mod limits;
 mod metrics;
 mod own_routes;
 mod proxy;
+mod read_path;
 mod routing;
+mod upstream_pool;
 mod upstreams;
 
 use std::path::{Path, PathBuf};
@@ -28,10 +31,11 @@ use pingora::http::RequestHeader;
 use pingora::lb::health_check::HttpHealthCheck;
 use pingora::lb::selection::Consistent;
 use pingora::lb::{Backends, LoadBalancer};
-use pingora::proxy::http_proxy_service;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
 use crate::config::GatewayConfig;
 
@@ -112,10 +116,13 @@ fn run(config: &Path) -> anyhow::Result<()> {
     let lb_service = background_service("upstreams", lb);
     let lb = lb_service.task();
 
+    let upstreams = Arc::new(upstreams::Upstreams::new(lb, cfg.eject_for));
+    let limits = Arc::new(limits::Limits::new(cfg.max_body_bytes, cfg.qps, cfg.burst));
+    let metrics = Arc::new(metrics::Metrics::new().map_err(|e| anyhow!("metrics: {e}"))?);
     let gateway = proxy::Gateway {
-        upstreams: upstreams::Upstreams::new(lb, cfg.eject_for),
-        limits: limits::Limits::new(cfg.max_body_bytes, cfg.qps, cfg.burst),
-        metrics: Arc::new(metrics::Metrics::new().map_err(|e| anyhow!("metrics: {e}"))?),
+        upstreams: upstreams.clone(),
+        limits: limits.clone(),
+        metrics: metrics.clone(),
         admin_token,
         max_tries: cfg.max_tries,
         connect_timeout: cfg.connect_timeout,
@@ -125,13 +132,34 @@ fn run(config: &Path) -> anyhow::Result<()> {
             .build()
             .context("cannot build the HTTP client")?,
     };
-    let mut proxy = http_proxy_service(&server.configuration, gateway);
-    proxy.add_tcp(&listen);
-    server.add_service(proxy);
+    let general = http_proxy(&server.configuration, gateway);
+    if cfg.read_fast_path {
+        let front = read_path::ReadPath {
+            general: Arc::new(general),
+            upstreams,
+            limits,
+            metrics,
+            pool: upstream_pool::UpstreamPool {
+                per_node: (cfg.keepalive_pool / cfg.threads).max(1),
+                max_idle: Duration::from_secs(50),
+            },
+            max_tries: cfg.max_tries,
+            connect_timeout: cfg.connect_timeout,
+            read_timeout: cfg.read_timeout,
+        };
+        let mut service = Service::new("kamaitachi gateway".to_string(), front);
+        service.add_tcp(&listen);
+        server.add_service(service);
+    } else {
+        let mut service = Service::new("kamaitachi gateway".to_string(), general);
+        service.add_tcp(&listen);
+        server.add_service(service);
+    }
     server.add_service(lb_service);
     tracing::info!(
-        "kamaitachi-gateway listening on {listen} ({} threads; upstreams from {}{})",
+        "kamaitachi-gateway listening on {listen} ({} threads, read fast path {}; upstreams from {}{})",
         cfg.threads,
+        if cfg.read_fast_path { "on" } else { "off" },
         if cfg.etcd.is_some() {
             "etcd"
         } else {

@@ -34,11 +34,11 @@ use crate::routing::{self, Route};
 use crate::upstreams::Upstreams;
 
 /// pingora's retry buffer; a larger read body is streamed without a key.
-const RETRY_BUFFER: u64 = 64 * 1024;
+pub const RETRY_BUFFER: u64 = 64 * 1024;
 
 pub struct Gateway {
-    pub upstreams: Upstreams,
-    pub limits: Limits,
+    pub upstreams: Arc<Upstreams>,
+    pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     pub admin_token: Option<String>,
     pub max_tries: usize,

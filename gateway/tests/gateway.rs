@@ -68,7 +68,14 @@ fn strips_the_prefix_keeps_the_query_and_replays_the_body() {
     assert_eq!(
         seen[0].1,
         body.as_bytes(),
-        "the body read for routing was not replayed upstream"
+        "the body read for routing was not forwarded upstream"
+    );
+    // The `Expect` read went through pingora's proxy, which read the body
+    // for its key and replayed it from the retry buffer.
+    assert_eq!(
+        seen[3].1,
+        body.as_bytes(),
+        "pingora did not replay the body read for routing"
     );
     assert!(
         seen[1].0.starts_with("GET /anything/else?q=1 HTTP/1.1"),
@@ -79,6 +86,121 @@ fn strips_the_prefix_keeps_the_query_and_replays_the_body() {
         .0
         .starts_with("POST /kamaitachi/api/data/v1/period HTTP/1.1"));
     assert_eq!(seen[2].1.len(), big.len());
+}
+
+/// The read path (`read_path.rs`) and pingora's proxy share each client
+/// connection: pipelined requests of both kinds on one connection are
+/// answered in order, a request that arrives a byte at a time is read
+/// whole, stale pooled upstream connections cost the client nothing and no
+/// request is sent twice, `Connection: close` is honoured, and the reads are
+/// counted in `/metrics`.
+#[test]
+fn reads_and_other_requests_share_a_connection() {
+    let rec = Recorder::closing_after(2);
+    let gw = static_gateway(&rec, "");
+    let read = |subject: &str, extra: &str| {
+        let body = snapshot_body(subject);
+        format!(
+            "POST /data/kamaitachi/api/data/v1/snapshot?s={subject} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let pipelined = [
+        read("1:a", ""),
+        "GET /health HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+        read("1:b", "Connection: keep-alive\r\n"),
+        "GET /data/anything/else?q=1 HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+        read("1:c", "Connection: close\r\n"),
+    ]
+    .concat();
+    let out = parse_responses(&send_raw(gw.port, pipelined.as_bytes()).unwrap());
+    let statuses: Vec<u16> = out.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200; 5], "{out:?}");
+    assert!(out[1].json()["nodes"].is_array(), "{}", out[1].text());
+    let close = out[4]
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("connection"));
+    assert_eq!(
+        close.map(|(_, v)| v.as_str()),
+        Some("close"),
+        "{:?}",
+        out[4].headers
+    );
+    let seen: Vec<String> = rec.seen.lock().unwrap().iter().map(|(h, _)| h.clone()).collect();
+    let lines: Vec<&str> = seen.iter().map(|h| h.lines().next().unwrap_or("")).collect();
+    assert_eq!(
+        lines,
+        [
+            "POST /kamaitachi/api/data/v1/snapshot?s=1:a HTTP/1.1",
+            "POST /kamaitachi/api/data/v1/snapshot?s=1:b HTTP/1.1",
+            "GET /anything/else?q=1 HTTP/1.1",
+            "POST /kamaitachi/api/data/v1/snapshot?s=1:c HTTP/1.1",
+        ]
+    );
+    assert!(
+        !seen[1].to_ascii_lowercase().contains("connection:")
+            && !seen[3].to_ascii_lowercase().contains("connection:"),
+        "hop-by-hop header forwarded: {seen:?}"
+    );
+
+    // One keep-alive client, 30 reads, the upstream dropping its side of
+    // every second connection: each read answered, each sent upstream once.
+    let before = rec.data_requests.load(Ordering::SeqCst);
+    let mut client = KeepAlive::connect(gw.port).unwrap();
+    for i in 0..30 {
+        let r = client
+            .post(
+                "/data/kamaitachi/api/data/v1/period",
+                &snapshot_body(&format!("2:{i}")),
+            )
+            .unwrap();
+        assert_eq!(r.status, 200, "read {i}: {}", r.text());
+    }
+    assert_eq!(rec.data_requests.load(Ordering::SeqCst) - before, 30);
+
+    // A request sent a byte at a time.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for b in read("3:slow", "Connection: close\r\n").as_bytes() {
+        std::io::Write::write_all(&mut s, &[*b]).unwrap();
+    }
+    let mut reply = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut reply).unwrap();
+    assert_eq!(parse_responses(&reply)[0].status, 200);
+
+    let metrics = request(gw.port, "GET", "/metrics", b"", &[]).text();
+    let count = |route: &str| -> f64 {
+        let key = format!("kamaitachi_gateway_requests_total{{route=\"{route}\",status=\"200\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(count("snapshot"), 4.0, "{metrics}");
+    assert_eq!(count("period"), 30.0, "{metrics}");
+}
+
+/// With `read_fast_path = false` every request goes through pingora's proxy
+/// (the escape hatch, and the peer in `make bench`).
+#[test]
+fn reads_work_with_the_read_path_off() {
+    let rec = Recorder::start();
+    let gw = static_gateway(&rec, "read_fast_path = false\n");
+    let mut client = KeepAlive::connect(gw.port).unwrap();
+    for i in 0..5 {
+        let r = client
+            .post(
+                "/data/kamaitachi/api/data/v1/snapshot",
+                &snapshot_body(&format!("4:{i}")),
+            )
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(rec.data_requests.load(Ordering::SeqCst), 5);
+    assert!(gw.log_text().contains("read fast path off"), "{}", gw.log_text());
 }
 
 #[test]

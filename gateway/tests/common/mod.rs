@@ -184,6 +184,13 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn start() -> Recorder {
+        Recorder::closing_after(10_000)
+    }
+
+    /// Closes each connection after `per_conn` answers, without saying so
+    /// (no `Connection: close`): a keep-alive connection the gateway holds
+    /// for reuse goes stale under it.
+    pub fn closing_after(per_conn: usize) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen: Seen = Arc::new(Mutex::new(Vec::new()));
@@ -202,7 +209,7 @@ impl Recorder {
                     conn.set_read_timeout(Some(Duration::from_secs(30))).ok();
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 8192];
-                    for _ in 0..10_000 {
+                    for _ in 0..per_conn {
                         // one request: head, then Content-Length bytes
                         let head_end = loop {
                             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {

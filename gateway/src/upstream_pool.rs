@@ -1,0 +1,112 @@
+//! Idle keep-alive connections from the read path (`read_path.rs`) to the
+//! nodes, one pool per worker thread.
+//!
+//! pingora runs one single-threaded runtime per worker thread here
+//! (`work_stealing = false`), so a task never leaves the thread that
+//! accepted its client. A pool per thread therefore needs no lock, and a
+//! connection is always used on the runtime that registered its socket.
+//! Taking and returning a connection touches no other thread: no wake-up
+//! of an idle-watch task, no shared mutex (the two costs measured in
+//! pingora's shared pool). A connection that went stale while idle is found
+//! out on its next use, and the read path then retries on a fresh one.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+/// The idle connections of one thread, per node address.
+type Idle = Vec<(SocketAddr, Vec<(TcpStream, Instant)>)>;
+
+thread_local! {
+    static IDLE: RefCell<Idle> = const { RefCell::new(Vec::new()) };
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamPool {
+    /// Idle connections kept per node on each thread.
+    pub per_node: usize,
+    /// A connection idle for longer is closed rather than reused (the nodes
+    /// close idle connections after 60 s by default).
+    pub max_idle: Duration,
+}
+
+impl UpstreamPool {
+    /// The most recently returned idle connection to `addr`, if one is young
+    /// enough.
+    pub fn take(&self, addr: &SocketAddr) -> Option<TcpStream> {
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let conns = &mut idle.iter_mut().find(|(a, _)| a == addr)?.1;
+            let (conn, since) = conns.pop()?;
+            if since.elapsed() > self.max_idle {
+                // The rest are older still.
+                conns.clear();
+                return None;
+            }
+            Some(conn)
+        })
+    }
+
+    /// Keeps `conn` for reuse, unless the node already has enough idle ones.
+    pub fn put(&self, addr: SocketAddr, conn: TcpStream) {
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let conns = match idle.iter().position(|(a, _)| *a == addr) {
+                Some(i) => &mut idle[i].1,
+                None => {
+                    idle.push((addr, Vec::new()));
+                    &mut idle.last_mut().expect("just pushed").1
+                }
+            };
+            if conns.len() < self.per_node {
+                conns.push((conn, Instant::now()));
+            }
+        })
+    }
+
+    /// Idle connections to `addr` on this thread.
+    #[cfg(test)]
+    pub fn idle(&self, addr: &SocketAddr) -> usize {
+        IDLE.with(|idle| {
+            idle.borrow()
+                .iter()
+                .find(|(a, _)| a == addr)
+                .map_or(0, |(_, c)| c.len())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn reuses_newest_first_caps_and_expires() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = UpstreamPool {
+            per_node: 2,
+            max_idle: Duration::from_millis(200),
+        };
+        assert!(pool.take(&addr).is_none());
+        let mut conns = Vec::new();
+        for _ in 0..3 {
+            let c = TcpStream::connect(addr).await.unwrap();
+            let _ = listener.accept().await.unwrap();
+            conns.push(c);
+        }
+        let ports: Vec<u16> = conns.iter().map(|c| c.local_addr().unwrap().port()).collect();
+        for c in conns {
+            pool.put(addr, c);
+        }
+        assert_eq!(pool.idle(&addr), 2, "the cap was not kept");
+        let newest = pool.take(&addr).unwrap();
+        assert_eq!(newest.local_addr().unwrap().port(), ports[1]);
+        pool.put(addr, newest);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(pool.take(&addr).is_none(), "a stale connection was reused");
+        assert_eq!(pool.idle(&addr), 0, "stale connections were kept");
+    }
+}
