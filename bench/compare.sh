@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # `make bench`: the same wrk scripts and settings against (a) a node
-# directly, (b) the gateway, (c) an nginx reverse proxy to the same nodes
-# (started for the run on a free port: keepalive upstream, one worker per
-# core), printed side by side; then the original guide's kamaitachi-bench
-# run through the gateway. Needs the cluster running (`make cluster`).
+# directly, (b) the gateway, (c) a second gateway with `read_fast_path =
+# false` (every request through pingora's own proxy), (d) an nginx reverse
+# proxy to the same nodes (keepalive upstream, one worker per core); (c) and
+# (d) are started for the run on free ports. Printed side by side; then the
+# original guide's kamaitachi-bench run through the gateway. Needs the
+# cluster running (`make cluster`).
 #   DURATION=10s CONNS=50 bench/compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +26,15 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || { echo "bench: nginx missing: run scripts/install-deps.sh" >&2; exit 1; }
 
 TMP=$(mktemp -d)
-cleanup() { [ -f "$TMP/nginx.pid" ] && kill "$(cat "$TMP/nginx.pid")" 2>/dev/null; rm -rf "$TMP"; }
+PINGORA_PID=
+cleanup() {
+  [ -f "$TMP/nginx.pid" ] && kill "$(cat "$TMP/nginx.pid")" 2>/dev/null
+  [ -n "$PINGORA_PID" ] && kill "$PINGORA_PID" 2>/dev/null
+  rm -rf "$TMP"
+}
 trap cleanup EXIT
-NGINX_PORT=$(for p in $(seq 19100 19999); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; break; }; done)
+free_port() { for p in $(seq "$1" "$(($1 + 899))"); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }; done; }
+NGINX_PORT=$(free_port 19100)
 cat >"$TMP/nginx.conf" <<EOF
 worker_processes $(nproc);
 pid $TMP/nginx.pid;
@@ -53,6 +61,24 @@ EOF
 "$NGINX" -c "$TMP/nginx.conf" -p "$TMP" -e "$TMP/error.log"
 for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$NGINX_PORT") 2>/dev/null && break; sleep 0.1; done
 
+# The peer gateway: the running gateway's config, another port, pingora only.
+TARGETS="direct gateway nginx"
+GATEWAY_CONF=${GATEWAY_CONF:-run/conf/gateway.ini}
+if [ -f "$GATEWAY_CONF" ] && [ -x bin/kamaitachi-gateway ]; then
+  PINGORA_PORT=$(free_port 19200)
+  sed -e "s/^port = [0-9]*/port = $PINGORA_PORT/" -e "s/^read_fast_path = .*/read_fast_path = false/" \
+    "$GATEWAY_CONF" >"$TMP/pingora.ini"
+  grep -q '^read_fast_path' "$TMP/pingora.ini" || sed -i 's/^\[gateway\]/[gateway]\nread_fast_path = false/' "$TMP/pingora.ini"
+  bin/kamaitachi-gateway -config "$TMP/pingora.ini" 2>"$TMP/pingora.log" &
+  PINGORA_PID=$!
+  want=$(curl -s -m 2 "http://127.0.0.1:$GATEWAY_PORT/health" | grep -o '"healthy_nodes":[0-9]*')
+  for _ in $(seq 1 100); do
+    [ "$(curl -s -m 1 "http://127.0.0.1:$PINGORA_PORT/health" | grep -o '"healthy_nodes":[0-9]*')" = "$want" ] && break
+    sleep 0.1
+  done
+  TARGETS="direct gateway pingora nginx"
+fi
+
 declare -A RPS P50 P99 BAD
 run() { # run KEY URL SCRIPT
   local line
@@ -64,10 +90,11 @@ run() { # run KEY URL SCRIPT
   BAD[$1]=$(sed -n 's/.*errors=\([0-9]*\) non2xx=\([0-9]*\).*/\1+\2/p' <<<"$line")
 }
 
-echo "wrk -t1 -c$CONNS -d$DURATION on $(nproc) cores; node :$MASTER_PORT, gateway :$GATEWAY_PORT, nginx :$NGINX_PORT"
+echo "wrk -t1 -c$CONNS -d$DURATION on $(nproc) cores; node :$MASTER_PORT, gateway :$GATEWAY_PORT, pingora-only gateway :${PINGORA_PORT:--}, nginx :$NGINX_PORT"
 for s in $SCENARIOS; do
   run "$s/direct" "http://127.0.0.1:$MASTER_PORT" "$s"
   run "$s/gateway" "http://127.0.0.1:$GATEWAY_PORT/data" "$s"
+  [ -n "${PINGORA_PORT:-}" ] && run "$s/pingora" "http://127.0.0.1:$PINGORA_PORT/data" "$s"
   run "$s/nginx" "http://127.0.0.1:$NGINX_PORT/data" "$s"
 done
 
@@ -75,9 +102,9 @@ echo
 printf '| %-16s | %-8s | %10s | %8s | %8s | %7s | %8s | %8s |\n' scenario target req/s p50_ms p99_ms errors gw/nginx gw/direct
 printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------------ ---------- ------------ ---------- ---------- --------- ---------- ----------
 for s in $SCENARIOS; do
-  for t in direct gateway nginx; do
+  for t in $TARGETS; do
     k="$s/$t"; r1=""; r2=""
-    if [ "$t" = gateway ]; then
+    if [ "$t" = gateway ] || [ "$t" = pingora ]; then
       r1=$(awk -v a="${RPS[$k]}" -v b="${RPS[$s/nginx]}" 'BEGIN { printf "%.2fx", a / b }')
       r2=$(awk -v a="${RPS[$k]}" -v b="${RPS[$s/direct]}" 'BEGIN { printf "%.2fx", a / b }')
     fi
