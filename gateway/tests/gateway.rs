@@ -147,16 +147,7 @@ fn reads_and_other_requests_share_a_connection() {
     // One keep-alive client, 30 reads, the upstream dropping its side of
     // every second connection: each read answered, each sent upstream once.
     let before = rec.data_requests.load(Ordering::SeqCst);
-    let mut client = KeepAlive::connect(gw.port).unwrap();
-    for i in 0..30 {
-        let r = client
-            .post(
-                "/data/kamaitachi/api/data/v1/period",
-                &snapshot_body(&format!("2:{i}")),
-            )
-            .unwrap();
-        assert_eq!(r.status, 200, "read {i}: {}", r.text());
-    }
+    keepalive_reads(gw.port, "period", 2, 30);
     assert_eq!(rec.data_requests.load(Ordering::SeqCst) - before, 30);
 
     // A request sent a byte at a time.
@@ -183,22 +174,51 @@ fn reads_and_other_requests_share_a_connection() {
     assert_eq!(count("period"), 30.0, "{metrics}");
 }
 
+/// A node that accepts a read and never answers: after `read_timeout_ms`
+/// the read moves on to the next node of the ring, and the silent node is
+/// ejected. No client sees an error, none waits much past the timeout. On
+/// both paths: the read path, and pingora's proxy.
+#[test]
+fn a_hanging_node_times_out_and_the_read_moves_on() {
+    for fast in [true, false] {
+        hanging_node_case(fast);
+    }
+}
+
+fn hanging_node_case(read_fast_path: bool) {
+    let hung = Recorder::hanging();
+    let rec = Recorder::start();
+    let gw = Gateway::start(&format!(
+        "[gateway]\nstatic_upstreams = 127.0.0.1:{}=master,127.0.0.1:{}=slave\nread_timeout_ms = 300\nread_fast_path = {read_fast_path}\n",
+        rec.port, hung.port
+    ));
+    gw.wait_nodes(2);
+    let slowest = keepalive_reads(gw.port, "snapshot", 5, 40);
+    assert!(
+        slowest < Duration::from_secs(2),
+        "fast path {read_fast_path}: a read took {slowest:?}"
+    );
+    let timed_out = hung.data_requests.load(Ordering::SeqCst);
+    assert!(
+        timed_out >= 1,
+        "no key hashed to the silent node: the test proves nothing"
+    );
+    assert_eq!(rec.data_requests.load(Ordering::SeqCst), 40);
+    let metrics = request(gw.port, "GET", "/metrics", b"", &[]).text();
+    let retries = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kamaitachi_gateway_retries_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert_eq!(retries, Some(timed_out as f64), "{metrics}");
+}
+
 /// With `read_fast_path = false` every request goes through pingora's proxy
 /// (the escape hatch, and the peer in `make bench`).
 #[test]
 fn reads_work_with_the_read_path_off() {
     let rec = Recorder::start();
     let gw = static_gateway(&rec, "read_fast_path = false\n");
-    let mut client = KeepAlive::connect(gw.port).unwrap();
-    for i in 0..5 {
-        let r = client
-            .post(
-                "/data/kamaitachi/api/data/v1/snapshot",
-                &snapshot_body(&format!("4:{i}")),
-            )
-            .unwrap();
-        assert_eq!(r.status, 200);
-    }
+    keepalive_reads(gw.port, "snapshot", 4, 5);
     assert_eq!(rec.data_requests.load(Ordering::SeqCst), 5);
     assert!(gw.log_text().contains("read fast path off"), "{}", gw.log_text());
 }

@@ -63,6 +63,24 @@ pub fn registered_node(etcd: &Etcd, mode: &'static str) -> Node {
     Node::start(&node_bin(), &opts)
 }
 
+/// `n` reads on one keep-alive connection, each for its own subject
+/// (`{tag}:{i}`); asserts each is answered 200 and returns the slowest.
+pub fn keepalive_reads(port: u16, route: &str, tag: u32, n: usize) -> Duration {
+    let mut client = KeepAlive::connect(port).unwrap();
+    let path = format!("/data/kamaitachi/api/data/v1/{route}");
+    (0..n)
+        .map(|i| {
+            let started = Instant::now();
+            let r = client
+                .post(&path, &snapshot_body(&format!("{tag}:{i}")))
+                .unwrap_or_else(|e| panic!("read {i}: {e}"));
+            assert_eq!(r.status, 200, "read {i}: {}", r.text());
+            started.elapsed()
+        })
+        .max()
+        .unwrap_or_default()
+}
+
 pub struct Gateway {
     pub port: u16,
     pub log: PathBuf,
@@ -191,6 +209,16 @@ impl Recorder {
     /// (no `Connection: close`): a keep-alive connection the gateway holds
     /// for reuse goes stale under it.
     pub fn closing_after(per_conn: usize) -> Recorder {
+        Recorder::spawn(per_conn, false)
+    }
+
+    /// Answers its health checks but never a data request (it keeps the
+    /// connection open, silent): a node that hangs.
+    pub fn hanging() -> Recorder {
+        Recorder::spawn(10_000, true)
+    }
+
+    fn spawn(per_conn: usize, hang: bool) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen: Seen = Arc::new(Mutex::new(Vec::new()));
@@ -241,6 +269,10 @@ impl Recorder {
                         if !request_line.starts_with("GET /health ") {
                             d.fetch_add(1, Ordering::SeqCst);
                             s.lock().unwrap().push((head.clone(), body));
+                            if hang {
+                                std::thread::sleep(Duration::from_secs(10));
+                                return;
+                            }
                         }
                         let reply = b"{\"status_code\":0,\"status_msg\":\"success\",\"data\":[]}";
                         let resp = format!(
