@@ -212,6 +212,27 @@ fn hanging_node_case(read_fast_path: bool) {
     assert_eq!(retries, Some(timed_out as f64), "{metrics}");
 }
 
+/// Answers larger than the read path holds before its first write (256 KiB)
+/// are streamed through whole, and the connection stays usable.
+#[test]
+fn large_answers_are_streamed_whole() {
+    let len = 1_500_000;
+    let rec = Recorder::answering(len);
+    let gw = static_gateway(&rec, "");
+    let mut client = KeepAlive::connect(gw.port).unwrap();
+    for n in 1..=3 {
+        let r = client
+            .post("/data/kamaitachi/api/data/v1/period", &snapshot_body("6:1"))
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), len, "answer {n} cut short");
+        assert!(
+            r.body == answer_of(n, len),
+            "answer {n} differs from what the node sent"
+        );
+    }
+}
+
 /// With `read_fast_path = false` every request goes through pingora's proxy
 /// (the escape hatch, and the peer in `make bench`).
 #[test]

@@ -200,6 +200,11 @@ pub struct Recorder {
     pub data_requests: Arc<AtomicUsize>,
 }
 
+/// The body `Recorder::answering(len)` sends for its `n`th data request.
+pub fn answer_of(n: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|i| b'a' + ((i * 7 + n) % 26) as u8).collect()
+}
+
 impl Recorder {
     pub fn start() -> Recorder {
         Recorder::closing_after(10_000)
@@ -209,16 +214,22 @@ impl Recorder {
     /// (no `Connection: close`): a keep-alive connection the gateway holds
     /// for reuse goes stale under it.
     pub fn closing_after(per_conn: usize) -> Recorder {
-        Recorder::spawn(per_conn, false)
+        Recorder::spawn(per_conn, false, 0)
     }
 
     /// Answers its health checks but never a data request (it keeps the
     /// connection open, silent): a node that hangs.
     pub fn hanging() -> Recorder {
-        Recorder::spawn(10_000, true)
+        Recorder::spawn(10_000, true, 0)
     }
 
-    fn spawn(per_conn: usize, hang: bool) -> Recorder {
+    /// Answers each data request with a body of `len` bytes (the answer
+    /// to request n is `answer_of(n, len)`).
+    pub fn answering(len: usize) -> Recorder {
+        Recorder::spawn(10_000, false, len)
+    }
+
+    fn spawn(per_conn: usize, hang: bool, answer_len: usize) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen: Seen = Arc::new(Mutex::new(Vec::new()));
@@ -274,7 +285,10 @@ impl Recorder {
                                 return;
                             }
                         }
-                        let reply = b"{\"status_code\":0,\"status_msg\":\"success\",\"data\":[]}";
+                        let small = b"{\"status_code\":0,\"status_msg\":\"success\",\"data\":[]}";
+                        let large = (answer_len > 0 && !request_line.starts_with("GET /health "))
+                            .then(|| answer_of(d.load(Ordering::SeqCst), answer_len));
+                        let reply: &[u8] = large.as_deref().unwrap_or(small);
                         let resp = format!(
                             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                             reply.len()
