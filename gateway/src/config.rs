@@ -34,6 +34,8 @@ pub struct GatewayConfig {
     pub grace_period_secs: u64,
     pub shutdown_timeout_secs: u64,
     pub max_body_bytes: u64,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
     pub qps: u32,
     pub burst: u32,
     pub admin_token_file: Option<PathBuf>,
@@ -103,6 +105,14 @@ impl GatewayConfig {
             grace_period_secs: ini.get_or("gateway", "grace_period_secs", 0, "seconds")?,
             shutdown_timeout_secs: ini.get_or("gateway", "shutdown_timeout_secs", 2, "seconds")?,
             max_body_bytes: ini.get_or("limits", "max_body_bytes", 1 << 20, "a byte count")?,
+            idle_timeout: Duration::from_secs(
+                ini.get_or::<u64>("limits", "idle_timeout_secs", 60, "seconds")?
+                    .max(1),
+            ),
+            request_timeout: Duration::from_secs(
+                ini.get_or::<u64>("limits", "request_timeout_secs", 10, "seconds")?
+                    .max(1),
+            ),
             qps: ini.get_or("limits", "qps", 0, "requests per second (0 = unlimited)")?,
             burst: ini.get_or("limits", "burst", 0, "requests (0 = same as qps)")?,
             admin_token_file: ini.get_str("security", "admin_token_file").map(PathBuf::from),

@@ -146,6 +146,8 @@ fn run(config: &Path) -> anyhow::Result<()> {
             max_tries: cfg.max_tries,
             connect_timeout: cfg.connect_timeout,
             read_timeout: cfg.read_timeout,
+            client_idle: cfg.idle_timeout,
+            request_time: cfg.request_timeout,
         };
         let mut service = Service::new("kamaitachi gateway".to_string(), front);
         service.add_tcp(&listen);

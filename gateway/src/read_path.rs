@@ -59,10 +59,6 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 /// Read bodies up to this size are held whole, as on the general path.
 const MAX_READ_BODY: u64 = crate::proxy::RETRY_BUFFER;
-/// An idle keep-alive client is closed after this long.
-const CLIENT_IDLE: Duration = Duration::from_secs(60);
-/// A started request must arrive whole within this long (else 408).
-const REQUEST_TIME: Duration = Duration::from_secs(10);
 /// Answer bytes gathered before the first write downstream: an answer up to
 /// this size leaves in one write, and can still be retried elsewhere if the
 /// node fails while sending it.
@@ -79,6 +75,10 @@ pub struct ReadPath {
     pub max_tries: usize,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// An idle keep-alive client is closed after this long.
+    pub client_idle: Duration,
+    /// A started request must arrive whole within this long (else 408).
+    pub request_time: Duration,
 }
 
 /// One client connection's reusable buffers.
@@ -95,7 +95,8 @@ struct Buffers {
 
 /// What the next request on a connection is.
 enum Next {
-    Read(ReadHead),
+    /// A read, and the time by which its body must have arrived.
+    Read(ReadHead, Instant),
     General(Option<usize>),
     Closed,
     TimedOut,
@@ -169,8 +170,8 @@ impl ServerApp for ReadPath {
         let mut bufs = Buffers::default();
         loop {
             match self.next_request(&mut client, &mut bufs, shutdown).await {
-                Next::Read(head) => {
-                    if !self.serve(&mut client, &mut bufs, head).await {
+                Next::Read(head, deadline) => {
+                    if !self.serve(&mut client, &mut bufs, head, deadline).await {
                         return None;
                     }
                 }
@@ -195,8 +196,10 @@ impl ServerApp for ReadPath {
 
 impl ReadPath {
     /// Reads until the next request's head is complete (or the client left,
-    /// or the server is stopping while the connection is idle).
+    /// or the server is stopping while the connection is idle). A request
+    /// has `request_time` from its first byte to arrive whole.
     async fn next_request(&self, client: &mut Stream, bufs: &mut Buffers, shutdown: &ShutdownWatch) -> Next {
+        let mut deadline = Instant::now() + self.request_time;
         loop {
             if !bufs.client.is_empty() {
                 match parse_request(
@@ -204,7 +207,7 @@ impl ReadPath {
                     self.limits.max_body_bytes,
                     &mut bufs.upstream_request,
                 ) {
-                    Head::Read(head) => return Next::Read(head),
+                    Head::Read(head) => return Next::Read(head, deadline),
                     Head::General(len) => return Next::General(len),
                     Head::Partial => {}
                 }
@@ -221,12 +224,14 @@ impl ReadPath {
                         _ = stopping.changed() => None,
                     }
                 };
-                match timeout(CLIENT_IDLE, idle_read).await {
+                let read = match timeout(self.client_idle, idle_read).await {
                     Ok(Some(r)) => r,
                     Ok(None) | Err(_) => return Next::Closed,
-                }
+                };
+                deadline = Instant::now() + self.request_time;
+                read
             } else {
-                match timeout(REQUEST_TIME, client.read_buf(&mut bufs.client)).await {
+                match timeout(left(deadline), client.read_buf(&mut bufs.client)).await {
                     Ok(r) => r,
                     Err(_) => return Next::TimedOut,
                 }
@@ -254,18 +259,24 @@ impl ReadPath {
             session.set_pipelined_prefix(BytesMut::from(&pending[..n]));
             pending.drain(..n);
         }
-        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        session.set_keepalive((!*shutdown.borrow()).then_some(self.client_idle.as_secs().max(1)));
         let reused = self.general.process_new_http(session, shutdown).await?;
         Some(reused.consume().0)
     }
 
     /// Serves one read; returns whether the client connection stays open.
-    async fn serve(&self, client: &mut Stream, bufs: &mut Buffers, head: ReadHead) -> bool {
+    async fn serve(
+        &self,
+        client: &mut Stream,
+        bufs: &mut Buffers,
+        head: ReadHead,
+        deadline: Instant,
+    ) -> bool {
         let started = Instant::now();
         let total = head.head_len + head.body_len;
         while bufs.client.len() < total {
             bufs.client.reserve(total - bufs.client.len());
-            match timeout(REQUEST_TIME, client.read_buf(&mut bufs.client)).await {
+            match timeout(left(deadline), client.read_buf(&mut bufs.client)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return false,
                 Err(_) => {
@@ -507,6 +518,11 @@ impl ReadPath {
         out.extend_from_slice(&local.body);
         self.write_client(client, &out).await
     }
+}
+
+/// Time left until `deadline`.
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
 }
 
 /// Room for the next read.

@@ -233,6 +233,52 @@ fn large_answers_are_streamed_whole() {
     }
 }
 
+/// A read that trickles in (slowloris) gets a 408 once
+/// `request_timeout_secs` has passed since its first byte, however steadily
+/// it trickles, whether in its head or its body.
+#[test]
+fn a_trickling_read_gets_408() {
+    let rec = Recorder::start();
+    let gw = static_gateway(&rec, "[limits]\nrequest_timeout_secs = 1\n");
+    let body = snapshot_body("7:1");
+    let head = format!(
+        "POST /data/kamaitachi/api/data/v1/snapshot HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (first, trickle) in [
+        (head.clone(), "X-Slow: 1\r\n".to_string()),
+        (format!("{head}\r\n"), "{".to_string()),
+    ] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = Instant::now();
+        std::io::Write::write_all(&mut s, first.as_bytes()).unwrap();
+        let mut s2 = s.try_clone().unwrap();
+        let dripper = std::thread::spawn(move || {
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(200));
+                if std::io::Write::write_all(&mut s2, trickle.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut reply = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut reply);
+        let took = started.elapsed();
+        dripper.join().unwrap();
+        let out = parse_responses(&reply);
+        assert_eq!(
+            out.first().map(|r| r.status),
+            Some(408),
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+        assert!(out[0].msg().contains("in time"), "{}", out[0].text());
+        assert!(took < Duration::from_millis(2500), "took {took:?}");
+    }
+    assert_eq!(rec.data_requests.load(Ordering::SeqCst), 0);
+}
+
 /// With `read_fast_path = false` every request goes through pingora's proxy
 /// (the escape hatch, and the peer in `make bench`).
 #[test]
