@@ -50,9 +50,18 @@ impl UpstreamPool {
     }
 
     /// Keeps `conn` for reuse, unless the node already has enough idle ones.
+    /// Closes the idle connections of nodes not used for `max_idle` (a node
+    /// that left the ring keeps none open).
     pub fn put(&self, addr: SocketAddr, conn: TcpStream) {
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
+            let now = Instant::now();
+            idle.retain(|(a, conns)| {
+                *a == addr
+                    || conns
+                        .last()
+                        .is_some_and(|(_, t)| now.duration_since(*t) <= self.max_idle)
+            });
             let conns = match idle.iter().position(|(a, _)| *a == addr) {
                 Some(i) => &mut idle[i].1,
                 None => {
@@ -61,7 +70,7 @@ impl UpstreamPool {
                 }
             };
             if conns.len() < self.per_node {
-                conns.push((conn, Instant::now()));
+                conns.push((conn, now));
             }
         })
     }
@@ -108,5 +117,17 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(pool.take(&addr).is_none(), "a stale connection was reused");
         assert_eq!(pool.idle(&addr), 0, "stale connections were kept");
+
+        // A node no longer used: its idle connections close when another
+        // node's connection is returned.
+        let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other_addr = other.local_addr().unwrap();
+        let c = TcpStream::connect(addr).await.unwrap();
+        pool.put(addr, c);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c = TcpStream::connect(other_addr).await.unwrap();
+        pool.put(other_addr, c);
+        assert_eq!(pool.idle(&addr), 0, "a departed node's connections were kept");
+        assert_eq!(pool.idle(&other_addr), 1);
     }
 }
