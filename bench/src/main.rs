@@ -269,17 +269,7 @@ async fn bench(args: Args, choice: Choice, target: String) -> Result<ExitCode> {
         e.to_string()
     });
     let summary = Summary {
-        info: RunInfo {
-            target,
-            scenario: args.scenario.to_string(),
-            concurrency,
-            requests_limit: requests,
-            duration_limit: args.duration,
-            repeat: args.repeat,
-            seed: args.seed,
-            subjects: args.subjects,
-            timeout_ms: args.timeout_ms,
-        },
+        info: run_info(&args, target, concurrency, requests),
         tally,
         elapsed,
         hit_rates: HitRates { before, after },
@@ -361,15 +351,8 @@ async fn bench_ingest(args: Args, ingest: IngestArgs, target: String) -> Result<
     }
     let summary = IngestSummary {
         info: RunInfo {
-            target,
-            scenario: args.scenario.to_string(),
-            concurrency,
-            requests_limit: requests,
-            duration_limit: args.duration,
             repeat: None,
-            seed: args.seed,
-            subjects: args.subjects,
-            timeout_ms: args.timeout_ms,
+            ..run_info(&args, target, concurrency, requests)
         },
         batch: ingest.batch,
         rate,
@@ -392,6 +375,21 @@ async fn bench_ingest(args: Args, ingest: IngestArgs, target: String) -> Result<
 /// A progress bar on stderr when it is a terminal; hidden otherwise (CI,
 /// pipes), so nothing but the report is printed there. `unit` names what is
 /// counted (requests, batches).
+/// What a run was asked to do, as its summary reports it.
+fn run_info(args: &Args, target: String, concurrency: usize, requests: Option<u64>) -> RunInfo {
+    RunInfo {
+        target,
+        scenario: args.scenario.to_string(),
+        concurrency,
+        requests_limit: requests,
+        duration_limit: args.duration,
+        repeat: args.repeat,
+        seed: args.seed,
+        subjects: args.subjects,
+        timeout_ms: args.timeout_ms,
+    }
+}
+
 fn progress_bar(requests: Option<u64>, duration: Option<Duration>, unit: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();

@@ -164,6 +164,30 @@ pub struct RunInfo {
     pub timeout_ms: u64,
 }
 
+impl RunInfo {
+    /// `summary` (a JSON object) with the run's settings added: the fields
+    /// both summaries start with.
+    fn with_fields(&self, mut summary: Value) -> Value {
+        if let Value::Object(fields) = &mut summary {
+            let settings = json!({
+                "target": self.target,
+                "scenario": self.scenario,
+                "concurrency": self.concurrency,
+                "requests_limit": self.requests_limit,
+                "duration_limit_s": self.duration_limit,
+                "repeat": self.repeat,
+                "seed": self.seed,
+                "subjects": self.subjects,
+                "timeout_ms": self.timeout_ms,
+            });
+            if let Value::Object(settings) = settings {
+                fields.extend(settings);
+            }
+        }
+        summary
+    }
+}
+
 /// Hit rate around the run.
 #[derive(Debug, Clone)]
 pub struct HitRates {
@@ -217,17 +241,7 @@ impl Summary {
             .hit_rates
             .delta()
             .map(|(hits, misses, rate)| json!({ "hits": hits, "misses": misses, "hit_rate": rate }));
-        let i = &self.info;
-        json!({
-            "target": i.target,
-            "scenario": i.scenario,
-            "concurrency": i.concurrency,
-            "requests_limit": i.requests_limit,
-            "duration_limit_s": i.duration_limit,
-            "repeat": i.repeat,
-            "seed": i.seed,
-            "subjects": i.subjects,
-            "timeout_ms": i.timeout_ms,
+        self.info.with_fields(json!({
             "requests": t.total(),
             "ok": t.ok,
             "errors_total": t.error_count(),
@@ -240,7 +254,7 @@ impl Summary {
                 "after": side(&self.hit_rates.after),
                 "run": delta,
             },
-        })
+        }))
     }
 
     /// The summary as a human-readable table.
@@ -369,7 +383,6 @@ impl IngestSummary {
     /// The summary as one JSON object.
     pub fn to_json(&self) -> Value {
         let t = &self.tally;
-        let i = &self.info;
         let errors: serde_json::Map<String, Value> =
             t.errors.iter().map(|(k, n)| (k.to_string(), json!(n))).collect();
         let followers: Vec<Value> = self
@@ -389,15 +402,7 @@ impl IngestSummary {
                 })
             })
             .collect();
-        json!({
-            "target": i.target,
-            "scenario": i.scenario,
-            "concurrency": i.concurrency,
-            "requests_limit": i.requests_limit,
-            "duration_limit_s": i.duration_limit,
-            "seed": i.seed,
-            "subjects": i.subjects,
-            "timeout_ms": i.timeout_ms,
+        self.info.with_fields(json!({
             "batch": self.batch,
             "rate_rows_s": self.rate,
             "batches": t.total(),
@@ -413,7 +418,7 @@ impl IngestSummary {
             "latency_ms": latency_json(&t.latency),
             "follow_wait_s": self.follow_wait.as_secs_f64(),
             "followers": followers,
-        })
+        }))
     }
 
     /// The summary as a human-readable table.

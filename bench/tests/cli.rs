@@ -378,6 +378,9 @@ fn json_run_counts_every_request() {
     let v: Value = serde_json::from_str(stdout.trim()).expect("stdout is one JSON object");
     let c = &server.counts;
     assert_eq!(v["requests"], 300);
+    assert_eq!(v["requests_limit"], 300);
+    assert_eq!(v["concurrency"], 4);
+    assert_eq!(v["target"], target.as_str());
     assert_eq!(c.data.load(Ordering::SeqCst), 300, "the server saw every request");
     assert_eq!(c.snapshot.load(Ordering::SeqCst), 300);
     let failed = c.failed.load(Ordering::SeqCst) as u64;
