@@ -116,6 +116,16 @@ impl Tally {
     pub fn total(&self) -> u64 {
         self.ok + self.error_count()
     }
+
+    /// Errors by kind, as a JSON object.
+    fn errors_json(&self) -> Value {
+        Value::Object(
+            self.errors
+                .iter()
+                .map(|(k, n)| (k.to_string(), json!(n)))
+                .collect(),
+        )
+    }
 }
 
 impl Default for Tally {
@@ -218,21 +228,12 @@ pub struct Summary {
 
 impl Summary {
     pub fn qps(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 {
-            self.tally.total() as f64 / secs
-        } else {
-            0.0
-        }
+        per_sec(self.tally.total(), self.elapsed)
     }
 
     /// The summary as one JSON object.
     pub fn to_json(&self) -> Value {
         let t = &self.tally;
-        let errors: serde_json::Map<String, Value> =
-            t.errors.iter().map(|(k, n)| (k.to_string(), json!(n))).collect();
-        let latency = Latency::of(&t.latency)
-            .map(|l| json!({ "p50": l.p50, "p95": l.p95, "p99": l.p99, "max": l.max, "mean": l.mean }));
         let side = |r: &Result<HitRate, String>| match r {
             Ok(h) => json!({ "hit_rate": h.hit_rate, "hits": h.hits, "misses": h.misses }),
             Err(e) => json!({ "error": e }),
@@ -245,10 +246,10 @@ impl Summary {
             "requests": t.total(),
             "ok": t.ok,
             "errors_total": t.error_count(),
-            "errors": errors,
+            "errors": t.errors_json(),
             "elapsed_s": self.elapsed.as_secs_f64(),
             "qps": self.qps(),
-            "latency_ms": latency,
+            "latency_ms": latency_json(&t.latency),
             "hit_rate": {
                 "before": side(&self.hit_rates.before),
                 "after": side(&self.hit_rates.after),
@@ -317,6 +318,16 @@ impl Summary {
 }
 
 /// A latency histogram as `{p50, p95, p99, max, mean}` in ms, or null.
+/// `n` over `elapsed`, per second (0 for no time).
+fn per_sec(n: u64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
 fn latency_json(h: &Histogram<u64>) -> Value {
     Latency::of(h).map_or(
         Value::Null,
@@ -372,19 +383,12 @@ pub struct IngestSummary {
 
 impl IngestSummary {
     fn per_sec(&self, n: u64) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 {
-            n as f64 / secs
-        } else {
-            0.0
-        }
+        per_sec(n, self.elapsed)
     }
 
     /// The summary as one JSON object.
     pub fn to_json(&self) -> Value {
         let t = &self.tally;
-        let errors: serde_json::Map<String, Value> =
-            t.errors.iter().map(|(k, n)| (k.to_string(), json!(n))).collect();
         let followers: Vec<Value> = self
             .followers
             .iter()
@@ -408,7 +412,7 @@ impl IngestSummary {
             "batches": t.total(),
             "ok": t.ok,
             "errors_total": t.error_count(),
-            "errors": errors,
+            "errors": t.errors_json(),
             "first_error": self.first_error,
             "rows_written": self.rows_written,
             "last_seq": self.last_seq,

@@ -67,6 +67,25 @@ impl Urls {
     }
 }
 
+/// Starts `n` copies of a load task, each with its own HTTP client, and
+/// returns their results once all have finished.
+pub async fn fan_out<T, F, Fut>(n: usize, timeout: Duration, mut task: F) -> Result<Vec<T>>
+where
+    F: FnMut(reqwest::Client) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        tasks.spawn(task(client(timeout)?));
+    }
+    let mut results = Vec::with_capacity(n);
+    while let Some(done) = tasks.join_next().await {
+        results.push(done.context("a load task failed")?);
+    }
+    Ok(results)
+}
+
 /// Runs the plan; returns the merged tally and the wall time of the run.
 pub async fn run(plan: Plan, progress: ProgressBar) -> Result<(Tally, Duration)> {
     anyhow::ensure!(
@@ -78,15 +97,14 @@ pub async fn run(plan: Plan, progress: ProgressBar) -> Result<(Tally, Duration)>
     let plan = Arc::new(plan);
     let start = Instant::now();
     let deadline = plan.duration.map(|d| start + d);
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..plan.concurrency {
-        let client = client(plan.timeout)?;
+    let tallies = fan_out(plan.concurrency, plan.timeout, |client| {
         let (plan, urls, next, progress) = (plan.clone(), urls.clone(), next.clone(), progress.clone());
-        workers.spawn(async move { worker(client, &plan, &urls, &next, deadline, &progress).await });
-    }
+        async move { worker(client, &plan, &urls, &next, deadline, &progress).await }
+    })
+    .await?;
     let mut tally = Tally::new();
-    while let Some(done) = workers.join_next().await {
-        tally.merge(&done.context("a worker failed")?);
+    for t in &tallies {
+        tally.merge(t);
     }
     let elapsed = start.elapsed();
     progress.finish_and_clear();

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::ingest::{IngestGenerator, INGEST_PATH};
 use crate::report::{ErrorKind, Tally};
-use crate::runner::{check, client, exchange};
+use crate::runner::{check, exchange, fan_out};
 
 /// Longest excerpt of a failed answer kept for the report.
 const ERROR_EXCERPT: usize = 300;
@@ -104,15 +104,14 @@ pub async fn run(plan: WritePlan, progress: ProgressBar) -> Result<(Written, Dur
     let next = Arc::new(AtomicU64::new(0));
     let plan = Arc::new(plan);
     let start = Instant::now();
-    let mut writers = tokio::task::JoinSet::new();
-    for _ in 0..plan.concurrency {
-        let client = client(plan.timeout)?;
+    let results = fan_out(plan.concurrency, plan.timeout, |client| {
         let (plan, url, next, progress) = (plan.clone(), url.clone(), next.clone(), progress.clone());
-        writers.spawn(async move { writer(client, &plan, &url, &next, start, &progress).await });
-    }
+        async move { writer(client, &plan, &url, &next, start, &progress).await }
+    })
+    .await?;
     let mut written = Written::default();
-    while let Some(done) = writers.join_next().await {
-        written.merge(done.context("a writer failed")?);
+    for w in results {
+        written.merge(w);
     }
     let elapsed = start.elapsed();
     progress.finish_and_clear();
