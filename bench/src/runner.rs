@@ -67,6 +67,16 @@ impl Urls {
     }
 }
 
+/// The next request number for a load task, while the run has requests
+/// (`limit`) and time (`deadline`) left.
+pub fn claim(next: &AtomicU64, limit: Option<u64>, deadline: Option<Instant>) -> Option<u64> {
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        return None;
+    }
+    let i = next.fetch_add(1, Ordering::Relaxed);
+    (limit.is_none_or(|n| i < n)).then_some(i)
+}
+
 /// Starts `n` copies of a load task, each with its own HTTP client, and
 /// returns their results once all have finished.
 pub async fn fan_out<T, F, Fut>(n: usize, timeout: Duration, mut task: F) -> Result<Vec<T>>
@@ -121,14 +131,7 @@ async fn worker(
     progress: &ProgressBar,
 ) -> Tally {
     let mut tally = Tally::new();
-    loop {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if plan.requests.is_some_and(|n| i >= n) {
-            break;
-        }
+    while let Some(i) = claim(next, plan.requests, deadline) {
         let req = plan.bodies.get(i);
         let outcome = send(&client, urls.of(req.scenario), req.body, plan.timeout).await;
         tally.record(outcome);

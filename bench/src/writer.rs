@@ -6,7 +6,7 @@
 //! acknowledged batch is kept with its `seq` and the moment its answer
 //! arrived, for the replication delays of `follow.rs`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::ingest::{IngestGenerator, INGEST_PATH};
 use crate::report::{ErrorKind, Tally};
-use crate::runner::{check, exchange, fan_out};
+use crate::runner::{check, claim, exchange, fan_out};
 
 /// Longest excerpt of a failed answer kept for the report.
 const ERROR_EXCERPT: usize = 300;
@@ -142,14 +142,7 @@ async fn writer(
 ) -> Written {
     let deadline = plan.duration.map(|d| start + d);
     let mut out = Written::default();
-    loop {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if plan.requests.is_some_and(|n| i >= n) {
-            break;
-        }
+    while let Some(i) = claim(next, plan.requests, deadline) {
         if let Some(at) = due(plan, start, i) {
             if deadline.is_some_and(|d| at >= d) {
                 break;
