@@ -1,10 +1,14 @@
 //! Parsing and validating request bodies into typed queries.
 //!
 //! Nothing here touches data beyond the in-memory [`Catalog`]: every rule of
-//! the contract (ids must exist, sort field must be requested, limits, from
-//! <= to, one of subjects/topic) is checked before any work is done, and each
+//! the contract (ids must exist, the sort field must be known, limits, from
+//! <= to, subjects or topic) is checked before any work is done, and each
 //! failure names its field. The sort field becomes an enum, so it can never
 //! reach SQL text.
+//!
+//! Clients of the original Go implementation serialise zero values (`""`,
+//! `0`) for every field they leave unset; [`given`] treats those as absent,
+//! so such a body means what its author meant.
 
 use std::sync::Arc;
 
@@ -111,68 +115,42 @@ impl SnapshotQuery {
     pub fn parse(body: &[u8], catalog: &Catalog) -> Result<Self, ApiError> {
         let obj = parse_object(body)?;
         let ids = parse_ids(&obj, catalog)?;
-        if let Some(m) = obj.get("method") {
-            if !m.is_string() && !m.is_null() {
+        if let Some(m) = given(&obj, "method") {
+            if !m.is_string() {
                 return Err(ApiError::field(
                     "method",
                     "expected a string such as \"market:code\"",
                 ));
             }
         }
-        let (subjects, unknown) = match (present(&obj, "subjects"), present(&obj, "topic")) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::field(
-                    "subjects",
-                    "give either subjects or topic, not both",
-                ))
-            }
-            (None, None) => return Err(ApiError::field("subjects", "required (or topic)")),
-            (Some(v), None) => resolve_subjects(v, catalog)?,
-            (None, Some(Value::String(t))) => match catalog.topic(t.trim()) {
+        // The original answers a topic when both are given.
+        let (subjects, unknown) = match (given(&obj, "topic"), given(&obj, "subjects")) {
+            (Some(Value::String(t)), _) => match catalog.topic(t.trim()) {
                 Some(members) => (members.to_vec(), Vec::new()),
                 None => return Err(ApiError::field("topic", format!("unknown topic {:?}", t.trim()))),
             },
-            (None, Some(_)) => return Err(ApiError::field("topic", "expected a string")),
+            (Some(_), _) => return Err(ApiError::field("topic", "expected a string")),
+            (None, Some(v)) => resolve_subjects(v, catalog)?,
+            (None, None) => return Err(ApiError::field("subjects", "required (or topic)")),
         };
-        let sort = match present(&obj, "field") {
+        let sort = match given(&obj, "field") {
             None => SortKey::Indicator(ids[0].id),
-            Some(Value::String(f)) => {
-                let f = f.trim();
-                if f == "report_date" {
-                    SortKey::ReportDate
-                } else if let Some(i) = ids.iter().find(|i| &*i.code == f) {
-                    SortKey::Indicator(i.id)
-                } else {
-                    return Err(ApiError::field(
-                        "field",
-                        format!("{f:?} is not sortable: use report_date or one of the requested ids"),
-                    ));
-                }
-            }
+            Some(Value::String(f)) => parse_sort_field(f.trim(), catalog)?,
             Some(_) => return Err(ApiError::field("field", "expected a string")),
         };
-        let descending = match present(&obj, "order") {
+        let descending = match given(&obj, "order") {
             None => true,
-            Some(v) => match v {
-                Value::Number(n) if n.as_i64() == Some(-1) => true,
-                Value::Number(n) if n.as_i64() == Some(1) => false,
-                Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
-                    "-1" | "desc" => true,
-                    "1" | "asc" => false,
-                    _ => return Err(ApiError::field("order", "expected -1, 1, \"desc\" or \"asc\"")),
-                },
-                _ => return Err(ApiError::field("order", "expected -1, 1, \"desc\" or \"asc\"")),
-            },
+            Some(v) => parse_descending(v)?,
         };
         let offset = int_field(&obj, "offset", 0)?;
         if offset < 0 {
             return Err(ApiError::field("offset", "must be >= 0"));
         }
         let limit = int_field(&obj, "limit", DEFAULT_LIMIT)?;
-        if !(0..=MAX_LIMIT).contains(&limit) {
+        if !(1..=MAX_LIMIT).contains(&limit) {
             return Err(ApiError::field(
                 "limit",
-                format!("must be between 0 and {MAX_LIMIT}"),
+                format!("must be between 1 and {MAX_LIMIT} (0 means the default, {DEFAULT_LIMIT})"),
             ));
         }
         let as_of = int_field(&obj, "timestamp", 0)?;
@@ -195,15 +173,51 @@ impl SnapshotQuery {
     }
 }
 
+/// `field`: any known indicator (requested or not, as the original sorts by
+/// any column), or `report_date` (`end_date` sorts the same way).
+fn parse_sort_field(f: &str, catalog: &Catalog) -> Result<SortKey, ApiError> {
+    match f {
+        "report_date" | "end_date" => Ok(SortKey::ReportDate),
+        _ => match catalog.indicator(f) {
+            Some(ind) => Ok(SortKey::Indicator(ind.id)),
+            None => Err(ApiError::field(
+                "field",
+                format!("unknown sort field {f:?}: use report_date or an indicator id"),
+            )),
+        },
+    }
+}
+
+/// `order`: the sign of an integer (-1 descending, 1 ascending, as the
+/// original reads any integer), or "desc"/"asc". Zero values never get here.
+fn parse_descending(v: &Value) -> Result<bool, ApiError> {
+    const EXPECTED: &str = "expected -1, 1, \"desc\" or \"asc\"";
+    let sign = match v {
+        Value::Number(n) => n.as_i64().map(i64::signum),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "desc" => Some(-1),
+            "asc" => Some(1),
+            other => other.parse::<i64>().ok().map(i64::signum),
+        },
+        _ => None,
+    };
+    match sign {
+        Some(-1) => Ok(true),
+        Some(1) => Ok(false),
+        _ => Err(ApiError::field("order", EXPECTED)),
+    }
+}
+
 impl PeriodQuery {
     pub fn parse(body: &[u8], catalog: &Catalog) -> Result<Self, ApiError> {
         let obj = parse_object(body)?;
         let ids = parse_ids(&obj, catalog)?;
-        let (subjects, unknown) = match present(&obj, "subjects") {
+        let (subjects, unknown) = match given(&obj, "subjects") {
             Some(v) => resolve_subjects(v, catalog)?,
             None => return Err(ApiError::field("subjects", "required")),
         };
         let from = int_field(&obj, "from", 0)?;
+        // A Go client that leaves `to` unset sends 0: the end of time.
         let to = int_field(&obj, "to", i64::MAX)?;
         if from > to {
             return Err(ApiError::field(
@@ -224,6 +238,17 @@ impl PeriodQuery {
 /// The value of `key` unless absent or null.
 fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.get(key).filter(|v| !v.is_null())
+}
+
+/// The value of `key` unless absent, null or a zero value. Clients of the
+/// original (Go) serialise every field of their request struct, so `""` and
+/// `0` mean "not given" there, and here too.
+fn given<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    present(obj, key).filter(|v| match v {
+        Value::String(s) => !s.trim().is_empty(),
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        _ => true,
+    })
 }
 
 /// A comma-separated string (or an array of strings) as trimmed, non-empty
@@ -326,24 +351,165 @@ fn resolve_subjects(v: &Value, catalog: &Catalog) -> Result<Resolved, ApiError> 
     Ok((known, unknown))
 }
 
-/// An integer field: a JSON integer or a string of digits.
+/// An integer field: a JSON integer or a string of digits; a zero value
+/// (`0`, `""`) is the default.
 fn int_field(obj: &Map<String, Value>, key: &'static str, default: i64) -> Result<i64, ApiError> {
-    match present(obj, key) {
-        None => Ok(default),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .ok_or_else(|| ApiError::field(key, "expected an integer")),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| ApiError::field(key, "expected an integer")),
-        Some(_) => Err(ApiError::field(key, "expected an integer")),
+    let value = match given(obj, key) {
+        None => return Ok(default),
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(s)) => s.trim().parse::<i64>().ok(),
+        Some(_) => None,
+    };
+    match value {
+        Some(0) => Ok(default),
+        Some(v) => Ok(v),
+        None => Err(ApiError::field(key, "expected an integer")),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::Indicator;
+
+    fn catalog() -> Catalog {
+        let indicators = ["operating_income", "net_profit", "total_profit"]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Indicator {
+                id: i + 1,
+                code: Arc::from(*c),
+            })
+            .collect();
+        let subjects = ["33:000001", "33:000002", "17:600000"]
+            .iter()
+            .map(|s| SubjectInfo::new(s, "n", "listed", "2000-01-01", "stock"))
+            .collect();
+        let members = vec![
+            ("stock_a_listing_pool".to_string(), "33:000001".to_string()),
+            ("stock_a_listing_pool".to_string(), "17:600000".to_string()),
+        ];
+        Catalog::new(indicators, subjects, members)
+    }
+
+    fn snapshot(body: &str) -> Result<SnapshotQuery, String> {
+        SnapshotQuery::parse(body.as_bytes(), &catalog()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn go_zero_values_mean_not_given() {
+        // Every field of the original's SnapshotRequest, as Go serialises an
+        // unset struct, next to subjects.
+        let q = snapshot(
+            r#"{"ids":"net_profit","subjects":"33:000001","topic":"","method":"","field":"",
+                "order":0,"offset":0,"limit":0,"timestamp":0}"#,
+        )
+        .expect("accepted");
+        assert_eq!(q.subjects.len(), 1);
+        assert_eq!(q.sort, SortKey::Indicator(2), "field \"\" -> first id");
+        assert!(q.descending, "order 0 -> -1");
+        assert_eq!((q.offset, q.limit, q.as_of), (0, 10, 0), "limit 0 -> 10");
+        // Next to a topic, and with order "".
+        let q = snapshot(r#"{"ids":"net_profit","subjects":"","topic":"stock_a_listing_pool","order":""}"#)
+            .expect("accepted");
+        assert_eq!(q.subjects.len(), 2);
+        assert!(q.descending);
+        // Period: to 0 is the end of time.
+        let p = PeriodQuery::parse(
+            br#"{"ids":"net_profit","subjects":"33:000001","method":"","from":0,"to":0}"#,
+            &catalog(),
+        )
+        .expect("accepted");
+        assert_eq!((p.from, p.to), (0, i64::MAX));
+    }
+
+    #[test]
+    fn field_may_be_any_known_indicator() {
+        let q = snapshot(r#"{"ids":"net_profit","subjects":"33:000001","field":"operating_income"}"#)
+            .expect("field outside ids");
+        assert_eq!(q.sort, SortKey::Indicator(1));
+        assert_eq!(q.ids.len(), 1, "the answer still carries only the requested ids");
+        for f in ["report_date", "end_date"] {
+            let q = snapshot(&format!(
+                r#"{{"ids":"net_profit","subjects":"33:000001","field":"{f}"}}"#
+            ))
+            .expect("date field");
+            assert_eq!(q.sort, SortKey::ReportDate);
+        }
+        let e =
+            snapshot(r#"{"ids":"net_profit","subjects":"33:000001","field":"bogus"}"#).expect_err("unknown");
+        assert!(e.contains("field") && e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn order_is_the_sign_of_an_integer() {
+        for (order, desc) in [
+            ("-1", true),
+            ("1", false),
+            ("2", false),
+            ("-5", true),
+            (r#""-1""#, true),
+            (r#""3""#, false),
+            (r#""DESC""#, true),
+            (r#""asc""#, false),
+        ] {
+            let q = snapshot(&format!(
+                r#"{{"ids":"net_profit","subjects":"33:000001","order":{order}}}"#
+            ))
+            .unwrap_or_else(|e| panic!("order {order}: {e}"));
+            assert_eq!(q.descending, desc, "order {order}");
+        }
+        for bad in [r#""up""#, "1.5", "true", "[1]"] {
+            let e = snapshot(&format!(
+                r#"{{"ids":"net_profit","subjects":"33:000001","order":{bad}}}"#
+            ))
+            .expect_err(bad);
+            assert!(e.contains("order"), "{e}");
+        }
+    }
+
+    #[test]
+    fn topic_wins_over_subjects_as_in_the_original() {
+        let q = snapshot(r#"{"ids":"net_profit","subjects":"33:000002","topic":"stock_a_listing_pool"}"#)
+            .expect("both given");
+        let got: Vec<&str> = q.subjects.iter().map(|s| &*s.subject).collect();
+        assert_eq!(got, ["17:600000", "33:000001"]);
+    }
+
+    #[test]
+    fn really_wrong_input_is_still_refused() {
+        for (body, field) in [
+            (
+                r#"{"ids":"net_profit","subjects":"33:000001","limit":-1}"#,
+                "limit",
+            ),
+            (
+                r#"{"ids":"net_profit","subjects":"33:000001","limit":1001}"#,
+                "limit",
+            ),
+            (
+                r#"{"ids":"net_profit","subjects":"33:000001","offset":-1}"#,
+                "offset",
+            ),
+            (
+                r#"{"ids":"net_profit","subjects":"33:000001","timestamp":-1}"#,
+                "timestamp",
+            ),
+            (
+                r#"{"ids":"net_profit","subjects":"33:000001","method":5}"#,
+                "method",
+            ),
+            (r#"{"ids":"","subjects":"33:000001"}"#, "ids"),
+            (r#"{"ids":"net_profit","subjects":"","topic":""}"#, "subjects"),
+            (r#"{"ids":"net_profit","topic":"nope"}"#, "topic"),
+        ] {
+            let e = snapshot(body).expect_err(body);
+            assert!(
+                e.starts_with(field) || e.contains(&format!("{field}:")),
+                "{body}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn nesting_is_bounded_outside_strings_only() {

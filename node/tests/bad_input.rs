@@ -56,17 +56,12 @@ fn bad_query_fields_are_named() {
         ),
         (
             SNAPSHOT,
-            r#"{"ids":"net_profit","subjects":"33:000001","topic":"stock_a_listing_pool"}"#.into(),
-            "subjects",
-        ),
-        (
-            SNAPSHOT,
             r#"{"ids":"net_profit","topic":"no_such_pool"}"#.into(),
             "topic",
         ),
         (
             SNAPSHOT,
-            r#"{"ids":"net_profit","subjects":"33:000001","field":"total_assets"}"#.into(),
+            r#"{"ids":"net_profit","subjects":"33:000001","field":"no_such_indicator"}"#.into(),
             "field",
         ),
         (
@@ -81,7 +76,7 @@ fn bad_query_fields_are_named() {
         ),
         (
             SNAPSHOT,
-            r#"{"ids":"net_profit","subjects":"33:000001","order":2}"#.into(),
+            r#"{"ids":"net_profit","subjects":"33:000001","order":0.5}"#.into(),
             "order",
         ),
         (

@@ -116,10 +116,11 @@ impl Oracle {
                     Some((d, _)) => self.value(s, *d, id),
                     None => Value::Null,
                 };
-                if *id == field {
-                    key = v.as_f64();
-                }
                 data.insert(id.to_string(), v);
+            }
+            // The sort field may be any indicator, requested or not.
+            if let (Some((d, _)), true) = (&latest, field != "report_date") {
+                key = self.value(s, *d, field).as_f64();
             }
             match &latest {
                 Some((d, e)) => {
@@ -155,6 +156,8 @@ impl Oracle {
             };
             k.then(a.0.cmp(&b.0))
         });
+        // limit 0 is a Go client's unset field: the default, 10.
+        let limit = if limit == 0 { 10 } else { limit };
         Value::Array(rows.into_iter().skip(offset).take(limit).map(|r| r.2).collect())
     }
 
@@ -239,10 +242,11 @@ fn run_randomized(node: &Node, seed: u64, rounds: usize) {
         .into_iter()
         .map(|s| *IDS.iter().find(|i| **i == s).unwrap())
         .collect();
-        let field = if rng.random_bool(0.25) {
-            "report_date".to_string()
-        } else {
-            ids[rng.random_range(0..ids.len())].to_string()
+        let field = match rng.random_range(0..8) {
+            0 | 1 => "report_date".to_string(),
+            // Outside the requested ids: the original sorts by any column.
+            2 => IDS[rng.random_range(0..IDS.len())].to_string(),
+            _ => ids[rng.random_range(0..ids.len())].to_string(),
         };
         let desc = rng.random_bool(0.5);
         let ts = ts_choices[rng.random_range(0..ts_choices.len())];
