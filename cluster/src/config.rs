@@ -180,6 +180,14 @@ impl IniFile {
         }
     }
 
+    /// The keys of `[section]` that have a value, in no particular order.
+    pub fn keys(&self, section: &str) -> Vec<&str> {
+        self.sections
+            .get(section)
+            .map(|s| s.keys().map(String::as_str).collect())
+            .unwrap_or_default()
+    }
+
     /// Whether the file has a `[section]` header.
     pub fn has_section(&self, section: &str) -> bool {
         self.sections.contains_key(section)

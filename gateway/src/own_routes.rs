@@ -44,6 +44,8 @@ pub fn health(nodes: &[NodeView]) -> Local {
         "status": status,
         "mode": "gateway",
         "healthy_nodes": usable,
+        // The original's name for the same number, which its scripts read.
+        "count": usable,
         "master_available": master,
         "nodes": nodes,
     });

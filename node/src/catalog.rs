@@ -11,6 +11,26 @@ use std::sync::Arc;
 
 use crate::response;
 
+/// The pool every subject joins, the one the original's clients ask for.
+/// It exists even while empty, so a new database answers it with no rows.
+pub const LISTING_POOL: &str = "stock_a_listing_pool";
+
+/// The indicators of the contract (and of the sample data), in id order
+/// from 1: what a new, empty database starts with.
+pub const STANDARD_INDICATORS: &[(&str, &str)] = &[
+    ("operating_income", "Operating income"),
+    (
+        "parent_holder_net_profit",
+        "Net profit attributable to parent holders",
+    ),
+    ("total_operating_cost", "Total operating cost"),
+    ("net_profit", "Net profit"),
+    ("operating_profit", "Operating profit"),
+    ("total_profit", "Total profit"),
+    ("total_assets", "Total assets"),
+    ("basic_eps", "Basic earnings per share"),
+];
+
 /// A listed company (or other subject) and its pre-rendered JSON object.
 #[derive(Debug)]
 pub struct SubjectInfo {
@@ -79,6 +99,7 @@ impl Catalog {
                 topics.entry(topic).or_default().push(info.clone());
             }
         }
+        topics.entry(LISTING_POOL.to_string()).or_default();
         for members in topics.values_mut() {
             members.sort_by(|a, b| a.subject.cmp(&b.subject));
         }

@@ -20,6 +20,12 @@ pub struct NodeConfig {
     pub service_name: String,
     pub service_addr: String,
     pub db_path: PathBuf,
+    /// The file had no `[database] path`: `db_path` was derived from the
+    /// service name and port (see [`default_db_path`]).
+    pub db_path_defaulted: bool,
+    /// Keys of the file that are read but have no effect here (the
+    /// original's MySQL settings), for one log line at start.
+    pub ignored_keys: Vec<String>,
     pub readers: usize,
     pub max_bytes: u64,
     pub snapshot_path: Option<PathBuf>,
@@ -68,8 +74,16 @@ impl NodeConfig {
             0,
             "a number of worker threads (0 = half the cores)",
         )?;
-        let db_path =
-            ini.require::<PathBuf>("database", "path", "the SQLite file path, e.g. ./data/master.db")?;
+        let configured_db: Option<PathBuf> = ini.get_str("database", "path").map(PathBuf::from);
+        let db_path_defaulted = configured_db.is_none();
+        let db_path = configured_db.unwrap_or_else(|| default_db_path(&service_name, port));
+        let mut ignored_keys: Vec<String> = ini
+            .keys("database")
+            .into_iter()
+            .filter(|k| LEGACY_DATABASE_KEYS.contains(k))
+            .map(|k| format!("[database] {k}"))
+            .collect();
+        ignored_keys.sort();
         let default_readers = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
         let readers: usize = ini.get_or(
             "database",
@@ -118,6 +132,8 @@ impl NodeConfig {
             service_name,
             service_addr,
             db_path,
+            db_path_defaulted,
+            ignored_keys,
             readers,
             max_bytes,
             snapshot_path,
@@ -134,6 +150,30 @@ impl NodeConfig {
     }
 }
 
+/// The `[database]` keys of the original's configs (a MySQL connection it
+/// never used): accepted so its files start unchanged, and ignored.
+const LEGACY_DATABASE_KEYS: &[&str] = &[
+    "host", "port", "username", "password", "database", "max_idle", "max_open",
+];
+
+/// The database of a node whose file names none, as the original's configs
+/// do: `./data/{service_name}-{port}.db`. The guide tells users to copy
+/// `slave.ini` and change the port, so two such copies get two files.
+pub fn default_db_path(service_name: &str, port: u16) -> PathBuf {
+    let name: String = service_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    PathBuf::from(format!("./data/{name}-{port}.db"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,14 +188,62 @@ mod tests {
         );
     }
 
+    /// The guide's slave.ini, copied and given another port, as its
+    /// "start Slave2" step says.
+    const GUIDE_SLAVE: &str = "\
+[server]
+port = 8081
+mode = slave
+service_name = kamaitachi-slave
+service_addr = localhost:8081
+
+[cache]
+max_bytes = 2147483648
+snapshot_path = ./data/slave_snapshot.dat
+snapshot_interval = 10
+
+[etcd]
+endpoints = localhost:2379
+prefix = /kamaitachi
+ttl = 10
+";
+
     #[test]
-    fn database_path_is_required() {
-        let ini = IniFile::parse(
-            "c.ini",
-            "[server]\nmode = master\nport = 8080\n[cache]\nmax_bytes = 1\n",
-        )
-        .unwrap();
-        let msg = NodeConfig::from_ini(&ini).unwrap_err().to_string();
-        assert!(msg.contains("[database] path"), "{msg}");
+    fn database_path_defaults_per_service_and_port() {
+        let a = NodeConfig::from_ini(&IniFile::parse("slave.ini", GUIDE_SLAVE).unwrap()).unwrap();
+        let copy = GUIDE_SLAVE.replace("8081", "8082");
+        let b = NodeConfig::from_ini(&IniFile::parse("slave2.ini", &copy).unwrap()).unwrap();
+        assert!(a.db_path_defaulted && b.db_path_defaulted);
+        assert_eq!(a.db_path, PathBuf::from("./data/kamaitachi-slave-8081.db"));
+        assert_ne!(a.db_path, b.db_path, "copies with another port get another file");
+        assert_eq!(
+            default_db_path("a/../b c", 1),
+            PathBuf::from("./data/a____b_c-1.db")
+        );
+        let explicit = format!("{GUIDE_SLAVE}[database]\npath = /x/y.db\n");
+        let c = NodeConfig::from_ini(&IniFile::parse("s.ini", &explicit).unwrap()).unwrap();
+        assert_eq!(
+            (c.db_path, c.db_path_defaulted),
+            (PathBuf::from("/x/y.db"), false)
+        );
+    }
+
+    #[test]
+    fn the_originals_mysql_keys_are_accepted_and_reported() {
+        let text = format!(
+            "{GUIDE_SLAVE}[database]\nhost = localhost\nport = 3306\nusername = root\npassword = password\n"
+        );
+        let c = NodeConfig::from_ini(&IniFile::parse("s.ini", &text).unwrap()).unwrap();
+        assert!(c.db_path_defaulted);
+        assert_eq!(c.port, 8081, "[database] port is not the server's");
+        assert_eq!(
+            c.ignored_keys,
+            [
+                "[database] host",
+                "[database] password",
+                "[database] port",
+                "[database] username"
+            ]
+        );
     }
 }

@@ -9,30 +9,19 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rusqlite::params;
 
+use crate::catalog::LISTING_POOL;
 use crate::dates;
+use crate::db_file;
 use crate::store::{Store, SCHEMA_VERSION};
 
-pub const INDICATORS: &[(&str, &str)] = &[
-    ("operating_income", "Operating income"),
-    (
-        "parent_holder_net_profit",
-        "Net profit attributable to parent holders",
-    ),
-    ("total_operating_cost", "Total operating cost"),
-    ("net_profit", "Net profit"),
-    ("operating_profit", "Operating profit"),
-    ("total_profit", "Total profit"),
-    ("total_assets", "Total assets"),
-    ("basic_eps", "Basic earnings per share"),
-];
+pub use crate::catalog::STANDARD_INDICATORS as INDICATORS;
 
-pub const LISTING_POOL: &str = "stock_a_listing_pool";
 pub const SZ_POOL: &str = "stock_sz_pool";
 
 #[derive(Debug, Clone)]
@@ -94,33 +83,7 @@ pub fn generate(opts: &GenOptions) -> anyhow::Result<()> {
             opts.last_year
         );
     }
-    if opts.db.exists() && !opts.force {
-        bail!("{} already exists; pass --force to replace it", opts.db.display());
-    }
-    if let Some(dir) = opts.db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let tmp = tmp_path(&opts.db);
-    remove_db_files(&tmp);
-    build(opts, &tmp).inspect_err(|_| remove_db_files(&tmp))?;
-    remove_db_files(&opts.db);
-    std::fs::rename(&tmp, &opts.db)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), opts.db.display()))?;
-    Ok(())
-}
-
-fn tmp_path(db: &Path) -> PathBuf {
-    let mut s = db.as_os_str().to_owned();
-    s.push(".gen-tmp");
-    PathBuf::from(s)
-}
-
-fn remove_db_files(db: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut s = db.as_os_str().to_owned();
-        s.push(suffix);
-        let _ = std::fs::remove_file(PathBuf::from(s));
-    }
+    db_file::write_whole(&opts.db, ".gen-tmp", opts.force, |tmp| build(opts, tmp))
 }
 
 fn build(opts: &GenOptions, path: &Path) -> anyhow::Result<()> {

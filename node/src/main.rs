@@ -15,10 +15,12 @@ mod cache;
 mod catalog;
 mod config;
 mod dates;
+mod db_file;
 mod dump;
 mod error;
 mod gendata;
 mod http;
+mod import;
 mod metrics;
 mod pool;
 mod query;
@@ -82,6 +84,22 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Import a KamaitachiGo database (its finance_data table) into a new
+    /// database of this schema.
+    Import {
+        /// The original's SQLite file.
+        #[arg(long, value_name = "OLD.db")]
+        from: PathBuf,
+        /// Database file to create.
+        #[arg(long, value_name = "NEW.db")]
+        db: PathBuf,
+        /// Refuse the whole import at the first bad row (default: report and skip it).
+        #[arg(long)]
+        strict: bool,
+        /// Replace --db if it exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -105,6 +123,17 @@ fn main() -> ExitCode {
             seed,
             force,
         }) => gen_data(db, subjects, &years, seed, force),
+        Some(Command::Import {
+            from,
+            db,
+            strict,
+            force,
+        }) => import_db(import::ImportOptions {
+            from,
+            db,
+            strict,
+            force,
+        }),
         None => run(&cli.config),
     };
     match result {
@@ -138,6 +167,14 @@ fn gen_data(db: PathBuf, subjects: usize, years: &str, seed: u64, force: bool) -
     Ok(())
 }
 
+fn import_db(opts: import::ImportOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let summary = import::import(&opts)?;
+    import::print_summary(&summary, &opts);
+    eprintln!("import: done in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
 fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = NodeConfig::load(config_path)?;
     // Default: half the cores; the other half is for the SQLite and compute
@@ -159,13 +196,40 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
     // The writer comes first: it creates the database (and any table an
     // older file lacks); a slave starts from an empty one and copies the
     // master's.
-    if cfg.mode == Mode::Master && !cfg.db_path.exists() {
+    for key in &cfg.ignored_keys {
+        tracing::info!(
+            "config file {}: {key} ignored (the original's MySQL setting; data lives in SQLite at [database] path)",
+            cfg.file.display()
+        );
+    }
+    if cfg.db_path_defaulted {
+        tracing::info!(
+            "config file {}: no [database] path; using {} (from service_name and port)",
+            cfg.file.display(),
+            cfg.db_path.display()
+        );
+        if let Some(dir) = cfg.db_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+    } else if cfg.mode == Mode::Master && !cfg.db_path.exists() {
+        // A path that was written down and is not there is more likely a
+        // typo than a wish for an empty master.
         return Err(anyhow!(
             "config file {}: [database] path {}: no such file (run `kamaitachi-node gen-data --db {}`)",
             cfg.file.display(),
             cfg.db_path.display(),
             cfg.db_path.display()
         ));
+    }
+    if cfg.mode == Mode::Master {
+        let mut store = Store::open_rw(&cfg.db_path)
+            .with_context(|| format!("config file {}: [database] path", cfg.file.display()))?;
+        if store.init_dataset(catalog::STANDARD_INDICATORS)? {
+            tracing::info!(
+                "{}: new empty database (standard indicators, no subjects yet); ingest fills it",
+                cfg.db_path.display()
+            );
+        }
     }
     let writer = store::start_writer(&cfg.db_path)
         .with_context(|| format!("config file {}: [database] path", cfg.file.display()))?;

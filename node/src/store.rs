@@ -381,6 +381,39 @@ impl Store {
         Ok(())
     }
 
+    /// Gives a database that has never held a dataset (a new file) its
+    /// identity: a random dataset id, data version 0, and `indicators` (ids
+    /// from 1) when it has none. Returns whether it did; an existing dataset
+    /// is left alone. A master starts this way from nothing; its slaves then
+    /// copy it like any other.
+    pub fn init_dataset(&mut self, indicators: &[(&str, &str)]) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let has_dataset: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'dataset_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if has_dataset.is_some() {
+            return Ok(false);
+        }
+        let count: i64 = tx.query_row("SELECT count(*) FROM indicators", [], |r| r.get(0))?;
+        if count == 0 {
+            let mut ind = tx.prepare("INSERT INTO indicators (id, code, name) VALUES (?1, ?2, ?3)")?;
+            for (i, (code, name)) in indicators.iter().enumerate() {
+                ind.execute(params![i as i64 + 1, code, name])?;
+            }
+        }
+        // Halved so it survives SQLite's signed INTEGER text round trip.
+        let dataset_id = rand::random::<u64>() >> 1;
+        let mut meta = tx.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
+        meta.execute(params!["dataset_id", dataset_id.to_string()])?;
+        meta.execute(params!["data_version", "0"])?;
+        meta.execute(params!["schema_version", SCHEMA_VERSION.to_string()])?;
+        drop(meta);
+        tx.commit()?;
+        Ok(true)
+    }
+
     /// Replaces this database's contents with the image at `path`, in one
     /// step; readers on other connections see the old or the new data,
     /// never a mix.

@@ -21,7 +21,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, LISTING_POOL};
 use crate::dates;
 use crate::error::ApiError;
 use crate::request::{parse_object, valid_subject};
@@ -29,7 +29,6 @@ use crate::store::StoreError;
 
 pub const MAX_ROWS: usize = 10_000;
 /// The pool every subject belongs to.
-pub const LISTING_POOL: &str = "stock_a_listing_pool";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewIndicator {
