@@ -57,6 +57,120 @@ pub fn read_admin_token(config: &Path, token_file: &Path) -> Result<String, Stri
     Ok(token)
 }
 
+/// The admin token a process uses, and where it came from.
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    pub token: String,
+    pub file: PathBuf,
+    /// The file did not exist and was made now.
+    pub created: bool,
+    /// The config named no file: `file` is the default.
+    pub defaulted: bool,
+}
+
+impl AdminToken {
+    /// The token of `[security] admin_token_file` if the config names one,
+    /// else of [`default_admin_token`].
+    pub fn resolve(config: &Path, configured: Option<&Path>, default_file: &Path) -> Result<Self, String> {
+        match configured {
+            Some(file) => read_admin_token(config, file).map(|token| AdminToken {
+                token,
+                file: file.to_path_buf(),
+                created: false,
+                defaulted: false,
+            }),
+            None => default_admin_token(config, default_file),
+        }
+    }
+
+    /// One log line about a defaulted token; `None` for a configured one.
+    pub fn note(&self, config: &Path) -> Option<String> {
+        self.defaulted.then(|| {
+            format!(
+                "config file {}: no [security] admin_token_file; admin token in {} ({})",
+                config.display(),
+                self.file.display(),
+                if self.created { "created" } else { "existing" }
+            )
+        })
+    }
+}
+
+/// The admin token of a config that names no `[security] admin_token_file`
+/// (the original's configs have no such section): `default_file`, made with
+/// a random token (mode 600) if it does not exist yet. Processes started
+/// from one directory, as the guide starts them, thus share one token, and
+/// admin routes and replication work without opening them to anyone.
+/// Several processes may race to make it: the file appears whole or not at
+/// all (written aside, then hard-linked into place), and the loser reads the
+/// winner's.
+pub fn default_admin_token(config: &Path, default_file: &Path) -> Result<AdminToken, String> {
+    if default_file.exists() {
+        return read_admin_token(config, default_file).map(|token| AdminToken {
+            token,
+            file: default_file.to_path_buf(),
+            created: false,
+            defaulted: true,
+        });
+    }
+    let fail = |e: std::io::Error| {
+        format!(
+            "cannot create the admin token file {}: {e}",
+            default_file.display()
+        )
+    };
+    if let Some(dir) = default_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let token = random_token().map_err(fail)?;
+    let mut aside = default_file.as_os_str().to_owned();
+    aside.push(format!(".tmp-{}", std::process::id()));
+    let aside = PathBuf::from(aside);
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&aside)
+            .map_err(fail)?;
+        f.write_all(format!("{token}\n").as_bytes()).map_err(fail)?;
+        f.sync_all().map_err(fail)?;
+    }
+    let linked = std::fs::hard_link(&aside, default_file);
+    let _ = std::fs::remove_file(&aside);
+    match linked {
+        Ok(()) => Ok(AdminToken {
+            token,
+            file: default_file.to_path_buf(),
+            created: true,
+            defaulted: true,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_admin_token(config, default_file)
+            .map(|token| AdminToken {
+                token,
+                file: default_file.to_path_buf(),
+                created: false,
+                defaulted: true,
+            }),
+        Err(e) => Err(fail(e)),
+    }
+}
+
+/// 32 hex characters from the kernel's random source.
+fn random_token() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The default admin token file of a gateway: `./data/admin.token`, the
+/// one nodes with the default database use (see `kamaitachi-node`).
+pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "./data/admin.token";
+
 /// The role a process plays, from `[server] mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -247,6 +361,22 @@ max_bytes = 2147483648          ; hard bound on cached bytes
             .unwrap_err()
             .to_string();
         assert!(msg.contains("[server] port") && msg.contains("TCP port"), "{msg}");
+    }
+
+    #[test]
+    fn default_admin_token_is_made_once_and_shared() {
+        let dir = std::env::temp_dir().join(format!("kamaitachi-token-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let file = dir.join("data/admin.token");
+        let a = default_admin_token(Path::new("a.ini"), &file).unwrap();
+        assert!(a.created && a.token.len() == 32, "{a:?}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let b = default_admin_token(Path::new("b.ini"), &file).unwrap();
+        assert!(!b.created);
+        assert_eq!(a.token, b.token, "a second process reads the first one's token");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

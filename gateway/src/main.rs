@@ -75,10 +75,16 @@ fn run(config: &Path) -> anyhow::Result<()> {
     // A clear message for the most common start-up failure.
     std::net::TcpListener::bind(&listen)
         .map_err(|e| anyhow!(cluster::config::listen_error(&listen, cfg.port, &cfg.file, &e)))?;
-    let admin_token = match &cfg.admin_token_file {
-        None => None,
-        Some(p) => Some(cluster::config::read_admin_token(&cfg.file, p).map_err(|e| anyhow!(e))?),
-    };
+    let admin_token = cluster::config::AdminToken::resolve(
+        &cfg.file,
+        cfg.admin_token_file.as_deref(),
+        Path::new(cluster::config::DEFAULT_ADMIN_TOKEN_FILE),
+    )
+    .map_err(|e| anyhow!(e))?;
+    if let Some(note) = admin_token.note(&cfg.file) {
+        tracing::info!("{note}");
+    }
+    let admin_token = Some(admin_token.token);
 
     // Discovery runs on its own runtime, independent of pingora's.
     let registry_rt = cluster::registry::runtime().context("cannot start the registry runtime")?;

@@ -174,6 +174,16 @@ pub fn default_db_path(service_name: &str, port: u16) -> PathBuf {
     PathBuf::from(format!("./data/{name}-{port}.db"))
 }
 
+/// The admin token of a node whose file names none: `admin.token` beside
+/// its database (`./data/admin.token` for the default database), where a
+/// master and the slaves started from the same directory find the same one.
+pub fn default_admin_token_file(db_path: &Path) -> PathBuf {
+    match db_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir.join("admin.token"),
+        None => PathBuf::from("admin.token"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -188,10 +188,16 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
         .set_stack_size(COROUTINE_STACK_WORDS);
     may::config().set_worker_pin(false);
 
-    let admin_token = match &cfg.admin_token_file {
-        None => None,
-        Some(p) => Some(cluster::config::read_admin_token(&cfg.file, p).map_err(|e| anyhow!(e))?),
-    };
+    let admin_token = cluster::config::AdminToken::resolve(
+        &cfg.file,
+        cfg.admin_token_file.as_deref(),
+        &config::default_admin_token_file(&cfg.db_path),
+    )
+    .map_err(|e| anyhow!(e))?;
+    if let Some(note) = admin_token.note(&cfg.file) {
+        tracing::info!("{note}");
+    }
+    let admin_token = Some(admin_token.token);
 
     // The writer comes first: it creates the database (and any table an
     // older file lacks); a slave starts from an empty one and copies the

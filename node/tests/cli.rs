@@ -26,7 +26,11 @@ fn bad_configs_stop_the_node_with_a_clear_message() {
     let cases = [
         ("[server]\nport = 1\nmode = leader\n", "[server] mode", "master, slave, gateway"),
         ("[server]\nport = http\nmode = master\n", "[server] port", "TCP port"),
-        ("[server]\nport = 8080\nmode = master\n[cache]\nmax_bytes = 1\n", "[database] path", "SQLite"),
+        (
+            "[server]\nport = 8080\nmode = slave\n[cache]\nmax_bytes = 1\n",
+            "[replication] master",
+            "host:port",
+        ),
         (
             "[server]\nport = 8080\nmode = master\n[database]\npath = x.db\n[cache]\nmax_bytes = lots\n",
             "[cache] max_bytes",
