@@ -47,10 +47,14 @@ const DEFAULT_BATCH: u64 = 1000;
 /// QPS, latency percentiles, errors by kind and the cache hit rate read from
 /// {target}/kamaitachi/api/data/v1/stats before and after the run.
 ///
-/// Scenarios: 1 multi (10 subjects, 4 ids), 2 single (1 subject, 2 ids),
-/// 3 paging (topic stock_a_listing_pool, offset 0..4900 step 100, limit 100),
-/// 4 asof (1-3 subjects as of a 2016-2024 quarter end), 5 period (1 subject,
-/// 1-5 years), all (1-5 round robin).
+/// Scenarios 1-4 send the bodies of the original tool
+/// (tools/benchmark_scenarios.go) over this data's subjects: 1 multi (2
+/// subjects, 3 ids, by report_date, limit 20), 2 single (1 subject, 2 ids, by
+/// operating_income, limit 8), 3 paging (50 subjects, 4 ids, by
+/// operating_income, limit 20), 4 asof (3 subjects, 3 ids, as of 2023-09-30);
+/// then 5 period (1 subject, 1-5 years), 6 topic (stock_a_listing_pool,
+/// offset 0..4900 step 100, limit 100), all (1-5 round robin). The original's
+/// flags work too: -requests, -concurrent, -scenario, -target, -repeat.
 ///
 /// Scenario ingest writes instead: POST {target}/kamaitachi/api/data/v1/ingest
 /// with the admin token (--token-file), batches of --batch upserts for random
@@ -70,7 +74,8 @@ struct Args {
     #[arg(long, default_value = "http://localhost:9000/data", value_name = "URL")]
     target: String,
 
-    /// Scenario: 1..5, multi, single, paging, asof, period, all, or ingest.
+    /// Scenario: 1..6, multi, single, paging, asof, period, topic, all, or
+    /// ingest.
     #[arg(long, default_value = "1", value_name = "N")]
     scenario: Workload,
 
@@ -85,8 +90,13 @@ struct Args {
 
     /// Concurrent workers, each with its own keep-alive connection
     /// [default: 50; ingest: 1 writer].
-    #[arg(long, value_name = "C", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    #[arg(long, alias = "concurrent", value_name = "C", value_parser = clap::value_parser!(u64).range(1..=10_000))]
     concurrency: Option<u64>,
+
+    /// The original tool's node count; accepted and ignored (--target says
+    /// where requests go).
+    #[arg(long, hide = true, value_name = "N")]
+    nodes: Option<u64>,
 
     /// Cycle a hot set of N pre-generated bodies (cacheable) instead of
     /// making every body fresh.
@@ -130,6 +140,21 @@ struct Args {
     /// (comma-separated or repeated), e.g. http://localhost:8081.
     #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
     follow: Vec<String>,
+}
+
+/// The original tool's Go flags (`-requests 5000`, `-concurrent=50`, …)
+/// as this tool's long options; anything else unchanged.
+fn go_flag(arg: String) -> String {
+    const GO_FLAGS: &[&str] = &["requests", "concurrent", "scenario", "target", "repeat", "nodes"];
+    let Some(rest) = arg.strip_prefix('-').filter(|r| !r.starts_with('-')) else {
+        return arg;
+    };
+    let name = rest.split_once('=').map_or(rest, |(n, _)| n);
+    if GO_FLAGS.contains(&name) {
+        format!("-{arg}")
+    } else {
+        arg
+    }
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -204,7 +229,7 @@ fn ingest_args(args: &Args) -> Result<Option<IngestArgs>, String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::parse_from(std::env::args().map(go_flag));
     let target = match base_url("--target", &args.target) {
         Ok(t) => t,
         Err(e) => return fail(2, &e),

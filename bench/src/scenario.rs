@@ -1,7 +1,10 @@
-//! Request bodies: the five read scenarios of the original load tool (plus
-//! the `ingest` write workload, whose bodies live in `ingest.rs`), the subject
-//! codes of a `gen-data` database, and deterministic body generation (the
-//! body of request `i` depends only on the seed, the scenario and `i`).
+//! Request bodies: the read scenarios (1–4 send the bodies of the original
+//! load tool, KamaitachiGo's `tools/benchmark_scenarios.go`: the same keys,
+//! values and draws, over this data's subjects; 5 is a period, 6 pages
+//! through the listing pool), the subject codes of a `gen-data` database,
+//! and deterministic body generation (the body of request `i` depends only
+//! on the seed, the scenario and `i`). The `ingest` write workload's bodies
+//! live in `ingest.rs`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -33,29 +36,35 @@ pub const INDICATORS: [&str; 8] = [
 /// First and last year of the report dates in the sample data.
 const FIRST_YEAR: i32 = 2015;
 const LAST_YEAR: i32 = 2024;
-/// Subjects per request in scenario 1.
-const MULTI_SUBJECTS: usize = 10;
-/// Page size of scenario 3.
+/// Page size of scenario 6.
 const PAGE: u64 = 100;
-/// Largest offset of scenario 3 (with 5,000 subjects: the last full page).
+/// Largest offset of scenario 6 (with 5,000 subjects: the last full page).
 const MAX_OFFSET: u64 = 4900;
+/// The original's as-of time in scenario 4 (2023-09-30).
+const ORIGINAL_AS_OF: i64 = 1_696_032_000;
 
 /// One kind of request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Scenario {
-    /// 1: several random subjects, 4 ids.
+    /// 1: 2 subjects, 3 ids, sorted by report_date, limit 20.
     Multi,
-    /// 2: one subject, 2 ids.
+    /// 2: 1 subject, 2 ids, sorted by operating_income (requested or not),
+    /// limit 8.
     Single,
-    /// 3: the listing pool topic, paged and sorted by an id.
+    /// 3: 50 subjects (drawn with repeats), 4 ids, sorted by
+    /// operating_income, limit 20.
     Paging,
-    /// 4: snapshot as of a past quarter end.
+    /// 4: 3 subjects, 3 ids, as of 2023-09-30, sorted by operating_income.
     AsOf,
     /// 5: a period of 1-5 years for one subject.
     Period,
+    /// 6: the listing pool topic, paged (offset 0..4900, limit 100) and
+    /// sorted by an id.
+    Topic,
 }
 
 impl Scenario {
+    /// What `--scenario all` cycles through: the original's four and period.
     pub const ALL: [Scenario; 5] = [
         Scenario::Multi,
         Scenario::Single,
@@ -72,6 +81,7 @@ impl Scenario {
             Scenario::Paging => 3,
             Scenario::AsOf => 4,
             Scenario::Period => 5,
+            Scenario::Topic => 6,
         }
     }
 
@@ -83,6 +93,7 @@ impl Scenario {
             Scenario::Paging => "paging",
             Scenario::AsOf => "asof",
             Scenario::Period => "period",
+            Scenario::Topic => "topic",
         }
     }
 
@@ -136,12 +147,13 @@ impl FromStr for Choice {
             "all" | "mix" => return Ok(Choice::All),
             "1" | "multi" => Scenario::Multi,
             "2" | "single" => Scenario::Single,
-            "3" | "paging" | "topic" => Scenario::Paging,
+            "3" | "paging" => Scenario::Paging,
             "4" | "asof" | "as-of" => Scenario::AsOf,
             "5" | "period" => Scenario::Period,
+            "6" | "topic" => Scenario::Topic,
             _ => {
                 return Err(format!(
-                    "unknown scenario {s:?}: use 1..5 (multi, single, paging, asof, period) or all"
+                    "unknown scenario {s:?}: use 1..6 (multi, single, paging, asof, period, topic) or all"
                 ))
             }
         };
@@ -174,7 +186,7 @@ impl FromStr for Workload {
             "ingest" | "write" => Ok(Workload::Ingest),
             other => other.parse().map(Workload::Read).map_err(|_| {
                 format!(
-                    "unknown scenario {other:?}: use 1..5 (multi, single, paging, asof, period), all, or ingest"
+                    "unknown scenario {other:?}: use 1..6 (multi, single, paging, asof, period, topic), all, or ingest"
                 )
             }),
         }
@@ -221,13 +233,6 @@ pub fn unix_day(year: i32, month: u32, day: u32) -> i64 {
     (era * 146_097 + doe - 719_468) * 86_400
 }
 
-/// The quarter ends of `years`, oldest first.
-pub fn quarter_ends(years: std::ops::RangeInclusive<i32>) -> Vec<i64> {
-    years
-        .flat_map(|y| [(3, 31), (6, 30), (9, 30), (12, 31)].map(|(m, d)| unix_day(y, m, d)))
-        .collect()
-}
-
 /// Makes request bodies. `body(i)` is a pure function of the settings and
 /// `i`, so the same seed gives the same requests whatever the interleaving
 /// of the workers.
@@ -236,7 +241,6 @@ pub struct Generator {
     choice: Choice,
     seed: u64,
     subjects: u64,
-    as_of_stamps: Vec<i64>,
 }
 
 impl Generator {
@@ -246,7 +250,6 @@ impl Generator {
             choice,
             seed,
             subjects: subjects.max(1),
-            as_of_stamps: quarter_ends(2016..=LAST_YEAR),
         }
     }
 
@@ -255,16 +258,38 @@ impl Generator {
         let scenario = self.choice.scenario_of(i);
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(i);
+        // 1-4: the original tool's bodies (ids and subjects drawn with
+        // repeats, as it draws them).
         let body = match scenario {
-            Scenario::Multi => {
-                let subjects = self.subjects(&mut rng, MULTI_SUBJECTS);
-                json!({ "ids": ids(&mut rng, 4).join(","), "subjects": subjects })
-            }
-            Scenario::Single => {
-                let subjects = self.subjects(&mut rng, 1);
-                json!({ "ids": ids(&mut rng, 2).join(","), "subjects": subjects })
-            }
+            Scenario::Multi => json!({
+                "ids": ids_with_repeats(&mut rng, 3),
+                "subjects": self.subjects_with_repeats(&mut rng, 2),
+                "field": "report_date", "order": -1, "limit": 20, "offset": 0,
+            }),
+            Scenario::Single => json!({
+                "ids": ids_with_repeats(&mut rng, 2),
+                "subjects": self.subjects_with_repeats(&mut rng, 1),
+                "field": "operating_income", "order": -1, "limit": 8, "offset": 0,
+            }),
             Scenario::Paging => {
+                // It draws 100-299 subjects and keeps the first 50.
+                let subjects = self.subjects_with_repeats(&mut rng, 50);
+                json!({
+                    "ids": ids_with_repeats(&mut rng, 4),
+                    "subjects": subjects,
+                    "field": "operating_income", "order": -1, "limit": 20, "offset": 0,
+                })
+            }
+            Scenario::AsOf => {
+                let ids = ids_with_repeats(&mut rng, 3);
+                json!({
+                    "ids": ids,
+                    "subjects": self.subjects_with_repeats(&mut rng, 3),
+                    "field": "operating_income", "order": -1, "limit": 10, "offset": 0,
+                    "timestamp": ORIGINAL_AS_OF,
+                })
+            }
+            Scenario::Topic => {
                 let ids = ids(&mut rng, 2);
                 let last_page = (self.subjects.saturating_sub(PAGE) / PAGE).min(MAX_OFFSET / PAGE);
                 let offset = rng.random_range(0..=last_page) * PAGE;
@@ -277,12 +302,6 @@ impl Generator {
                     "offset": offset,
                     "limit": PAGE,
                 })
-            }
-            Scenario::AsOf => {
-                let count = rng.random_range(1..=3);
-                let subjects = self.subjects(&mut rng, count);
-                let stamp = self.as_of_stamps[rng.random_range(0..self.as_of_stamps.len())];
-                json!({ "ids": ids(&mut rng, 2).join(","), "subjects": subjects, "timestamp": stamp })
             }
             Scenario::Period => {
                 let subjects = self.subjects(&mut rng, 1);
@@ -301,6 +320,14 @@ impl Generator {
             scenario,
             body: body.to_string(),
         }
+    }
+
+    /// `count` random subjects, repeats allowed, comma-separated.
+    fn subjects_with_repeats(&self, rng: &mut ChaCha8Rng, count: usize) -> String {
+        (0..count)
+            .map(|_| subject(rng.random_range(0..self.subjects), self.subjects))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// `count` distinct random subjects (fewer if the data has fewer),
@@ -322,6 +349,15 @@ fn ids(rng: &mut ChaCha8Rng, count: usize) -> Vec<&'static str> {
         .iter()
         .map(|i| INDICATORS[i])
         .collect()
+}
+
+/// `count` random indicator ids of the original's six, repeats allowed,
+/// comma-separated.
+fn ids_with_repeats(rng: &mut ChaCha8Rng, count: usize) -> String {
+    (0..count)
+        .map(|_| INDICATORS[rng.random_range(0..6)])
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The bodies requests are drawn from.
@@ -385,15 +421,12 @@ mod tests {
         assert_eq!(unix_day(1970, 1, 1), 0);
         assert_eq!(unix_day(2022, 1, 1), 1_640_995_200);
         assert_eq!(unix_day(2024, 12, 31), 1_735_603_200);
-        let q = quarter_ends(2016..=2024);
-        assert_eq!(q.len(), 36);
-        assert_eq!(q[0], unix_day(2016, 3, 31));
-        assert!(q.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(unix_day(2023, 9, 30), ORIGINAL_AS_OF);
     }
 
     #[test]
     fn same_seed_same_bodies() {
-        for choice in ["1", "2", "3", "4", "5", "all"] {
+        for choice in ["1", "2", "3", "4", "5", "6", "all"] {
             let choice: Choice = choice.parse().expect("valid");
             let a = Generator::new(choice, 42, 5000);
             let b = Generator::new(choice, 42, 5000);
@@ -412,37 +445,43 @@ mod tests {
     fn bodies_are_valid() {
         let total = 5000;
         let g = Generator::new(Choice::All, 7, total);
-        let stamps: HashSet<i64> = quarter_ends(2016..=2024).into_iter().collect();
         for i in 0..500 {
             let r = g.request(i);
             assert_eq!(r.scenario, Scenario::ALL[(i % 5) as usize]);
             let v = body(&r);
             let ids: Vec<&str> = v["ids"].as_str().expect("ids").split(',').collect();
             assert!(ids.iter().all(|id| INDICATORS.contains(id)), "{}", r.body);
-            assert_eq!(
-                ids.iter().collect::<HashSet<_>>().len(),
-                ids.len(),
-                "ids distinct"
-            );
             let subjects: Vec<&str> = v["subjects"]
                 .as_str()
                 .map(|s| s.split(',').collect())
                 .unwrap_or_default();
             assert!(subjects.iter().all(|s| valid_subject(s, total)), "{}", r.body);
+            // 1-4: the original tool's keys and values.
+            let original = |field: &str, limit: u64| {
+                assert_eq!(v["field"], field, "{}", r.body);
+                assert_eq!(
+                    (v["order"].as_i64(), v["limit"].as_u64(), v["offset"].as_u64()),
+                    (Some(-1), Some(limit), Some(0))
+                );
+                assert!(ids.iter().all(|id| INDICATORS[..6].contains(id)), "{}", r.body);
+            };
             match r.scenario {
-                Scenario::Multi => assert_eq!((ids.len(), subjects.len()), (4, 10)),
-                Scenario::Single => assert_eq!((ids.len(), subjects.len()), (2, 1)),
+                Scenario::Multi => {
+                    assert_eq!((ids.len(), subjects.len()), (3, 2));
+                    original("report_date", 20);
+                }
+                Scenario::Single => {
+                    assert_eq!((ids.len(), subjects.len()), (2, 1));
+                    original("operating_income", 8);
+                }
                 Scenario::Paging => {
-                    assert_eq!(v["topic"], TOPIC);
-                    assert!(ids.contains(&v["field"].as_str().expect("field")));
-                    let offset = v["offset"].as_u64().expect("offset");
-                    assert!(offset <= 4900 && offset.is_multiple_of(100), "{offset}");
-                    assert_eq!(v["limit"], 100);
-                    assert!(v["order"] == 1 || v["order"] == -1);
+                    assert_eq!((ids.len(), subjects.len()), (4, 50));
+                    original("operating_income", 20);
                 }
                 Scenario::AsOf => {
-                    assert!((1..=3).contains(&subjects.len()));
-                    assert!(stamps.contains(&v["timestamp"].as_i64().expect("timestamp")));
+                    assert_eq!((ids.len(), subjects.len()), (3, 3));
+                    original("operating_income", 10);
+                    assert_eq!(v["timestamp"], ORIGINAL_AS_OF);
                 }
                 Scenario::Period => {
                     assert_eq!(subjects.len(), 1);
@@ -452,6 +491,7 @@ mod tests {
                     let days = (to - from) / 86_400 + 1;
                     assert!((365..=5 * 366).contains(&days), "{days}");
                 }
+                Scenario::Topic => unreachable!("not in all"),
             }
             assert_eq!(
                 r.scenario.path(),
@@ -462,14 +502,34 @@ mod tests {
                 }
             );
         }
+        // The field is outside the ids in some of the original's bodies.
+        let g = Generator::new(Choice::One(Scenario::Single), 7, total);
+        assert!((0..100).any(|i| !body(&g.request(i))["ids"]
+            .as_str()
+            .unwrap_or("")
+            .contains("operating_income")));
+    }
+
+    #[test]
+    fn topic_pages_through_the_pool() {
+        let g = Generator::new(Choice::One(Scenario::Topic), 7, 5000);
+        for i in 0..200 {
+            let v = body(&g.request(i));
+            assert_eq!(v["topic"], TOPIC);
+            let ids: Vec<&str> = v["ids"].as_str().expect("ids").split(',').collect();
+            assert!(ids.contains(&v["field"].as_str().expect("field")));
+            let offset = v["offset"].as_u64().expect("offset");
+            assert!(offset <= 4900 && offset.is_multiple_of(100), "{offset}");
+            assert_eq!(v["limit"], 100);
+            assert!(v["order"] == 1 || v["order"] == -1);
+        }
     }
 
     #[test]
     fn small_data_is_respected() {
-        let g = Generator::new(Choice::One(Scenario::Multi), 1, 3);
-        let v = body(&g.request(0));
-        assert_eq!(v["subjects"].as_str().expect("subjects").split(',').count(), 3);
-        let g = Generator::new(Choice::One(Scenario::Paging), 1, 150);
+        let g = Generator::new(Choice::One(Scenario::Period), 1, 3);
+        assert!((0..50).all(|i| valid_subject(body(&g.request(i))["subjects"].as_str().unwrap_or(""), 3)));
+        let g = Generator::new(Choice::One(Scenario::Topic), 1, 150);
         assert!((0..50).all(|i| body(&g.request(i))["offset"] == 0));
     }
 
@@ -495,8 +555,10 @@ mod tests {
         assert_eq!("1".parse::<Choice>(), Ok(Choice::One(Scenario::Multi)));
         assert_eq!("Period".parse::<Choice>(), Ok(Choice::One(Scenario::Period)));
         assert_eq!("5".parse::<Choice>(), Ok(Choice::One(Scenario::Period)));
+        assert_eq!("6".parse::<Choice>(), Ok(Choice::One(Scenario::Topic)));
+        assert_eq!("topic".parse::<Choice>(), Ok(Choice::One(Scenario::Topic)));
         assert_eq!("all".parse::<Choice>(), Ok(Choice::All));
-        assert!("6".parse::<Choice>().is_err());
+        assert!("7".parse::<Choice>().is_err());
         assert!("0".parse::<Choice>().is_err());
         assert_eq!("ingest".parse::<Workload>(), Ok(Workload::Ingest));
         assert_eq!(" Ingest ".parse::<Workload>(), Ok(Workload::Ingest));

@@ -456,6 +456,52 @@ fn table_run_mixes_scenarios() {
 }
 
 #[test]
+fn the_original_tools_flags_are_understood() {
+    // As the guide runs it: `-scenario 1 -requests 10000 -concurrent 50
+    // -target "http://localhost:9000/data" -repeat 10`, scaled down.
+    let server = Server::start(false);
+    let target = server.target();
+    let out = bench(&[
+        "-scenario",
+        "2",
+        "-requests=40",
+        "-concurrent",
+        "3",
+        "-target",
+        &target,
+        "-repeat",
+        "5",
+        "-nodes",
+        "3",
+        "--json",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert_eq!(v["requests"], 40);
+    assert_eq!(v["concurrency"], 3);
+    assert_eq!(server.counts.snapshot.load(Ordering::SeqCst), 40);
+    assert_eq!(server.counts.data_conns.load(Ordering::SeqCst), 3);
+    // --concurrent is an alias of --concurrency.
+    let out = bench(&[
+        "--target",
+        &target,
+        "--requests",
+        "6",
+        "--concurrent",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_str(text(&out.stdout).trim()).expect("JSON");
+    assert_eq!(v["concurrency"], 2);
+}
+
+#[test]
 fn duration_run_is_bounded_and_counted() {
     let server = Server::start(false);
     let target = server.target();
