@@ -53,7 +53,8 @@ fn register_list_and_revoke_on_shutdown() {
     assert!(eventually(Duration::from_secs(10), || etcd
         .keys("/kmt-test")
         .contains(&KEY.to_string())));
-    assert!(reg.is_registered());
+    // The flag is set just after the put that made the key visible.
+    assert!(eventually(Duration::from_secs(2), || reg.is_registered()));
     let (_, value) = etcd.etcdctl(&["get", KEY, "--print-value-only"]);
     let info: serde_json::Value = serde_json::from_str(value.trim()).unwrap();
     assert_eq!(info["addr"], "localhost:18081");

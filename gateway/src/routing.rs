@@ -1,8 +1,8 @@
 //! Which requests the gateway proxies, where they go, and the routing key.
 //!
 //! `/data/*` is proxied with the prefix stripped. Reads (snapshot, period)
-//! go to the node that owns the key on the hash ring: the first subject, or
-//! the topic. Writes and admin calls go to the master. The gateway's own
+//! go to the node that owns the key on the hash ring: the topic, else the
+//! first subject. Writes and admin calls go to the master. The gateway's own
 //! routes (`/health`, `/metrics`, stats, cache reset) are answered here.
 
 /// The part of the path that is the gateway's to strip.
@@ -107,9 +107,11 @@ pub fn strip_prefix(path_and_query: &str) -> &str {
     }
 }
 
-/// The hashing key of a read body: its first subject, else its topic. Only
-/// these two fields are looked at; anything unusable gives `None` (round
-/// robin), and the node then answers the bad request itself.
+/// The hashing key of a read body: its topic, else its first subject (a
+/// node answers the topic when a body names both, as the original did; an
+/// empty string is a Go client's unset field). Only these two fields are
+/// looked at; anything unusable gives `None` (round robin), and the node
+/// then answers the bad request itself.
 pub fn routing_key(body: &[u8]) -> Option<Vec<u8>> {
     #[derive(serde::Deserialize)]
     struct KeyFields<'a> {
@@ -119,17 +121,15 @@ pub fn routing_key(body: &[u8]) -> Option<Vec<u8>> {
         topic: Option<std::borrow::Cow<'a, str>>,
     }
     let fields: KeyFields<'_> = serde_json::from_slice(body).ok()?;
-    if let Some(s) = fields.subjects.as_deref() {
-        if let Some(first) = s.split(',').map(str::trim).find(|s| !s.is_empty()) {
-            return Some(first.as_bytes().to_vec());
-        }
+    if let Some(topic) = fields.topic.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        return Some(topic.as_bytes().to_vec());
     }
-    fields
-        .topic
-        .as_deref()
+    let subjects = fields.subjects?;
+    subjects
+        .split(',')
         .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| t.as_bytes().to_vec())
+        .find(|s| !s.is_empty())
+        .map(|first| first.as_bytes().to_vec())
 }
 
 #[cfg(test)]
@@ -172,7 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn key_is_first_subject_or_topic() {
+    fn key_is_topic_else_first_subject() {
         assert_eq!(
             routing_key(br#"{"ids":"a","subjects":" 33:000001 ,17:600000"}"#).as_deref(),
             Some(&b"33:000001"[..])
@@ -184,5 +184,19 @@ mod tests {
         assert_eq!(routing_key(br#"{"subjects":["33:000001"]}"#), None);
         assert_eq!(routing_key(b"not json"), None);
         assert_eq!(routing_key(br#"{"subjects":""}"#), None);
+        // What the node answers decides: the topic when both are given, and
+        // Go's empty strings are no key.
+        assert_eq!(
+            routing_key(br#"{"subjects":"33:000001","topic":"stock_a_listing_pool"}"#).as_deref(),
+            Some(&b"stock_a_listing_pool"[..])
+        );
+        assert_eq!(
+            routing_key(br#"{"subjects":"33:000001","topic":""}"#).as_deref(),
+            Some(&b"33:000001"[..])
+        );
+        assert_eq!(
+            routing_key(br#"{"subjects":"","topic":" stock_a_listing_pool "}"#).as_deref(),
+            Some(&b"stock_a_listing_pool"[..])
+        );
     }
 }

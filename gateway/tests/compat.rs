@@ -274,6 +274,10 @@ fn the_guides_configs_and_the_originals_clients_work_unchanged() {
     let token = std::fs::read_to_string(dir.join("data/admin.token")).expect("default admin token");
     let auth = format!("Bearer {}", token.trim());
 
+    // An empty slave copies the empty master and follows it.
+    let mut slave1 = Proc::start(&node, &dir, &["-config", "conf/slave.ini"], "slave1");
+    slave1.wait_healthy(s1_port);
+
     // An empty master answers with no rows, and accepts ingest.
     let r = request(
         m_port,
@@ -297,11 +301,17 @@ fn the_guides_configs_and_the_originals_clients_work_unchanged() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
 
-    // The slaves copy the master; two copies of slave.ini get two files.
-    let mut slave1 = Proc::start(&node, &dir, &["-config", "conf/slave.ini"], "slave1");
+    // A slave started now copies the master; two copies of slave.ini get
+    // two files.
     let mut slave2 = Proc::start(&node, &dir, &["-config", "conf/slave2.ini"], "slave2");
-    slave1.wait_healthy(s1_port);
     slave2.wait_healthy(s2_port);
+    let version = |port: u16| request(port, "GET", "/health", b"", &[]).json()["data_version"].clone();
+    let caught_up = eventually(Duration::from_secs(20), || version(s1_port) == version(m_port));
+    assert!(
+        caught_up,
+        "slave1 did not follow the ingest: {}",
+        slave1.log_text()
+    );
     for port in [s1_port, s2_port] {
         assert!(dir.join(format!("data/kamaitachi-slave-{port}.db")).exists());
         let r = request(
