@@ -16,7 +16,7 @@ CARGO_PROFILE_FLAG :=
 endif
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all deps build data cluster stop status node test bench fmt clippy clean
+.PHONY: all deps build data cluster stop status node monitor test bench fmt clippy clean
 
 all: build
 
@@ -35,6 +35,7 @@ cluster: data
 	@scripts/cluster.sh start
 
 stop:
+	@scripts/monitor.sh stop
 	@scripts/cluster.sh stop
 
 status:
@@ -43,6 +44,10 @@ status:
 # make node N=3: one more slave on the next free port.
 node:
 	@scripts/cluster.sh add $(N)
+
+# A real Prometheus scraping every node through the gateway (deploy/prometheus/).
+monitor: deps
+	@scripts/monitor.sh start
 
 test: deps
 	$(CARGO) build --workspace --all-targets

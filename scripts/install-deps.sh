@@ -15,6 +15,11 @@ have wrk     || need+=(wrk)
 have sqlite3 || need+=(sqlite3)
 have nginx   || need+=(nginx-light)
 have curl    || need+=(curl)
+# Monitoring (make monitor, gateway/tests/monitor.rs): prometheus and promtool.
+have prometheus || need+=(prometheus)
+have promtool   || need+=(prometheus)
+# The status page's browser test.
+have chromium   || need+=(chromium)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}"
@@ -22,9 +27,9 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || SUDO=sudo
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+  $SUDO apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u)
   # Debian starts services on install; the project runs its own on its own ports.
-  for svc in etcd nginx; do
+  for svc in etcd nginx prometheus prometheus-node-exporter; do
     $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
     $SUDO service "$svc" stop >/dev/null 2>&1 || true
   done

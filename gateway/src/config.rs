@@ -19,6 +19,10 @@ pub struct GatewayConfig {
     pub file: PathBuf,
     pub port: u16,
     pub bind: String,
+    /// How others (Prometheus) reach this gateway: `[server] service_addr`,
+    /// else `localhost:{port}` for a loopback or wildcard bind, else
+    /// `{bind}:{port}`.
+    pub service_addr: String,
     pub threads: usize,
     pub etcd: Option<EtcdConfig>,
     pub static_upstreams: Vec<StaticUpstream>,
@@ -56,6 +60,12 @@ impl GatewayConfig {
         let bind = ini
             .get_str("server", "bind")
             .unwrap_or_else(|| "127.0.0.1".into());
+        let service_addr = ini
+            .get_str("server", "service_addr")
+            .unwrap_or_else(|| match bind.as_str() {
+                "127.0.0.1" | "0.0.0.0" | "::" | "::1" | "localhost" => format!("localhost:{port}"),
+                host => format!("{host}:{port}"),
+            });
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads: usize = ini.get_or("server", "threads", cores, "a number of worker threads")?;
         let etcd = if ini.has_section("etcd") {
@@ -92,6 +102,7 @@ impl GatewayConfig {
             file: ini.path().to_path_buf(),
             port,
             bind,
+            service_addr,
             threads: threads.max(1),
             etcd,
             static_upstreams,

@@ -130,6 +130,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
         limits: limits.clone(),
         metrics: metrics.clone(),
         admin_token,
+        service_addr: cfg.service_addr.clone(),
         max_tries: cfg.max_tries,
         connect_timeout: cfg.connect_timeout,
         read_timeout: cfg.read_timeout,

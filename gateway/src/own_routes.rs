@@ -1,7 +1,7 @@
 //! The gateway's own routes: `GET /health` (status and the node list),
 //! `GET /kamaitachi/api/data/v1/stats` (every node's stats and cluster
 //! totals), `POST /kamaitachi/api/data/v1/cache/reset` (admin; fans out to
-//! every node), `GET /metrics`.
+//! every node), `GET /metrics`, `GET /prometheus/targets`.
 
 use std::time::Duration;
 
@@ -50,6 +50,19 @@ pub fn health(nodes: &[NodeView]) -> Local {
         "nodes": nodes,
     });
     Local::json(if usable > 0 { 200 } else { 503 }, Bytes::from(body.to_string()))
+}
+
+/// `GET /prometheus/targets`: Prometheus' HTTP service discovery format
+/// (`http_sd_configs`), one target group per node the gateway knows
+/// (healthy or not, so a node that stops answering shows as `up == 0`)
+/// and one for this gateway. Labels: `kind` (node, gateway) and `role`.
+pub fn prometheus_targets(nodes: &[NodeView], gateway_addr: &str) -> Local {
+    let mut groups: Vec<Value> = nodes
+        .iter()
+        .map(|n| json!({"targets": [n.addr], "labels": {"kind": "node", "role": n.role}}))
+        .collect();
+    groups.push(json!({"targets": [gateway_addr], "labels": {"kind": "gateway", "role": "gateway"}}));
+    Local::json(200, Bytes::from(Value::Array(groups).to_string()))
 }
 
 /// Fans a request out to every node, concurrently, with a short timeout.

@@ -41,6 +41,8 @@ pub struct Gateway {
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     pub admin_token: Option<String>,
+    /// This gateway's address as others reach it (`[server] service_addr`).
+    pub service_addr: String,
     pub max_tries: usize,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -110,6 +112,9 @@ impl Gateway {
                 body: Bytes::from(self.metrics.render(&self.upstreams.nodes())),
             },
             Route::Stats => own_routes::stats(&self.client, &self.upstreams.nodes()).await,
+            Route::PrometheusTargets => {
+                own_routes::prometheus_targets(&self.upstreams.nodes(), &self.service_addr)
+            }
             Route::CacheReset => match self.authorize(session.req_header()) {
                 Err(e) => Local::error(&e),
                 Ok(auth) => own_routes::cache_reset(&self.client, &self.upstreams.nodes(), &auth).await,

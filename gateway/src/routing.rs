@@ -22,6 +22,8 @@ pub enum Route {
     Metrics,
     Stats,
     CacheReset,
+    /// Prometheus HTTP service discovery: every node and this gateway.
+    PrometheusTargets,
     NotFound,
 }
 
@@ -42,11 +44,12 @@ impl Route {
             Route::Metrics => "metrics",
             Route::Stats => "stats",
             Route::CacheReset => "cache_reset",
+            Route::PrometheusTargets => "prometheus_targets",
             Route::NotFound => "not_found",
         }
     }
 
-    pub const ALL: [Route; 9] = [
+    pub const ALL: [Route; 10] = [
         Route::Read(ReadKind::Snapshot),
         Route::Read(ReadKind::Period),
         Route::Master,
@@ -55,6 +58,7 @@ impl Route {
         Route::Metrics,
         Route::Stats,
         Route::CacheReset,
+        Route::PrometheusTargets,
         Route::NotFound,
     ];
 
@@ -91,6 +95,7 @@ pub fn classify(path: &str) -> Route {
     match trim_slash(path) {
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
+        "/prometheus/targets" => Route::PrometheusTargets,
         p if p == format!("{API}/stats") => Route::Stats,
         p if p == format!("{API}/cache/reset") => Route::CacheReset,
         _ => Route::NotFound,
