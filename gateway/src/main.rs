@@ -16,6 +16,7 @@ mod own_routes;
 mod proxy;
 mod read_path;
 mod routing;
+mod status_page;
 mod upstream_pool;
 mod upstreams;
 
@@ -106,7 +107,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let node_discovery = upstreams::NodeDiscovery::new(discovery, cfg.static_upstreams.clone());
+    let node_discovery = upstreams::NodeDiscovery::new(discovery.clone(), cfg.static_upstreams.clone());
     let mut backends = Backends::new(Box::new(node_discovery));
     let mut check = HttpHealthCheck::new("localhost", false);
     check.req = RequestHeader::build("GET", b"/health", None)?;
@@ -131,6 +132,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         admin_token,
         service_addr: cfg.service_addr.clone(),
+        registry: discovery,
         max_tries: cfg.max_tries,
         connect_timeout: cfg.connect_timeout,
         read_timeout: cfg.read_timeout,

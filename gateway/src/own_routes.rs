@@ -1,7 +1,8 @@
 //! The gateway's own routes: `GET /health` (status and the node list),
 //! `GET /kamaitachi/api/data/v1/stats` (every node's stats and cluster
 //! totals), `POST /kamaitachi/api/data/v1/cache/reset` (admin; fans out to
-//! every node), `GET /metrics`, `GET /prometheus/targets`.
+//! every node), `GET /metrics`, `GET /prometheus/targets`. The status page
+//! has a file of its own (`status_page.rs`).
 
 use std::time::Duration;
 
@@ -65,18 +66,23 @@ pub fn prometheus_targets(nodes: &[NodeView], gateway_addr: &str) -> Local {
     Local::json(200, Bytes::from(Value::Array(groups).to_string()))
 }
 
-/// Fans a request out to every node, concurrently, with a short timeout.
-async fn fan_out(
+/// How long the stats and cache-reset fan-outs wait for each node.
+const FAN_OUT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Fans a request out to every node, concurrently, each bounded by
+/// `timeout`.
+pub(crate) async fn fan_out(
     client: &reqwest::Client,
     nodes: &[NodeView],
     method: reqwest::Method,
     path: &str,
     auth: Option<&str>,
+    timeout: Duration,
 ) -> Vec<(NodeView, Result<(u16, Value), String>)> {
     let calls = nodes.iter().map(|n| {
         let mut req = client
             .request(method.clone(), format!("http://{}{path}", n.addr))
-            .timeout(Duration::from_secs(2));
+            .timeout(timeout);
         if let Some(a) = auth {
             req = req.header("Authorization", a);
         }
@@ -100,7 +106,15 @@ async fn fan_out(
 
 /// `GET /kamaitachi/api/data/v1/stats`.
 pub async fn stats(client: &reqwest::Client, nodes: &[NodeView]) -> Local {
-    let results = fan_out(client, nodes, reqwest::Method::GET, &format!("{API}/stats"), None).await;
+    let results = fan_out(
+        client,
+        nodes,
+        reqwest::Method::GET,
+        &format!("{API}/stats"),
+        None,
+        FAN_OUT_TIMEOUT,
+    )
+    .await;
     let mut totals = json!({"hits": 0u64, "misses": 0u64, "entries": 0u64, "bytes": 0u64, "evictions": 0u64});
     let mut per_node = Vec::new();
     let mut answered = 0;
@@ -145,6 +159,7 @@ pub async fn cache_reset(client: &reqwest::Client, nodes: &[NodeView], auth: &st
         reqwest::Method::POST,
         &format!("{API}/cache/reset"),
         Some(auth),
+        FAN_OUT_TIMEOUT,
     )
     .await;
     let mut all_ok = !results.is_empty();

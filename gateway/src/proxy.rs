@@ -31,6 +31,7 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::own_routes::{self, Local};
 use crate::routing::{self, Route};
+use crate::status_page;
 use crate::upstreams::Upstreams;
 
 /// pingora's retry buffer; a larger read body is streamed without a key.
@@ -43,6 +44,8 @@ pub struct Gateway {
     pub admin_token: Option<String>,
     /// This gateway's address as others reach it (`[server] service_addr`).
     pub service_addr: String,
+    /// The registry, when the gateway watches etcd (for the status page).
+    pub registry: Option<cluster::Discovery>,
     pub max_tries: usize,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -114,6 +117,20 @@ impl Gateway {
             Route::Stats => own_routes::stats(&self.client, &self.upstreams.nodes()).await,
             Route::PrometheusTargets => {
                 own_routes::prometheus_targets(&self.upstreams.nodes(), &self.service_addr)
+            }
+            Route::Status | Route::StatusJson => {
+                let report = status_page::report(
+                    &self.client,
+                    &self.upstreams.nodes(),
+                    self.registry.as_ref(),
+                    &self.service_addr,
+                )
+                .await;
+                if route == Route::Status {
+                    status_page::page(&report)
+                } else {
+                    status_page::json_answer(&report)
+                }
             }
             Route::CacheReset => match self.authorize(session.req_header()) {
                 Err(e) => Local::error(&e),
@@ -353,6 +370,11 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if ctx.response_started {
+            if let Some(addr) = ctx.tried.last() {
+                self.upstreams.record_answer_from(addr, ctx.started.elapsed());
+            }
+        }
         self.metrics
             .observe(ctx.route, status, ctx.started.elapsed().as_secs_f64());
     }

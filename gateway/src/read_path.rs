@@ -332,6 +332,7 @@ impl ReadPath {
             let Some(&addr) = backend.addr.as_inet() else {
                 continue;
             };
+            let sent = Instant::now();
             match self
                 .exchange(addr, &bufs.upstream_request, &mut bufs.answer)
                 .await
@@ -340,9 +341,11 @@ impl ReadPath {
                     if matches!(answer.status, 500 | 502 | 503 | 504) {
                         self.upstreams.eject(&backend.addr);
                     }
-                    return Ok(self
+                    let relayed = self
                         .relay(client, &mut bufs.answer, answer, conn, addr, client_close)
-                        .await);
+                        .await;
+                    self.upstreams.record_answer(&backend, sent.elapsed());
+                    return Ok(relayed);
                 }
                 Err(e) => {
                     self.upstreams.eject(&backend.addr);

@@ -24,6 +24,9 @@ pub enum Route {
     CacheReset,
     /// Prometheus HTTP service discovery: every node and this gateway.
     PrometheusTargets,
+    /// The status page and the JSON it reads.
+    Status,
+    StatusJson,
     NotFound,
 }
 
@@ -45,11 +48,13 @@ impl Route {
             Route::Stats => "stats",
             Route::CacheReset => "cache_reset",
             Route::PrometheusTargets => "prometheus_targets",
+            Route::Status => "status",
+            Route::StatusJson => "status_json",
             Route::NotFound => "not_found",
         }
     }
 
-    pub const ALL: [Route; 10] = [
+    pub const ALL: [Route; 12] = [
         Route::Read(ReadKind::Snapshot),
         Route::Read(ReadKind::Period),
         Route::Master,
@@ -59,6 +64,8 @@ impl Route {
         Route::Stats,
         Route::CacheReset,
         Route::PrometheusTargets,
+        Route::Status,
+        Route::StatusJson,
         Route::NotFound,
     ];
 
@@ -96,6 +103,8 @@ pub fn classify(path: &str) -> Route {
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
         "/prometheus/targets" => Route::PrometheusTargets,
+        "/status" => Route::Status,
+        "/status.json" => Route::StatusJson,
         p if p == format!("{API}/stats") => Route::Stats,
         p if p == format!("{API}/cache/reset") => Route::CacheReset,
         _ => Route::NotFound,

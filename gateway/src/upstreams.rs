@@ -36,6 +36,72 @@ pub struct NodeState {
     /// Milliseconds since the gateway started until which the node is
     /// ejected; 0 = not ejected.
     ejected_until: AtomicU64,
+    /// Requests this node answered through this gateway, and how fast.
+    pub traffic: Traffic,
+}
+
+/// Upper bounds (ms) of the latency buckets of [`Traffic`]; the last catches
+/// the rest.
+const LATENCY_BOUNDS_MS: [f64; 14] = [
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    25.0,
+    50.0,
+    100.0,
+    250.0,
+    1000.0,
+    5000.0,
+    f64::INFINITY,
+];
+
+/// Answers relayed from one node and a latency histogram of them, counted
+/// with atomic adds on the request path (no lock, no label lookup) and read
+/// by the status page.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    answered: AtomicU64,
+    buckets: [AtomicU64; LATENCY_BOUNDS_MS.len()],
+}
+
+impl Traffic {
+    pub fn record(&self, elapsed: Duration) {
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let i = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BOUNDS_MS.len() - 1);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// The 99th percentile since start, as the upper bound of its bucket
+    /// (ms); `None` before the first answer or when it is past the last
+    /// bound.
+    pub fn p99_ms(&self) -> Option<f64> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = (total as f64 * 0.99).ceil() as u64;
+        let mut seen = 0;
+        for (count, bound) in counts.iter().zip(LATENCY_BOUNDS_MS) {
+            seen += count;
+            if seen >= want {
+                return bound.is_finite().then_some(bound);
+            }
+        }
+        None
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -97,6 +163,7 @@ impl ServiceDiscovery for NodeDiscovery {
                             addr: addr.clone(),
                             role: role.clone(),
                             ejected_until: AtomicU64::new(0),
+                            traffic: Traffic::default(),
                         });
                         known.insert(addr.clone(), (sock, state.clone()));
                         (sock, state)
@@ -122,9 +189,16 @@ impl ServiceDiscovery for NodeDiscovery {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct NodeView {
     pub addr: String,
+    /// The resolved socket address the gateway connects to (the per-node
+    /// metrics' label).
+    pub socket: String,
     pub role: String,
     pub healthy: bool,
     pub ejected: bool,
+    /// Answers relayed from it since the gateway started.
+    pub answered: u64,
+    /// Their 99th percentile latency (bucket bound, ms).
+    pub p99_ms: Option<f64>,
 }
 
 pub struct Upstreams {
@@ -194,6 +268,21 @@ impl Upstreams {
             .cloned()
     }
 
+    /// Counts an answer relayed from `backend`.
+    pub fn record_answer(&self, backend: &Backend, elapsed: Duration) {
+        if let Some(state) = Self::state(backend) {
+            state.traffic.record(elapsed);
+        }
+    }
+
+    /// Counts an answer relayed from the node at `addr`.
+    pub fn record_answer_from(&self, addr: &SocketAddr, elapsed: Duration) {
+        let all = self.lb.backends().get_backend();
+        if let Some(b) = all.iter().find(|b| &b.addr == addr) {
+            self.record_answer(b, elapsed);
+        }
+    }
+
     /// Passive check: keep `addr` out of selection for a while.
     pub fn eject(&self, addr: &SocketAddr) {
         let all = self.lb.backends().get_backend();
@@ -208,21 +297,37 @@ impl Upstreams {
         let all = self.lb.backends().get_backend();
         all.iter()
             .map(|b| {
-                let (addr, role, ejected) = match Self::state(b) {
-                    Some(s) => (
-                        s.addr.clone(),
-                        s.role.clone(),
-                        s.ejected_until.load(Ordering::Relaxed) > now,
-                    ),
-                    None => (b.addr.to_string(), "unknown".into(), false),
-                };
+                let state = Self::state(b);
                 NodeView {
-                    addr,
-                    role,
+                    addr: state.map_or_else(|| b.addr.to_string(), |s| s.addr.clone()),
+                    socket: b.addr.to_string(),
+                    role: state.map_or_else(|| "unknown".into(), |s| s.role.clone()),
                     healthy: self.lb.backends().ready(b),
-                    ejected,
+                    ejected: state.is_some_and(|s| s.ejected_until.load(Ordering::Relaxed) > now),
+                    answered: state.map_or(0, |s| s.traffic.answered()),
+                    p99_ms: state.and_then(|s| s.traffic.p99_ms()),
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p99_is_the_bucket_of_the_99th_percentile() {
+        let t = Traffic::default();
+        assert_eq!(t.p99_ms(), None);
+        for _ in 0..99 {
+            t.record(Duration::from_micros(200));
+        }
+        t.record(Duration::from_millis(40));
+        assert_eq!(t.answered(), 100);
+        assert_eq!(t.p99_ms(), Some(0.25));
+        t.record(Duration::from_millis(40));
+        t.record(Duration::from_millis(40));
+        assert_eq!(t.p99_ms(), Some(50.0));
     }
 }
