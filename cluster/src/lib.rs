@@ -1,8 +1,11 @@
 //! Kamaitachi's shared crate: what the node, the gateway and the bench agree
-//! on — the INI configuration (`config`) and the etcd registry (`registry`).
+//! on — the INI configuration (`config`), logging (`logging`), the etcd
+//! registry (`registry`) and the `X-Request-Id` rules (`request_id`).
 
 pub mod config;
+pub mod logging;
 pub mod registry;
+pub mod request_id;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

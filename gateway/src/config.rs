@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cluster::logging::LogConfig;
 use cluster::{ConfigError, EtcdConfig, IniFile, Mode};
 
 /// A node given in `[gateway] static_upstreams`.
@@ -43,6 +44,8 @@ pub struct GatewayConfig {
     pub qps: u32,
     pub burst: u32,
     pub admin_token_file: Option<PathBuf>,
+    /// `[log]`: format, level, slow request threshold.
+    pub log: LogConfig,
 }
 
 impl GatewayConfig {
@@ -127,6 +130,7 @@ impl GatewayConfig {
             qps: ini.get_or("limits", "qps", 0, "requests per second (0 = unlimited)")?,
             burst: ini.get_or("limits", "burst", 0, "requests (0 = same as qps)")?,
             admin_token_file: ini.get_str("security", "admin_token_file").map(PathBuf::from),
+            log: LogConfig::from_ini(ini)?,
         })
     }
 }

@@ -55,12 +55,13 @@ struct Cli {
 fn main() -> ExitCode {
     let args = std::env::args().map(|a| if a == "-config" { "--config".to_string() } else { a });
     let cli = Cli::parse_from(args);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    match cluster::logging::LogConfig::peek(&cli.config) {
+        Ok(log) => log.install(""),
+        Err(e) => {
+            eprintln!("kamaitachi-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    }
     match run(&cli.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -133,6 +134,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
         admin_token,
         service_addr: cfg.service_addr.clone(),
         registry: discovery,
+        slow: Duration::from_millis(cfg.log.slow_ms),
         max_tries: cfg.max_tries,
         connect_timeout: cfg.connect_timeout,
         read_timeout: cfg.read_timeout,
@@ -157,6 +159,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
             read_timeout: cfg.read_timeout,
             client_idle: cfg.idle_timeout,
             request_time: cfg.request_timeout,
+            slow: Duration::from_millis(cfg.log.slow_ms),
         };
         let mut service = Service::new("kamaitachi gateway".to_string(), front);
         service.add_tcp(&listen);

@@ -33,6 +33,7 @@ use crate::own_routes::{self, Local};
 use crate::routing::{self, Route};
 use crate::status_page;
 use crate::upstreams::Upstreams;
+use cluster::request_id::{self, RequestId};
 
 /// pingora's retry buffer; a larger read body is streamed without a key.
 pub const RETRY_BUFFER: u64 = 64 * 1024;
@@ -46,6 +47,8 @@ pub struct Gateway {
     pub service_addr: String,
     /// The registry, when the gateway watches etcd (for the status page).
     pub registry: Option<cluster::Discovery>,
+    /// Requests slower than this are logged (`[log] slow_ms`).
+    pub slow: Duration,
     pub max_tries: usize,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -61,6 +64,8 @@ pub struct Ctx {
     tried: Vec<SocketAddr>,
     response_started: bool,
     started: Instant,
+    /// Sent upstream as `X-Request-Id`; the client's when it is sane.
+    request_id: RequestId,
 }
 
 impl Gateway {
@@ -176,12 +181,21 @@ impl ProxyHttp for Gateway {
             tried: Vec::new(),
             response_started: false,
             started: Instant::now(),
+            request_id: RequestId::new(),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let route = routing::classify(session.req_header().uri.path());
         ctx.route = route;
+        if let Some(id) = session
+            .req_header()
+            .headers
+            .get(request_id::HEADER)
+            .and_then(|v| RequestId::from_client(v.as_bytes()))
+        {
+            ctx.request_id = id;
+        }
         if !matches!(route, Route::Health | Route::Metrics) {
             if let Err(e) = self.limits.admit() {
                 return self.answer(session, Local::error(&e)).await;
@@ -263,10 +277,11 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         // Answered by the gateway already (request_filter).
         upstream_request.remove_header("expect");
+        upstream_request.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
         let original = upstream_request
             .uri
             .path_and_query()
@@ -370,13 +385,24 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
         if ctx.response_started {
             if let Some(addr) = ctx.tried.last() {
-                self.upstreams.record_answer_from(addr, ctx.started.elapsed());
+                self.upstreams.record_answer_from(addr, elapsed);
             }
         }
-        self.metrics
-            .observe(ctx.route, status, ctx.started.elapsed().as_secs_f64());
+        self.metrics.observe(ctx.route, status, elapsed.as_secs_f64());
+        if ctx.route.is_proxied() && (status >= 500 || elapsed >= self.slow) {
+            tracing::warn!(
+                request_id = %ctx.request_id,
+                route = ctx.route.label(),
+                status,
+                elapsed_ms = elapsed.as_millis() as u64,
+                node = ctx.tried.last().map(|a| a.to_string()).unwrap_or_default(),
+                "request answered {}",
+                if status >= 500 { "with an error" } else { "slowly" }
+            );
+        }
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {

@@ -52,6 +52,7 @@ use crate::proxy::Gateway;
 use crate::routing::{self, Route};
 use crate::upstream_pool::UpstreamPool;
 use crate::upstreams::Upstreams;
+use cluster::request_id::{self, RequestId};
 
 /// A request head larger than this goes to the general path (which answers
 /// it or refuses it).
@@ -79,6 +80,8 @@ pub struct ReadPath {
     pub client_idle: Duration,
     /// A started request must arrive whole within this long (else 408).
     pub request_time: Duration,
+    /// Requests slower than this are logged (`[log] slow_ms`).
+    pub slow: Duration,
 }
 
 /// One client connection's reusable buffers.
@@ -121,6 +124,8 @@ struct ReadHead {
     body_len: usize,
     /// The client sent `Connection: close`.
     close: bool,
+    /// Sent to the node as `X-Request-Id` and logged with errors.
+    request_id: RequestId,
 }
 
 /// A parsed answer head.
@@ -305,8 +310,18 @@ impl ReadPath {
                 (e.status(), written && !head.close)
             }
         };
-        self.metrics
-            .observe(head.route, status, started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        self.metrics.observe(head.route, status, elapsed.as_secs_f64());
+        if status >= 500 || elapsed >= self.slow {
+            tracing::warn!(
+                request_id = %head.request_id,
+                route = head.route.label(),
+                status,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "read answered {}",
+                if status >= 500 { "with an error" } else { "slowly" }
+            );
+        }
         keep
     }
 
@@ -631,7 +646,12 @@ fn parse_request(buf: &[u8], max_body: u64, upstream: &mut Vec<u8>) -> Head {
     upstream.extend_from_slice(b"POST ");
     upstream.extend_from_slice(routing::strip_prefix(target).as_bytes());
     upstream.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut client_id = None;
     for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case(request_id::HEADER) {
+            client_id = client_id.or_else(|| RequestId::from_client(h.value));
+            continue;
+        }
         if ["connection", "keep-alive", "proxy-connection"]
             .iter()
             .any(|n| h.name.eq_ignore_ascii_case(n))
@@ -643,12 +663,16 @@ fn parse_request(buf: &[u8], max_body: u64, upstream: &mut Vec<u8>) -> Head {
         upstream.extend_from_slice(h.value);
         upstream.extend_from_slice(b"\r\n");
     }
-    upstream.extend_from_slice(b"\r\n");
+    let request_id = client_id.unwrap_or_default();
+    upstream.extend_from_slice(b"X-Request-Id: ");
+    upstream.extend_from_slice(request_id.as_bytes());
+    upstream.extend_from_slice(b"\r\n\r\n");
     Head::Read(ReadHead {
         route,
         head_len,
         body_len: body_len as usize,
         close,
+        request_id,
     })
 }
 
@@ -715,7 +739,7 @@ mod tests {
 
     #[test]
     fn a_read_is_taken_and_rewritten() {
-        let raw = "POST /data/kamaitachi/api/data/v1/period?x=/data HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\nContent-Length: 2\r\nX-A: b\r\n\r\n{}";
+        let raw = "POST /data/kamaitachi/api/data/v1/period?x=/data HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\nContent-Length: 2\r\nX-Request-Id: client-7\r\nX-A: b\r\n\r\n{}";
         let (head, up) = parse(raw);
         assert_eq!(
             head,
@@ -724,12 +748,26 @@ mod tests {
                 head_len: raw.len() - 2,
                 body_len: 2,
                 close: false,
+                request_id: RequestId::from_client(b"client-7").expect("sane"),
             })
         );
         assert_eq!(
             up,
-            "POST /kamaitachi/api/data/v1/period?x=/data HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nX-A: b\r\n\r\n"
+            "POST /kamaitachi/api/data/v1/period?x=/data HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nX-A: b\r\nX-Request-Id: client-7\r\n\r\n"
         );
+        // No id, or one that is not sane: the gateway makes one.
+        for extra in ["", "X-Request-Id: a b\r\n"] {
+            let raw = format!(
+                "POST /data/kamaitachi/api/data/v1/period HTTP/1.1\r\n{extra}Content-Length: 0\r\n\r\n"
+            );
+            let (head, up) = parse(&raw);
+            let Head::Read(h) = head else { panic!("{raw}") };
+            assert!(
+                up.ends_with(&format!("X-Request-Id: {}\r\n\r\n", h.request_id)),
+                "{up}"
+            );
+            assert!(!up.contains("a b"), "{up}");
+        }
         let (head, _) = parse("POST /data/kamaitachi/api/data/v1/snapshot HTTP/1.1\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n");
         assert!(matches!(head, Head::Read(ReadHead { close: true, .. })));
         let (head, _) = parse("POST /data/kamaitachi/api/data/v1/snapshot HTTP/1.1\r\nContent-Le");

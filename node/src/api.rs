@@ -53,6 +53,9 @@ pub struct Api {
     pub log_retain: u64,
     /// The database file (images are staged next to it).
     pub db_path: PathBuf,
+    /// Requests slower than this are logged with their request id
+    /// (`[log] slow_ms`).
+    pub slow: Duration,
 }
 
 /// Longest a change-feed request may wait for a change.
@@ -338,29 +341,66 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// The JSON answer for an error.
+fn error_response(err: &ApiError) -> Response {
+    let status = err.status();
+    let mut resp = Response::json(
+        status,
+        Body::Owned(response::envelope(status, &err.to_string(), b"null")),
+    );
+    if let ApiError::MethodNotAllowed { allowed, .. } = err {
+        resp.headers.push(("Allow", allowed.to_string()));
+    }
+    resp
+}
+
+/// The request's `X-Request-Id` (as the gateway sends it), or `-`.
+fn request_id(req: &Request<'_>) -> String {
+    req.header(cluster::request_id::HEADER)
+        .and_then(cluster::request_id::RequestId::from_client)
+        .map_or_else(|| "-".to_string(), |id| id.to_string())
+}
+
 impl Service for Api {
     fn call(&self, req: &Request<'_>) -> Response {
         let started = Instant::now();
         let (label, result) = self.route(req);
-        let response = result.unwrap_or_else(|e| self.reject(&e));
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if e.status() >= 500 {
+                    tracing::warn!(
+                        request_id = %request_id(req),
+                        route = label.as_str(),
+                        status = e.status(),
+                        "answering {}: {e}",
+                        e.status()
+                    );
+                }
+                error_response(&e)
+            }
+        };
+        let elapsed = started.elapsed();
         self.metrics
-            .observe(label, response.status, started.elapsed().as_secs_f64());
+            .observe(label, response.status, elapsed.as_secs_f64());
+        // The change feed long-polls by design: not slow.
+        if elapsed >= self.slow && label != RouteLabel::Changes {
+            tracing::warn!(
+                request_id = %request_id(req),
+                route = label.as_str(),
+                status = response.status,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "request answered slowly"
+            );
+        }
         response
     }
 
     fn reject(&self, err: &ApiError) -> Response {
-        let status = err.status();
-        if status >= 500 {
-            tracing::warn!("answering {status}: {err}");
+        if err.status() >= 500 {
+            tracing::warn!("answering {}: {err}", err.status());
         }
-        let mut resp = Response::json(
-            status,
-            Body::Owned(response::envelope(status, &err.to_string(), b"null")),
-        );
-        if let ApiError::MethodNotAllowed { allowed, .. } = err {
-            resp.headers.push(("Allow", allowed.to_string()));
-        }
-        resp
+        error_response(err)
     }
 }
 

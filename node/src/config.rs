@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cluster::logging::LogConfig;
 use cluster::{ConfigError, EtcdConfig, IniFile, Mode};
 
 #[derive(Debug, Clone)]
@@ -42,6 +43,8 @@ pub struct NodeConfig {
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
     pub max_connections: usize,
+    /// `[log]`: format, level, slow request threshold.
+    pub log: LogConfig,
 }
 
 impl NodeConfig {
@@ -146,6 +149,7 @@ impl NodeConfig {
             idle_timeout: Duration::from_secs(idle.max(1)),
             request_timeout: Duration::from_secs(request_secs.max(1)),
             max_connections,
+            log: LogConfig::from_ini(ini)?,
         })
     }
 }

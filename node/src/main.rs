@@ -109,12 +109,18 @@ fn main() -> ExitCode {
         _ => a,
     });
     let cli = Cli::parse_from(args);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,may=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The node's [log] section; the tools (gen-data, import) log as text.
+    let log = match cli.command {
+        None => match cluster::logging::LogConfig::peek(&cli.config) {
+            Ok(log) => log,
+            Err(e) => {
+                eprintln!("kamaitachi-node: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Some(_) => cluster::logging::LogConfig::default(),
+    };
+    log.install("may=warn");
     let result = match cli.command {
         Some(Command::GenData {
             db,
@@ -272,6 +278,7 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
         writer: writer.clone(),
         log_retain: cfg.log_retain,
         db_path: cfg.db_path.clone(),
+        slow: Duration::from_millis(cfg.log.slow_ms),
     });
 
     let addr = format!("{}:{}", cfg.bind, cfg.port);

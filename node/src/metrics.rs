@@ -41,7 +41,7 @@ const ROUTES: [RouteLabel; 11] = [
 ];
 
 impl RouteLabel {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             RouteLabel::Snapshot => "snapshot",
             RouteLabel::Period => "period",
