@@ -11,6 +11,7 @@
 //! and exits.
 
 mod api;
+mod backup;
 mod cache;
 mod catalog;
 mod config;
@@ -100,6 +101,35 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Take a consistent online backup of a running node (its database and
+    /// data version), streamed to FILE with a manifest FILE.json.
+    Backup {
+        /// Base URL of the node, e.g. http://localhost:8080.
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// Backup file to write.
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// File holding the node's admin token.
+        #[arg(long, value_name = "PATH")]
+        token_file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check a backup (CRC-32, SQLite's quick check, data version) and
+    /// install it as a node's database (stop the node first).
+    Restore {
+        /// Backup file (with its FILE.json manifest).
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// Database file to write.
+        #[arg(long, value_name = "PATH")]
+        db: PathBuf,
+        /// Replace PATH if it exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -139,6 +169,32 @@ fn main() -> ExitCode {
             db,
             strict,
             force,
+        }),
+        Some(Command::Backup {
+            from,
+            to,
+            token_file,
+            force,
+        }) => backup::backup(&from, &token_file, &to, force).map(|m| {
+            eprintln!(
+                "backup: {} -> {} ({} bytes, data version {} of dataset {}, CRC-32 {:08x}); manifest {}",
+                from,
+                to.display(),
+                m.bytes,
+                m.data_version,
+                m.dataset_id,
+                m.crc32,
+                backup::manifest_path(&to).display()
+            )
+        }),
+        Some(Command::Restore { from, db, force }) => backup::restore(&from, &db, force).map(|m| {
+            eprintln!(
+                "restore: {} -> {} (data version {} of dataset {}, checked)",
+                from.display(),
+                db.display(),
+                m.data_version,
+                m.dataset_id
+            )
         }),
         None => run(&cli.config),
     };
