@@ -117,4 +117,24 @@ if [ -x "$BENCH" ]; then
   echo
   echo "kamaitachi-bench --requests 5000 --concurrency 100 --target http://localhost:$GATEWAY_PORT/data"
   "$BENCH" --requests 5000 --concurrency 100 --target "http://localhost:$GATEWAY_PORT/data"
+
+  # HTML reports: the same kamaitachi-bench run against each target, one
+  # page each, and a page comparing them (bench/reports/, REPORTS=dir).
+  REPORTS=${REPORTS:-bench/reports}
+  mkdir -p "$REPORTS"
+  jsons=()
+  for t in $TARGETS; do
+    case $t in
+      direct) url="http://127.0.0.1:$MASTER_PORT" ;;
+      gateway) url="http://127.0.0.1:$GATEWAY_PORT/data" ;;
+      pingora) url="http://127.0.0.1:${PINGORA_PORT:-}/data" ;;
+      nginx) url="http://127.0.0.1:$NGINX_PORT/data" ;;
+    esac
+    "$BENCH" --requests 20000 --concurrency "$CONNS" --repeat 1000 --target "$url" --json \
+      --html "$REPORTS/$t.html" >"$REPORTS/$t.json"
+    jsons+=("$REPORTS/$t.json")
+  done
+  "$BENCH" --compare-json "$(IFS=,; echo "${jsons[*]}")" --html "$REPORTS/compare.html"
+  echo
+  echo "HTML reports: $REPORTS/{$(echo "$TARGETS" | tr ' ' ',')}.html, comparison: $REPORTS/compare.html"
 fi

@@ -6,6 +6,7 @@
 //! latency and the replication delay of each follower.
 
 mod follow;
+mod html;
 mod ingest;
 mod report;
 mod runner;
@@ -140,6 +141,18 @@ struct Args {
     /// (comma-separated or repeated), e.g. http://localhost:8081.
     #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
     follow: Vec<String>,
+
+    /// Also write a self-contained HTML report of the run (throughput over
+    /// time, latency percentile curve, errors, settings); with
+    /// --compare-json, the comparison page.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+
+    /// Send nothing: read these --json summaries of earlier runs
+    /// (comma-separated; the file name is the label) and write their
+    /// comparison to --html.
+    #[arg(long, value_name = "FILE[,FILE...]", value_delimiter = ',')]
+    compare_json: Vec<PathBuf>,
 }
 
 /// The original tool's Go flags (`-requests 5000`, `-concurrent=50`, …)
@@ -199,6 +212,9 @@ fn ingest_args(args: &Args) -> Result<Option<IngestArgs>, String> {
     if args.repeat.is_some() {
         return Err("--repeat does not apply to --scenario ingest (every batch is fresh)".into());
     }
+    if args.html.is_some() {
+        return Err("--html applies to the read scenarios (ingest prints its report)".into());
+    }
     let batch = args.batch.unwrap_or(DEFAULT_BATCH);
     let most = ingest::max_batch(args.subjects);
     if batch > most {
@@ -230,6 +246,12 @@ fn ingest_args(args: &Args) -> Result<Option<IngestArgs>, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse_from(std::env::args().map(go_flag));
+    if !args.compare_json.is_empty() {
+        return match compare(&args.compare_json, args.html.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(2, &format!("{e:#}")),
+        };
+    }
     let target = match base_url("--target", &args.target) {
         Ok(t) => t,
         Err(e) => return fail(2, &e),
@@ -299,12 +321,33 @@ async fn bench(args: Args, choice: Choice, target: String) -> Result<ExitCode> {
         elapsed,
         hit_rates: HitRates { before, after },
     };
+    let json = summary.to_json();
     if args.json {
-        println!("{}", summary.to_json());
+        println!("{json}");
     } else {
         print!("{}", summary.to_table());
     }
+    if let Some(path) = &args.html {
+        std::fs::write(path, html::run_page(&json)).with_context(|| format!("--html {}", path.display()))?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--compare-json a.json,b.json --html FILE`.
+fn compare(files: &[PathBuf], out: Option<&std::path::Path>) -> Result<()> {
+    let out = out.context("--compare-json needs --html FILE to write the comparison to")?;
+    let mut runs = Vec::with_capacity(files.len());
+    for f in files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("--compare-json {}", f.display()))?;
+        let summary: serde_json::Value = serde_json::from_str(text.trim())
+            .with_context(|| format!("--compare-json {}: not a --json summary", f.display()))?;
+        let label = f
+            .file_stem()
+            .map_or_else(|| f.display().to_string(), |s| s.to_string_lossy().into_owned());
+        runs.push((label, summary));
+    }
+    std::fs::write(out, html::compare_page(&runs)).with_context(|| format!("--html {}", out.display()))?;
+    Ok(())
 }
 
 /// An ingest run: checks that the target and the followers answer, starts

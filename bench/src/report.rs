@@ -61,7 +61,14 @@ pub struct Tally {
     pub latency: Histogram<u64>,
     pub ok: u64,
     pub errors: BTreeMap<ErrorKind, u64>,
+    /// Answers (ok, errors) per [`TIMELINE_STEP`] since the run started.
+    pub timeline: Vec<[u64; 2]>,
 }
+
+/// Width of one step of [`Tally::timeline`].
+pub const TIMELINE_STEP: Duration = Duration::from_millis(100);
+/// Most timeline steps kept (a day); later answers count in the last step.
+const MAX_TIMELINE_STEPS: usize = 24 * 3600 * 10;
 
 /// An empty histogram of microseconds: 3 significant digits from 1 us to
 /// an hour.
@@ -84,7 +91,20 @@ impl Tally {
             latency: histogram(),
             ok: 0,
             errors: BTreeMap::new(),
+            timeline: Vec::new(),
         }
+    }
+
+    /// Counts one request that ended `at` after the run started.
+    pub fn record_at(&mut self, outcome: Outcome, at: Duration) {
+        let step = usize::try_from(at.as_millis() / TIMELINE_STEP.as_millis())
+            .unwrap_or(usize::MAX)
+            .min(MAX_TIMELINE_STEPS - 1);
+        if self.timeline.len() <= step {
+            self.timeline.resize(step + 1, [0, 0]);
+        }
+        self.timeline[step][usize::from(outcome.is_err())] += 1;
+        self.record(outcome);
     }
 
     /// Counts one request.
@@ -105,6 +125,13 @@ impl Tally {
         self.ok += other.ok;
         for (kind, n) in &other.errors {
             *self.errors.entry(*kind).or_default() += n;
+        }
+        if self.timeline.len() < other.timeline.len() {
+            self.timeline.resize(other.timeline.len(), [0, 0]);
+        }
+        for (mine, theirs) in self.timeline.iter_mut().zip(&other.timeline) {
+            mine[0] += theirs[0];
+            mine[1] += theirs[1];
         }
     }
 
@@ -158,6 +185,22 @@ impl Latency {
             mean: h.mean() / 1000.0,
         })
     }
+}
+
+/// The latency percentile curve, HdrHistogram style: `[percentile, ms]`
+/// points from 0 to the maximum, denser towards the tail.
+pub fn latency_curve(h: &Histogram<u64>) -> Vec<[f64; 2]> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut points = Vec::new();
+    for q in [
+        0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 0.995, 0.999,
+        0.9995, 0.9999, 1.0,
+    ] {
+        points.push([q * 100.0, h.value_at_quantile(q) as f64 / 1000.0]);
+    }
+    points
 }
 
 /// Settings echoed in the report.
@@ -250,6 +293,12 @@ impl Summary {
             "elapsed_s": self.elapsed.as_secs_f64(),
             "qps": self.qps(),
             "latency_ms": latency_json(&t.latency),
+            "latency_curve_ms": latency_curve(&t.latency),
+            "timeline": {
+                "step_ms": TIMELINE_STEP.as_millis() as u64,
+                "ok": t.timeline.iter().map(|s| s[0]).collect::<Vec<_>>(),
+                "errors": t.timeline.iter().map(|s| s[1]).collect::<Vec<_>>(),
+            },
             "hit_rate": {
                 "before": side(&self.hit_rates.before),
                 "after": side(&self.hit_rates.after),

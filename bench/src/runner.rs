@@ -109,7 +109,7 @@ pub async fn run(plan: Plan, progress: ProgressBar) -> Result<(Tally, Duration)>
     let deadline = plan.duration.map(|d| start + d);
     let tallies = fan_out(plan.concurrency, plan.timeout, |client| {
         let (plan, urls, next, progress) = (plan.clone(), urls.clone(), next.clone(), progress.clone());
-        async move { worker(client, &plan, &urls, &next, deadline, &progress).await }
+        async move { worker(client, &plan, &urls, &next, start, deadline, &progress).await }
     })
     .await?;
     let mut tally = Tally::new();
@@ -127,6 +127,7 @@ async fn worker(
     plan: &Plan,
     urls: &Urls,
     next: &AtomicU64,
+    start: Instant,
     deadline: Option<Instant>,
     progress: &ProgressBar,
 ) -> Tally {
@@ -134,7 +135,7 @@ async fn worker(
     while let Some(i) = claim(next, plan.requests, deadline) {
         let req = plan.bodies.get(i);
         let outcome = send(&client, urls.of(req.scenario), req.body, plan.timeout).await;
-        tally.record(outcome);
+        tally.record_at(outcome, start.elapsed());
         progress.inc(1);
     }
     tally

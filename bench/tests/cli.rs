@@ -502,6 +502,70 @@ fn the_original_tools_flags_are_understood() {
 }
 
 #[test]
+fn html_reports_of_a_run_and_of_a_comparison() {
+    let server = Server::start(true);
+    let target = server.target();
+    let dir = std::env::temp_dir().join(format!("kmt-bench-html-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut jsons = Vec::new();
+    for name in ["direct", "gateway"] {
+        let html = dir.join(format!("{name}.html"));
+        let out = bench(&[
+            "--target",
+            &target,
+            "--requests",
+            "60",
+            "--concurrency",
+            "2",
+            "--json",
+            "--html",
+            html.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let page = std::fs::read_to_string(&html).expect("report written");
+        assert!(
+            page.starts_with("<!doctype html>") && !page.contains("<script"),
+            "self-contained"
+        );
+        assert_eq!(page.matches("<svg").count(), 2, "throughput and latency charts");
+        let v: Value = serde_json::from_str(text(&out.stdout).trim()).expect("JSON");
+        let failed = v["errors_total"].as_u64().expect("errors");
+        assert!(failed > 0, "the test server fails some requests");
+        assert!(page.contains("HTTP 500"), "errors are listed");
+        let timeline: u64 = v["timeline"]["ok"]
+            .as_array()
+            .expect("timeline")
+            .iter()
+            .chain(v["timeline"]["errors"].as_array().expect("timeline"))
+            .map(|n| n.as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(timeline, 60, "every answer is on the timeline");
+        assert!(v["latency_curve_ms"].as_array().is_some_and(|c| c.len() > 10));
+        let json = dir.join(format!("{name}.json"));
+        std::fs::write(&json, text(&out.stdout)).unwrap();
+        jsons.push(json.to_str().unwrap().to_string());
+    }
+    let compare = dir.join("compare.html");
+    let out = bench(&[
+        "--compare-json",
+        &jsons.join(","),
+        "--html",
+        compare.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let page = std::fs::read_to_string(&compare).unwrap();
+    assert!(
+        page.contains(">direct<") && page.contains(">gateway<"),
+        "both runs"
+    );
+    assert_eq!(page.matches("<polyline").count(), 4, "two curves in each chart");
+    let out = bench(&["--compare-json", &jsons[0]]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--html"), "{}", text(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn duration_run_is_bounded_and_counted() {
     let server = Server::start(false);
     let target = server.target();
