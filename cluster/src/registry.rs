@@ -292,6 +292,8 @@ impl RegisterTask {
         self.registered.store(true, Ordering::Release);
         backoff.reset();
         tracing::info!(
+            key = %self.key,
+            lease,
             "registered {} in etcd (lease {lease:x}, ttl {}s)",
             self.key,
             self.cfg.ttl

@@ -169,6 +169,7 @@ impl Api {
                 Ok::<_, StoreError>((written, seq))
             })
             .map_err(|e| ApiError::Unavailable(e.to_string()))??;
+        tracing::debug!(request_id = %request_id(req), seq, written, "write committed");
         Ok(ok_json(&serde_json::json!({"written": written, "seq": seq})))
     }
 

@@ -136,7 +136,7 @@ impl Follower {
             let step = match self.pull(&poll, &master) {
                 Ok(Pull::Changes { master_seq, changes }) => self.apply(master_seq, changes),
                 Ok(Pull::NeedImage(why)) => {
-                    tracing::info!("replication: copying the database from {master} ({why})");
+                    tracing::info!(master = %master, "replication: copying the database from {master} ({why})");
                     self.full_sync(&master)
                 }
                 Err(e) => Err(e),
@@ -149,7 +149,7 @@ impl Follower {
                 Err(e) => {
                     let msg = e.to_string();
                     if msg != last_error {
-                        tracing::warn!("replication from {master}: {msg}; retrying");
+                        tracing::warn!(master = %master, "replication from {master}: {msg}; retrying");
                         last_error = msg;
                     }
                     std::thread::sleep(backoff);
@@ -220,7 +220,10 @@ impl Follower {
             .master_seq
             .store(master_seq.max(self.state.applied()), Ordering::Release);
         if self.state.applied() >= master_seq && !self.state.is_ready() {
-            tracing::info!("replication: caught up with the master at {master_seq}; ready");
+            tracing::info!(
+                seq = master_seq,
+                "replication: caught up with the master at {master_seq}; ready"
+            );
             self.state.ready.store(true, Ordering::Release);
         }
         Ok(())
