@@ -294,6 +294,15 @@ impl IniFile {
         }
     }
 
+    /// Sets `[section] key = value`, as if the file said so (command-line
+    /// overrides).
+    pub fn set(&mut self, section: &str, key: &str, value: &str) {
+        self.sections
+            .entry(section.to_string())
+            .or_default()
+            .insert(key.to_string(), Some(value.to_string()));
+    }
+
     /// The keys of `[section]` that have a value, in no particular order.
     pub fn keys(&self, section: &str) -> Vec<&str> {
         self.sections

@@ -48,11 +48,6 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let ini = IniFile::load(path)?;
-        Self::from_ini(&ini)
-    }
-
     pub fn from_ini(ini: &IniFile) -> Result<Self, ConfigError> {
         let mode = ini.mode()?;
         if mode == Mode::Gateway {

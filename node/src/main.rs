@@ -58,11 +58,61 @@ const COROUTINE_STACK_WORDS: usize = 0x8000;
 #[command(name = "kamaitachi-node", version, about = "Kamaitachi data node")]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
-    /// Config file (INI). `-config FILE` is accepted too.
-    #[arg(long, default_value = "conf/master.ini")]
-    config: PathBuf,
+    /// Config file (INI) [default: conf/master.ini]. `-config FILE` is
+    /// accepted too.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The original server's flags (`-db`, `-port`, `-cache`, `-debug`),
+    /// over the config: [database] path.
+    #[arg(long, value_name = "PATH")]
+    db: Option<PathBuf>,
+    /// Over [server] port.
+    #[arg(long, value_name = "PORT")]
+    port: Option<u16>,
+    /// Over [cache] max_bytes.
+    #[arg(long, value_name = "BYTES")]
+    cache: Option<u64>,
+    /// [log] level = debug.
+    #[arg(long)]
+    debug: bool,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// The config file a node runs without `--config`.
+const DEFAULT_CONFIG: &str = "conf/master.ini";
+
+/// What a node runs with when given only the original server's flags and
+/// there is no conf/master.ini: a master, as the original's server was.
+const FLAGS_ONLY_CONFIG: &str = "[server]\nport = 8080\nmode = master\n[cache]\nmax_bytes = 2147483648\n";
+
+impl Cli {
+    /// The node's config: the file, with the original server's flags over
+    /// it. Without `--config` and without conf/master.ini, the flags alone
+    /// (if any) describe a master.
+    fn node_ini(&self) -> Result<cluster::IniFile, cluster::ConfigError> {
+        let overrides = self.db.is_some() || self.port.is_some() || self.cache.is_some() || self.debug;
+        let mut ini = match &self.config {
+            Some(path) => cluster::IniFile::load(path)?,
+            None if overrides && !Path::new(DEFAULT_CONFIG).exists() => {
+                cluster::IniFile::parse("(command line)", FLAGS_ONLY_CONFIG)?
+            }
+            None => cluster::IniFile::load(DEFAULT_CONFIG)?,
+        };
+        if let Some(db) = &self.db {
+            ini.set("database", "path", &db.display().to_string());
+        }
+        if let Some(port) = self.port {
+            ini.set("server", "port", &port.to_string());
+        }
+        if let Some(bytes) = self.cache {
+            ini.set("cache", "max_bytes", &bytes.to_string());
+        }
+        if self.debug {
+            ini.set("log", "level", "debug");
+        }
+        Ok(ini)
+    }
 }
 
 #[derive(Subcommand)]
@@ -133,24 +183,34 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // The guide spells flags with one dash (`-config FILE`).
+    // The guide and the original server spell flags with one dash
+    // (`-config FILE`, `-db PATH -port 9000 -debug`).
     let args = std::env::args().map(|a| match a.as_str() {
-        "-config" => "--config".to_string(),
+        "-config" | "-db" | "-port" | "-cache" | "-debug" => format!("-{a}"),
         _ => a,
     });
     let cli = Cli::parse_from(args);
-    // The node's [log] section; the tools (gen-data, import) log as text.
-    let log = match cli.command {
-        None => match cluster::logging::LogConfig::peek(&cli.config) {
-            Ok(log) => log,
+    // The node's config, [log] first; the tools (gen-data, import, …) log
+    // as text.
+    let ini = match cli.command {
+        None => match cli.node_ini().and_then(|ini| {
+            let log = cluster::logging::LogConfig::from_ini(&ini)?;
+            Ok((ini, log))
+        }) {
+            Ok((ini, log)) => {
+                log.install("may=warn");
+                Some(ini)
+            }
             Err(e) => {
                 eprintln!("kamaitachi-node: {e}");
                 return ExitCode::from(2);
             }
         },
-        Some(_) => cluster::logging::LogConfig::default(),
+        Some(_) => {
+            cluster::logging::LogConfig::default().install("may=warn");
+            None
+        }
     };
-    log.install("may=warn");
     let result = match cli.command {
         Some(Command::GenData {
             db,
@@ -196,7 +256,10 @@ fn main() -> ExitCode {
                 m.dataset_id
             )
         }),
-        None => run(&cli.config),
+        None => match &ini {
+            Some(ini) => run(ini),
+            None => Err(anyhow!("no config")),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -237,8 +300,8 @@ fn import_db(opts: import::ImportOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(config_path: &Path) -> anyhow::Result<()> {
-    let cfg = NodeConfig::load(config_path)?;
+fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
+    let cfg = NodeConfig::from_ini(ini)?;
     // Default: half the cores; the other half is for the SQLite and compute
     // threads (and, on a shared box, the neighbours).
     let workers = match cfg.workers {
@@ -269,6 +332,15 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
             "config file {}: {key} ignored (the original's MySQL setting; data lives in SQLite at [database] path)",
             cfg.file.display()
         );
+    }
+    if store::is_kamaitachigo_database(&cfg.db_path) {
+        return Err(anyhow!(
+            "config file {}: [database] path {} is a KamaitachiGo database (table finance_data); \
+             import it first: kamaitachi-node import --from {} --db NEW.db, then use NEW.db",
+            cfg.file.display(),
+            cfg.db_path.display(),
+            cfg.db_path.display()
+        ));
     }
     if cfg.db_path_defaulted {
         tracing::info!(

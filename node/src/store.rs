@@ -88,6 +88,31 @@ pub enum StoreError {
     BadImage(String),
 }
 
+/// Whether `path` is a KamaitachiGo database (its `finance_data` table, none
+/// of ours): opening it for writing would add this schema to the
+/// original's file, so the node refuses it and points at `import`.
+pub fn is_kamaitachigo_database(path: &Path) -> bool {
+    if !path.exists() {
+        return false;
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let Ok(conn) = Connection::open_with_flags(path, flags) else {
+        return false;
+    };
+    let has = |table: &str| -> bool {
+        conn.query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()
+        .ok()
+        .flatten()
+        .is_some()
+    };
+    has("finance_data") && !has("report_values")
+}
+
 /// Identity and version of the data a database holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataVersion {

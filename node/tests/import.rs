@@ -300,6 +300,55 @@ fn go_database_imports_and_answers_like_sql_on_the_old_file() {
     let node = start_node(&NodeOpts::new(&new));
     let ids = IDS.join(",");
 
+    // The original server's command line (`server.exe -db X -port N
+    // -cache B -debug`) runs a master; pointed at the old file it refuses,
+    // naming import, and leaves the old file as it was.
+    let port = free_port();
+    let old_schema = |p: &Path| -> i64 {
+        Connection::open(p)
+            .unwrap()
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = old_schema(&old);
+    let out = Command::new(BIN)
+        .args(["-db", old.to_str().unwrap(), "-port", &port.to_string()])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("KamaitachiGo database") && err.contains("kamaitachi-node import"),
+        "{err}"
+    );
+    assert_eq!(old_schema(&old), before, "the old file is not touched");
+    let mut flags_only = Command::new(BIN)
+        .args([
+            "-db",
+            new.to_str().unwrap(),
+            "-port",
+            &port.to_string(),
+            "-cache",
+            "1000000",
+            "-debug",
+        ])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = cluster::testkit::eventually(std::time::Duration::from_secs(20), || {
+        try_request(port, "GET", "/health", b"", &[]).is_ok_and(|r| r.status == 200)
+    });
+    let stats = try_request(port, "GET", STATS, b"", &[]);
+    let _ = flags_only.kill();
+    let _ = flags_only.wait();
+    assert!(up, "a node from the original's flags alone did not start");
+    let stats = stats.unwrap().json();
+    assert_eq!(stats["data"]["cache"]["max_bytes"], 1_000_000, "{stats}");
+    assert_eq!(stats["data"]["stock_count"], STOCKS, "{stats}");
+
     // Snapshot of every subject (latest report), through the API.
     let subjects: Vec<&String> = expected.keys().collect();
     for chunk in subjects.chunks(25) {
