@@ -53,6 +53,8 @@ pub struct Api {
     pub log_retain: u64,
     /// The database file (images are staged next to it).
     pub db_path: PathBuf,
+    /// The background warm-up, when `[cache] preload = all`.
+    pub preloader: Option<Arc<crate::preload::Preloader>>,
 }
 
 /// Longest a change-feed request may wait for a change.
@@ -281,6 +283,9 @@ impl Api {
             "master_seq": self.state.master_seq.load(Ordering::Acquire),
             "lag": self.state.lag(),
         });
+        if let Some(p) = &self.preloader {
+            body["preload"] = p.json();
+        }
         if !ready {
             body["reason"] = match self.identity.mode {
                 Mode::Slave => "not yet synced with the master".into(),
@@ -318,6 +323,7 @@ impl Api {
             self.state.applied(),
             self.state.master_seq.load(Ordering::Acquire),
             self.state.lag(),
+            self.engine.store_loads(),
         );
         Response {
             status: 200,

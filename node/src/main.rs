@@ -11,6 +11,7 @@
 //! and exits.
 
 mod api;
+mod blob;
 mod cache;
 mod catalog;
 mod config;
@@ -21,6 +22,7 @@ mod gendata;
 mod http;
 mod metrics;
 mod pool;
+mod preload;
 mod query;
 mod replication;
 mod request;
@@ -190,6 +192,7 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
     state.dataset_id.store(version.dataset_id, Ordering::Release);
     state.total_records.store(total_records as i64, Ordering::Release);
     let engine = Arc::new(query::QueryEngine::new(catalog, cache.clone(), readers, compute));
+    let preloader = cfg.preload.then(|| preload::Preloader::new(engine.clone()));
     let api = Arc::new(Api {
         engine: engine.clone(),
         identity: NodeIdentity {
@@ -202,6 +205,7 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
         writer: writer.clone(),
         log_retain: cfg.log_retain,
         db_path: cfg.db_path.clone(),
+        preloader: preloader.clone(),
     });
 
     let addr = format!("{}:{}", cfg.bind, cfg.port);
@@ -227,6 +231,7 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
             locator,
             token: admin_token,
             db_path: cfg.db_path.clone(),
+            preloader: preloader.clone(),
         }
         .spawn()
         .context("cannot start the replication thread")?;
@@ -282,6 +287,9 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
         state.applied(),
         cfg.max_bytes
     );
+    if let Some(p) = &preloader {
+        p.start("at start");
+    }
     let server = may::go!(move || http::serve(listener, api, limits));
     server
         .join()

@@ -7,6 +7,8 @@
 //! and the new data version, then fsync'd (WAL, `synchronous=FULL`) before
 //! the reply. A slave applies the same batch, from the master's change log,
 //! with the same code, in one transaction with its new applied sequence.
+//! In that same transaction the `subject_blob` row of every touched subject
+//! is rebuilt from the normalized rows (`blob.rs`).
 //!
 //! Semantics (decided here, written in the README): a row is keyed by
 //! (subject, report_date); its report fields are replaced, and its values
@@ -21,6 +23,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::blob;
 use crate::catalog::Catalog;
 use crate::dates;
 use crate::error::ApiError;
@@ -416,6 +419,10 @@ pub fn apply(tx: &Transaction<'_>, batch: &mut Batch, assign_ids: bool) -> Resul
             applied.records_delta -= 1;
             applied.touched.insert(key.subject.clone());
         }
+    }
+    // The compact form follows the normalized rows, in this transaction.
+    for subject in &applied.touched {
+        blob::rebuild_subject(tx, subject)?;
     }
     Ok(applied)
 }
