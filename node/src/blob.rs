@@ -29,6 +29,10 @@
 //! strings: u32 length + UTF-8 bytes
 //! ```
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
 use rusqlite::{params, Connection};
 
 use crate::dates;
@@ -125,6 +129,76 @@ pub enum DecodeError {
     Malformed,
 }
 
+/// Shares the text of dates and labels among the reports one reader thread
+/// decodes: most reports of most subjects have the same period ends, years
+/// and periods, so a decoded report costs one allocation (its values)
+/// rather than five, and a day is formatted once.
+pub struct Interner {
+    /// Day number → its `YYYY-MM-DD` and its year.
+    days: HashMap<i64, (Arc<str>, Arc<str>), BuildHasherDefault<DayHasher>>,
+    text: HashMap<Box<str>, Arc<str>>,
+    quarters: [Arc<str>; 4],
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        Interner {
+            days: HashMap::default(),
+            text: HashMap::new(),
+            quarters: ["Q1", "Q2", "Q3", "Q4"].map(Arc::from),
+        }
+    }
+}
+
+/// A multiplicative hash for day numbers (the keys are small integers the
+/// data chooses, not an attacker: SipHash's cost buys nothing here).
+#[derive(Default)]
+struct DayHasher(u64);
+
+impl Hasher for DayHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_i64(&mut self, n: i64) {
+        self.0 = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// Entries past which an interner starts over (bounds its memory whatever
+/// the data holds).
+const INTERNER_MAX: usize = 100_000;
+
+impl Interner {
+    /// The text of day `days` and its year.
+    fn day(&mut self, days: i64) -> &(Arc<str>, Arc<str>) {
+        if self.days.len() >= INTERNER_MAX && !self.days.contains_key(&days) {
+            self.days.clear();
+        }
+        self.days.entry(days).or_insert_with(|| {
+            let text = dates::format_days(days);
+            let year = Arc::from(text.get(..4).unwrap_or(""));
+            (Arc::from(text), year)
+        })
+    }
+
+    fn text(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.text.get(s) {
+            return a.clone();
+        }
+        if self.text.len() >= INTERNER_MAX {
+            self.text.clear();
+        }
+        let a: Arc<str> = s.into();
+        self.text.insert(s.into(), a.clone());
+        a
+    }
+}
+
 struct Reader<'a> {
     b: &'a [u8],
 }
@@ -141,10 +215,10 @@ impl<'a> Reader<'a> {
     fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         self.take(N)?.try_into().map_err(|_| DecodeError::Malformed)
     }
-    fn str(&mut self) -> Result<Box<str>, DecodeError> {
+    fn str(&mut self, interner: &mut Interner) -> Result<Arc<str>, DecodeError> {
         let n = u32::from_le_bytes(self.array()?) as usize;
         std::str::from_utf8(self.take(n)?)
-            .map(Box::from)
+            .map(|s| interner.text(s))
             .map_err(|_| DecodeError::Malformed)
     }
 }
@@ -152,7 +226,7 @@ impl<'a> Reader<'a> {
 /// Unpacks a blob into a series whose value rows are `width` wide
 /// (indicator ids at or past `width` are ignored, as in the normalized
 /// read).
-pub fn decode(blob: &[u8], width: usize) -> Result<Series, DecodeError> {
+pub fn decode(blob: &[u8], width: usize, interner: &mut Interner) -> Result<Series, DecodeError> {
     let mut rd = Reader { b: blob };
     let [format] = rd.array()?;
     if format != FORMAT {
@@ -167,25 +241,32 @@ pub fn decode(blob: &[u8], width: usize) -> Result<Series, DecodeError> {
     for _ in 0..n {
         let report_date = i64::from_le_bytes(rd.array()?);
         let [flags] = rd.array()?;
-        let end_date: Box<str> = if flags & END_DERIVED != 0 {
-            dates::format_days(report_date.div_euclid(86_400)).into()
+        let (end_date, year) = if flags & END_DERIVED != 0 {
+            let (end, year) = interner.day(report_date.div_euclid(86_400));
+            let (end, year) = (end.clone(), year.clone());
+            if flags & YEAR_DERIVED != 0 {
+                (end, year)
+            } else {
+                (end, rd.str(interner)?)
+            }
         } else {
-            rd.str()?
+            let end = rd.str(interner)?;
+            let year = if flags & YEAR_DERIVED != 0 {
+                interner.text(end.get(..4).ok_or(DecodeError::Malformed)?)
+            } else {
+                rd.str(interner)?
+            };
+            (end, year)
         };
-        let year: Box<str> = if flags & YEAR_DERIVED != 0 {
-            end_date.get(..4).ok_or(DecodeError::Malformed)?.into()
+        let period = if flags & PERIOD_CODED != 0 {
+            interner.quarters[usize::from((flags >> 2) & 3)].clone()
         } else {
-            rd.str()?
+            rd.str(interner)?
         };
-        let period: Box<str> = if flags & PERIOD_CODED != 0 {
-            ["Q1", "Q2", "Q3", "Q4"][usize::from((flags >> 2) & 3)].into()
+        let declare_date = if flags & DECLARE_DAYS != 0 {
+            interner.day(i64::from(i32::from_le_bytes(rd.array()?))).0.clone()
         } else {
-            rd.str()?
-        };
-        let declare_date: Box<str> = if flags & DECLARE_DAYS != 0 {
-            dates::format_days(i64::from(i32::from_le_bytes(rd.array()?))).into()
-        } else {
-            rd.str()?
+            rd.str(interner)?
         };
         let bitmap_len = u32::from_le_bytes(rd.array()?) as usize;
         let bitmap = rd.take(bitmap_len)?;
@@ -378,13 +459,13 @@ mod tests {
             .into_boxed_slice(),
         };
         let blob = encode(&s);
-        let mut back = decode(&blob, 5).unwrap();
+        let mut back = decode(&blob, 5, &mut Interner::default()).unwrap();
         // The empty value row comes back as wide as asked, all null.
         assert!(back.reports[2].values.iter().all(|v| v.is_nan()));
         back.reports[2].values = Box::new([]);
         assert!(same(&back, &s), "{back:?}");
         // Narrower: ids past the width are dropped, like the normalized read.
-        let narrow = decode(&blob, 2).unwrap();
+        let narrow = decode(&blob, 2, &mut Interner::default()).unwrap();
         assert_eq!(narrow.reports[0].values.len(), 2);
         assert_eq!(narrow.reports[0].value(1), Some(1.5));
     }
@@ -403,14 +484,17 @@ mod tests {
             .into_boxed_slice(),
         };
         let mut blob = encode(&s);
-        assert!(decode(&blob[..blob.len() - 1], 2).is_err());
+        assert!(decode(&blob[..blob.len() - 1], 2, &mut Interner::default()).is_err());
         let mut longer = blob.clone();
         longer.push(0);
-        assert!(decode(&longer, 2).is_err());
+        assert!(decode(&longer, 2, &mut Interner::default()).is_err());
         blob[0] = FORMAT + 1;
-        assert!(matches!(decode(&blob, 2), Err(DecodeError::Format(_))));
-        assert!(decode(&[], 2).is_err());
-        assert!(decode(&[FORMAT, 255, 255, 255, 255], 2).is_err());
+        assert!(matches!(
+            decode(&blob, 2, &mut Interner::default()),
+            Err(DecodeError::Format(_))
+        ));
+        assert!(decode(&[], 2, &mut Interner::default()).is_err());
+        assert!(decode(&[FORMAT, 255, 255, 255, 255], 2, &mut Interner::default()).is_err());
     }
 
     /// Oracle: after random ingests and deletes — new indicators declared
@@ -487,7 +571,7 @@ mod tests {
                     |r| r.get(0),
                 )
                 .ok()?;
-            let series = decode(&data, width as usize).unwrap();
+            let series = decode(&data, width as usize, &mut Interner::default()).unwrap();
             let mut out = Truth::new();
             for r in series.reports.iter() {
                 let values = r

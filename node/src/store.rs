@@ -109,6 +109,8 @@ pub struct DataVersion {
 /// One SQLite connection and the queries the node asks of it.
 pub struct Store {
     conn: Connection,
+    /// Text shared among the series this connection decodes.
+    interner: blob::Interner,
 }
 
 impl Store {
@@ -122,7 +124,10 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
-        let mut store = Store { conn };
+        let mut store = Store {
+            conn,
+            interner: blob::Interner::default(),
+        };
         store.sync_blobs()?;
         Ok(store)
     }
@@ -157,7 +162,10 @@ impl Store {
         })?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "cache_size", -16384)?;
-        let store = Store { conn };
+        let store = Store {
+            conn,
+            interner: blob::Interner::default(),
+        };
         let has_schema: Option<i64> = store
             .conn
             .query_row(
@@ -240,7 +248,7 @@ impl Store {
     /// indicator id. One indexed read of its `subject_blob`; the normalized
     /// rows when there is no usable blob (an older database being upgraded,
     /// a format this build does not know).
-    pub fn load_series(&self, subject: &str, width: usize) -> Result<Series, StoreError> {
+    pub fn load_series(&mut self, subject: &str, width: usize) -> Result<Series, StoreError> {
         match self.load_blob(subject, width) {
             Ok(Some(series)) => return Ok(series),
             Ok(None) => {}
@@ -250,7 +258,7 @@ impl Store {
     }
 
     /// The series of `subject` decoded from its blob, if it has one.
-    pub fn load_blob(&self, subject: &str, width: usize) -> Result<Option<Series>, StoreError> {
+    pub fn load_blob(&mut self, subject: &str, width: usize) -> Result<Option<Series>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT data FROM subject_blob WHERE subject = ?1")?;
@@ -259,7 +267,7 @@ impl Store {
             return Ok(None);
         };
         let data = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
-        blob::decode(data, width)
+        blob::decode(data, width, &mut self.interner)
             .map(Some)
             .map_err(|e| StoreError::BadImage(format!("{subject}: {e}")))
     }
