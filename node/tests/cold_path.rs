@@ -230,3 +230,34 @@ fn preload_stops_when_the_cache_is_full_and_never_exceeds_max_bytes() {
     assert!(store_loads(&node) < SUBJECTS as u64, "{}", store_loads(&node));
     assert!(node.log_text().contains("cache full"), "{}", node.log_text());
 }
+
+#[test]
+fn preload_runs_again_after_a_full_sync() {
+    let master = start_node(&NodeOpts::new(sample_db()));
+    let slave_db = temp_dir("preload-slave").join("slave.db");
+    let slave = start_node(&NodeOpts {
+        mode: "slave",
+        extra: format!(
+            "[replication]\nmaster = localhost:{}\n[cache]\npreload = all\n",
+            master.port
+        ),
+        ..NodeOpts::new(&slave_db)
+    });
+    // The empty slave copied the master's database, then warmed up from it.
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            slave.log_text().contains("preload (after a full sync): done")
+        }),
+        "{}",
+        slave.log_text()
+    );
+    let h = health(&slave);
+    assert_eq!(h["preload"]["state"], "done", "{h}");
+    assert_eq!(h["preload"]["loaded"], SUBJECTS, "{h}");
+    assert_eq!(slave.stats()["cache"]["entries"], SUBJECTS);
+    // The copy carried the compact form: the slave's blobs are the master's.
+    assert_eq!(
+        cluster::testkit::db_fingerprint(&slave_db),
+        cluster::testkit::db_fingerprint(sample_db())
+    );
+}
