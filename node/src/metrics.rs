@@ -2,7 +2,9 @@
 //!
 //! Counters on the request path are resolved once at start (one per route
 //! and status), so counting a request is a single atomic add; gauges that
-//! mirror the cache and the data version are set when `/metrics` is scraped.
+//! mirror the cache and the data version are set when `/metrics` is scraped,
+//! and so is `kamaitachi_store_loads_total`, a counter brought up to the
+//! query engine's own count of series read from SQLite.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,

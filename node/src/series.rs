@@ -32,8 +32,12 @@ impl Report {
         self.values.get(id).copied().filter(|v| !v.is_nan())
     }
 
+    /// Counted as if no text were shared (each `Arc<str>` with its two
+    /// counters): an upper bound, whether the series came from a blob
+    /// (shared text) or from the normalized rows or a dump (its own).
     fn heap_bytes(&self) -> usize {
-        self.end_date.len()
+        4 * 2 * std::mem::size_of::<usize>()
+            + self.end_date.len()
             + self.year.len()
             + self.period.len()
             + self.declare_date.len()
