@@ -726,6 +726,22 @@ mod tests {
             };
             assert_eq!(blobs(&mut master), blobs(&mut slave));
 
+            // A full sync from an image made by an older master (no blob
+            // table): the restoring writer builds the blobs.
+            let old_image = temp_db("old-image");
+            master.image_to(&old_image).unwrap();
+            {
+                let old = Connection::open(&old_image).unwrap();
+                old.execute_batch(
+                    "DROP TABLE subject_blob; DELETE FROM meta WHERE key = 'subject_blob_version';",
+                )
+                .unwrap();
+            }
+            let mut restored = Store::open_rw(&temp_db("restored")).unwrap();
+            restored.restore_from(&old_image).unwrap();
+            check_all(&mut restored, "after restoring an older image");
+            assert_eq!(blobs(&mut restored), blobs(&mut master));
+
             // Reopening an in-sync database rebuilds nothing.
             drop(master);
             let mut conn = Connection::open(&master_path).unwrap();
