@@ -1,8 +1,10 @@
 //! The cold path, against real node processes: concurrent misses of one
 //! subject share one load from SQLite (`kamaitachi_store_loads_total`), a
 //! cold topic question loads each subject once and answers like a node with
-//! the cache off, and `[cache] preload = all` fills the cache in the
-//! background within `max_bytes`, with its progress in `/health`.
+//! the cache off, `[cache] preload = all` fills the cache in the
+//! background within `max_bytes` (at start and after a full sync), with its
+//! progress in `/health`, and a database from before `subject_blob` gets it
+//! built when the node opens it.
 
 mod common;
 
@@ -260,4 +262,40 @@ fn preload_runs_again_after_a_full_sync() {
         cluster::testkit::db_fingerprint(&slave_db),
         cluster::testkit::db_fingerprint(sample_db())
     );
+}
+
+#[test]
+fn a_database_from_before_subject_blob_is_upgraded_at_open_and_answers_the_same() {
+    let db = temp_dir("old-db").join("old.db");
+    std::fs::copy(sample_db(), &db).expect("copy the sample");
+    {
+        let conn = rusqlite::Connection::open(&db).expect("open the copy");
+        conn.execute_batch("DROP TABLE subject_blob; DELETE FROM meta WHERE key = 'subject_blob_version';")
+            .expect("make it an older database");
+    }
+    let node = start_node(&NodeOpts::new(&db));
+    assert!(
+        node.log_text()
+            .contains(&format!("built the compact form of {SUBJECTS} subjects")),
+        "{}",
+        node.log_text()
+    );
+    assert_eq!(
+        cluster::testkit::db_fingerprint(&db),
+        cluster::testkit::db_fingerprint(sample_db()),
+        "the upgrade built the same blobs gen-data did"
+    );
+    let reference = start_node(&NodeOpts {
+        max_bytes: 0,
+        ..NodeOpts::new(sample_db())
+    });
+    for s in all_subjects().iter().step_by(23) {
+        let body =
+            format!(r#"{{"ids":"net_profit,operating_income","subjects":"{s}","from":0,"to":2000000000}}"#);
+        assert_eq!(
+            node.post(PERIOD, &body).json(),
+            reference.post(PERIOD, &body).json(),
+            "{s}"
+        );
+    }
 }
