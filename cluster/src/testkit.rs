@@ -369,6 +369,8 @@ pub fn db_fingerprint(db: &Path) -> String {
         "SELECT topic, subject FROM topic_members ORDER BY topic, subject",
         "SELECT subject, report_date, end_date, year, period, declare_date FROM reports ORDER BY subject, report_date",
         "SELECT subject, report_date, indicator, quote(value) FROM report_values ORDER BY 1, 2, 3",
+        // The compact per-subject form (absent from older databases).
+        "SELECT subject, hex(data) FROM subject_blob ORDER BY subject",
     ] {
         let Ok(mut st) = conn.prepare(sql) else { continue };
         let n = st.column_count();

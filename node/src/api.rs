@@ -56,6 +56,8 @@ pub struct Api {
     /// Requests slower than this are logged with their request id
     /// (`[log] slow_ms`).
     pub slow: Duration,
+    /// The background warm-up, when `[cache] preload = all`.
+    pub preloader: Option<Arc<crate::preload::Preloader>>,
 }
 
 /// Longest a change-feed request may wait for a change.
@@ -285,6 +287,9 @@ impl Api {
             "master_seq": self.state.master_seq.load(Ordering::Acquire),
             "lag": self.state.lag(),
         });
+        if let Some(p) = &self.preloader {
+            body["preload"] = p.json();
+        }
         if !ready {
             body["reason"] = match self.identity.mode {
                 Mode::Slave => "not yet synced with the master".into(),
@@ -322,6 +327,7 @@ impl Api {
             self.state.applied(),
             self.state.master_seq.load(Ordering::Acquire),
             self.state.lag(),
+            self.engine.store_loads(),
         );
         Response {
             status: 200,

@@ -127,6 +127,13 @@ impl Catalog {
         self.indicators.values().map(|i| i.id + 1).max().unwrap_or(0)
     }
 
+    /// Every subject's name, sorted.
+    pub fn subject_names(&self) -> Vec<Arc<str>> {
+        let mut names: Vec<Arc<str>> = self.subjects.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     pub fn subject_count(&self) -> usize {
         self.subjects.len()
     }

@@ -31,6 +31,9 @@ pub struct NodeConfig {
     pub max_bytes: u64,
     pub snapshot_path: Option<PathBuf>,
     pub snapshot_interval: Duration,
+    /// `[cache] preload = all`: warm the cache in the background at start
+    /// and after a full sync.
+    pub preload: bool,
     pub admin_token_file: Option<PathBuf>,
     /// The registry; `None` when the file has no `[etcd]` section.
     pub etcd: Option<EtcdConfig>,
@@ -82,7 +85,9 @@ impl NodeConfig {
             .map(|k| format!("[database] {k}"))
             .collect();
         ignored_keys.sort();
-        let default_readers = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+        // Half the cores, but at least two: a big cold question is split
+        // across the readers, and one reader would serialise it.
+        let default_readers = std::thread::available_parallelism().map_or(2, |n| (n.get() / 2).max(2));
         let readers: usize = ini.get_or(
             "database",
             "readers",
@@ -100,6 +105,11 @@ impl NodeConfig {
             10,
             "minutes between cache dumps (0 = only at stop)",
         )?;
+        let preload = match ini.get_str("cache", "preload").as_deref().map(str::trim) {
+            None | Some("off") => false,
+            Some("all") => true,
+            Some(other) => return Err(ini.invalid("cache", "preload", other, "all or off")),
+        };
         let admin_token_file = ini.get_str("security", "admin_token_file").map(PathBuf::from);
         let max_body_bytes: usize = ini.get_or("limits", "max_body_bytes", 1 << 20, "a byte count")?;
         let idle: u64 = ini.get_or("limits", "idle_timeout_secs", 60, "seconds")?;
@@ -136,6 +146,7 @@ impl NodeConfig {
             max_bytes,
             snapshot_path,
             snapshot_interval: Duration::from_secs(minutes * 60),
+            preload,
             admin_token_file,
             etcd,
             master,
@@ -234,6 +245,21 @@ ttl = 10
         assert_eq!(
             (c.db_path, c.db_path_defaulted),
             (PathBuf::from("/x/y.db"), false)
+        );
+    }
+
+    #[test]
+    fn preload_is_all_or_off() {
+        let base = "[server]\nmode = master\nport = 8080\n[database]\npath = x.db\n[cache]\nmax_bytes = 1\n";
+        let parse =
+            |extra: &str| NodeConfig::from_ini(&IniFile::parse("c.ini", &format!("{base}{extra}")).unwrap());
+        assert!(!parse("").unwrap().preload);
+        assert!(parse("preload = all\n").unwrap().preload);
+        assert!(!parse("preload = off\n").unwrap().preload);
+        let msg = parse("preload = ring\n").unwrap_err().to_string();
+        assert!(
+            msg.contains("[cache] preload") && msg.contains("all or off"),
+            "{msg}"
         );
     }
 

@@ -226,6 +226,7 @@ fn build(opts: &GenOptions, path: &Path) -> anyhow::Result<()> {
     }
     tx.commit()?;
     bar.finish_and_clear();
+    crate::blob::ensure_synced(conn)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); ANALYZE;")?;
     Ok(())

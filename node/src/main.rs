@@ -12,6 +12,7 @@
 
 mod api;
 mod backup;
+mod blob;
 mod cache;
 mod catalog;
 mod config;
@@ -24,6 +25,7 @@ mod http;
 mod import;
 mod metrics;
 mod pool;
+mod preload;
 mod query;
 mod replication;
 mod request;
@@ -394,6 +396,7 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
     state.dataset_id.store(version.dataset_id, Ordering::Release);
     state.total_records.store(total_records as i64, Ordering::Release);
     let engine = Arc::new(query::QueryEngine::new(catalog, cache.clone(), readers, compute));
+    let preloader = cfg.preload.then(|| preload::Preloader::new(engine.clone()));
     let api = Arc::new(Api {
         engine: engine.clone(),
         identity: NodeIdentity {
@@ -407,6 +410,7 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
         log_retain: cfg.log_retain,
         db_path: cfg.db_path.clone(),
         slow: Duration::from_millis(cfg.log.slow_ms),
+        preloader: preloader.clone(),
     });
 
     let addr = format!("{}:{}", cfg.bind, cfg.port);
@@ -432,6 +436,7 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
             locator,
             token: admin_token,
             db_path: cfg.db_path.clone(),
+            preloader: preloader.clone(),
         }
         .spawn()
         .context("cannot start the replication thread")?;
@@ -487,6 +492,9 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
         state.applied(),
         cfg.max_bytes
     );
+    if let Some(p) = &preloader {
+        p.start("at start");
+    }
     let server = may::go!(move || http::serve(listener, api, limits));
     server
         .join()

@@ -2,7 +2,9 @@
 //!
 //! Counters on the request path are resolved once at start (one per route
 //! and status), so counting a request is a single atomic add; gauges that
-//! mirror the cache and the data version are set when `/metrics` is scraped.
+//! mirror the cache and the data version are set when `/metrics` is scraped,
+//! and so is `kamaitachi_store_loads_total`, a counter brought up to the
+//! query engine's own count of series read from SQLite.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
@@ -75,6 +77,7 @@ pub struct Metrics {
     data_version: IntGauge,
     master_seq: IntGauge,
     lag: IntGauge,
+    store_loads: IntCounter,
 }
 
 impl Metrics {
@@ -144,6 +147,14 @@ impl Metrics {
                 "kamaitachi_replication_lag",
                 "Changes the node is behind its master",
             )?,
+            store_loads: {
+                let c = IntCounter::new(
+                    "kamaitachi_store_loads_total",
+                    "Subject series read from SQLite (cold loads; concurrent misses of one subject share one)",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             registry,
             requests,
             latency,
@@ -162,7 +173,17 @@ impl Metrics {
     }
 
     /// The text exposition, with gauges brought up to date.
-    pub fn render(&self, cache: &CacheStats, data_version: u64, master_seq: u64, lag: u64) -> Vec<u8> {
+    pub fn render(
+        &self,
+        cache: &CacheStats,
+        data_version: u64,
+        master_seq: u64,
+        lag: u64,
+        store_loads: u64,
+    ) -> Vec<u8> {
+        // The engine keeps the count; the counter catches up to it.
+        self.store_loads
+            .inc_by(store_loads.saturating_sub(self.store_loads.get()));
         self.cache_entries.set(cache.entries as i64);
         self.cache_bytes.set(cache.bytes as i64);
         self.cache_max_bytes.set(cache.max_bytes as i64);

@@ -19,12 +19,14 @@ pub struct PoolGone;
 
 pub struct WorkerPool<S> {
     jobs: Sender<Job<S>>,
+    threads: usize,
 }
 
 impl<S> Clone for WorkerPool<S> {
     fn clone(&self) -> Self {
         WorkerPool {
             jobs: self.jobs.clone(),
+            threads: self.threads,
         }
     }
 }
@@ -33,6 +35,7 @@ impl<S: Send + 'static> WorkerPool<S> {
     /// One thread per state, named `{name}-{n}`.
     pub fn start(name: &str, states: Vec<S>) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::unbounded::<Job<S>>();
+        let threads = states.len();
         for (n, mut state) in states.into_iter().enumerate() {
             let rx = rx.clone();
             std::thread::Builder::new()
@@ -43,7 +46,12 @@ impl<S: Send + 'static> WorkerPool<S> {
                     }
                 })?;
         }
-        Ok(WorkerPool { jobs: tx })
+        Ok(WorkerPool { jobs: tx, threads })
+    }
+
+    /// Number of threads (jobs that can run at once).
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Runs `f` on a pool thread and waits for its result. From a coroutine
@@ -53,12 +61,23 @@ impl<S: Send + 'static> WorkerPool<S> {
         R: Send + 'static,
         F: FnOnce(&mut S) -> R + Send + 'static,
     {
+        self.submit(f)?.recv().map_err(|_| PoolGone)
+    }
+
+    /// Queues `f` and returns at once; its result arrives on the returned
+    /// may channel (so several jobs can run on several threads while the
+    /// caller waits for all of them).
+    pub fn submit<R, F>(&self, f: F) -> Result<may::sync::mpsc::Receiver<R>, PoolGone>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut S) -> R + Send + 'static,
+    {
         let (tx, rx) = may::sync::mpsc::channel();
         let job: Job<S> = Box::new(move |state| {
             let _ = tx.send(f(state));
         });
         self.jobs.send(job).map_err(|_| PoolGone)?;
-        rx.recv().map_err(|_| PoolGone)
+        Ok(rx)
     }
 }
 

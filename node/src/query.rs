@@ -4,7 +4,7 @@
 //! 1. the response cache, keyed by the exact body — a hit is a copy of bytes;
 //! 2. parse and validate against the catalog (`request.rs`);
 //! 3. each subject's [`Series`] from the cache, or — for the ones missing —
-//!    from SQLite in one job on a reader thread (`store.rs`), then cached;
+//!    from SQLite (`store.rs`: one `subject_blob` read each), then cached;
 //!    with the cache disabled, only the reports the question needs are read;
 //! 4. select, sort, page and render (`response.rs`), and cache the bytes.
 //!
@@ -13,10 +13,23 @@
 //! coroutine's worker, so small requests on the same worker are not held up.
 //!
 //! A request is a cache hit when it needed no SQLite read at all.
+//!
+//! Cold loads (this file owns them, so it owns their coalescing): concurrent
+//! requests missing the same subject share one load. The first registers a
+//! flight for the subject in `inflight`, reads it, caches it, and hands the
+//! series to every request that joined the flight meanwhile; those wait on a
+//! may channel (a coroutine yields, it does not block its worker). A flight
+//! is joined only by requests of the same data epoch, so nobody receives
+//! data read before a write they could have seen. Loads of many subjects
+//! are split across all reader threads. `store_loads` counts series read
+//! from SQLite (`/metrics`: `kamaitachi_store_loads_total`).
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use may::sync::mpsc;
 
 use arc_swap::ArcSwap;
 
@@ -27,10 +40,33 @@ use crate::pool::WorkerPool;
 use crate::request::{PeriodQuery, SnapshotQuery, SortKey};
 use crate::response;
 use crate::series::{Report, Series};
-use crate::store::{self, ReadPool};
+use crate::store::{self, ReadPool, StoreError};
 
 /// Questions over more subjects than this are answered on the compute pool.
 const HEAVY_SUBJECTS: usize = 64;
+
+/// A cold load of more subjects than this is split across the reader
+/// threads (at least this many subjects per job).
+const SPLIT_LOAD: usize = 32;
+
+/// A load of one subject in progress, and who waits for it.
+struct Flight {
+    /// Data epoch of the request that started it.
+    epoch: u64,
+    waiters: Vec<mpsc::Sender<Arc<Series>>>,
+}
+
+/// How a request gets one missing series.
+enum Slot {
+    /// Cached by a flight that ended since the request first looked.
+    Ready(Arc<Series>),
+    /// This request leads the flight: it reads the series.
+    Lead,
+    /// A flight of an older epoch runs: read it alone, without a flight.
+    Solo,
+    /// Another request leads: wait for its series.
+    Wait(mpsc::Receiver<Arc<Series>>),
+}
 
 /// What a question needs of each subject's series when it is read from
 /// SQLite without the cache.
@@ -49,6 +85,11 @@ pub struct QueryEngine {
     /// Cached responses are keyed by it; a series read from SQLite is cached
     /// only if no write happened meanwhile.
     epoch: AtomicU64,
+    /// Loads in progress, by subject (held only to look up and register,
+    /// never across a read or a wait).
+    inflight: Mutex<HashMap<Arc<str>, Flight>>,
+    /// Series read from SQLite since start.
+    store_loads: AtomicU64,
 }
 
 impl QueryEngine {
@@ -59,7 +100,19 @@ impl QueryEngine {
             readers,
             compute,
             epoch: AtomicU64::new(0),
+            inflight: Mutex::new(HashMap::new()),
+            store_loads: AtomicU64::new(0),
         }
+    }
+
+    /// Series read from SQLite since start (every cold load, whatever
+    /// asked for it).
+    pub fn store_loads(&self) -> u64 {
+        self.store_loads.load(AtomicOrdering::Relaxed)
+    }
+
+    fn inflight(&self) -> MutexGuard<'_, HashMap<Arc<str>, Flight>> {
+        self.inflight.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn epoch(&self) -> u64 {
@@ -141,12 +194,6 @@ impl QueryEngine {
     ) -> Result<Arc<[u8]>, ApiError> {
         let series = self.series_for(e0, &q.subjects, Need::LatestAt(q.as_of), catalog)?;
 
-        let mut rows: Vec<(&Arc<SubjectInfo>, Option<&Report>)> = q
-            .subjects
-            .iter()
-            .zip(series.iter())
-            .map(|(info, s)| (info, s.at(q.as_of)))
-            .collect();
         let key = |r: Option<&Report>| -> Option<f64> {
             let r = r?;
             match q.sort {
@@ -154,13 +201,25 @@ impl QueryEngine {
                 SortKey::Indicator(id) => r.value(id),
             }
         };
-        rows.sort_by(|a, b| compare_rows(key(a.1), key(b.1), q.descending, &a.0.subject, &b.0.subject));
+        // The sort key is read once per row, not once per comparison: each
+        // read chases pointers into a series that may not be in the CPU
+        // cache (a freshly loaded one never is).
+        let mut rows: Vec<(&Arc<SubjectInfo>, Option<&Report>, Option<f64>)> = q
+            .subjects
+            .iter()
+            .zip(series.iter())
+            .map(|(info, s)| {
+                let report = s.at(q.as_of);
+                (info, report, key(report))
+            })
+            .collect();
+        rows.sort_by(|a, b| compare_rows(a.2, b.2, q.descending, &a.0.subject, &b.0.subject));
 
         let page = rows.iter().skip(q.offset).take(q.limit);
         let mut buf = Vec::with_capacity(256 + q.limit.min(rows.len()) * 256);
         response::begin_envelope(&mut buf, 0, &response::success_msg(&q.unknown));
         buf.push(b'[');
-        for (n, (info, report)) in page.enumerate() {
+        for (n, (info, report, _)) in page.enumerate() {
             if n > 0 {
                 buf.push(b',');
             }
@@ -230,6 +289,8 @@ impl QueryEngine {
         let width = catalog.value_width();
         if !self.cache.enabled() {
             self.cache.record_miss();
+            self.store_loads
+                .fetch_add(subjects.len() as u64, AtomicOrdering::Relaxed);
             let names: Vec<Arc<str>> = subjects.iter().map(|s| s.subject.clone()).collect();
             let loaded = store::read(&self.readers, move |store| {
                 names
@@ -248,31 +309,190 @@ impl QueryEngine {
 
         let mut out: Vec<Option<Arc<Series>>> =
             subjects.iter().map(|s| self.cache.series(&s.subject)).collect();
-        let missing: Vec<Arc<str>> = subjects
-            .iter()
-            .zip(out.iter())
-            .filter(|(_, s)| s.is_none())
-            .map(|(info, _)| info.subject.clone())
-            .collect();
+        let missing: Vec<usize> = (0..out.len()).filter(|i| out[*i].is_none()).collect();
         if missing.is_empty() {
             self.cache.record_hit();
         } else {
             self.cache.record_miss();
-            let loaded = store::read(&self.readers, move |store| {
-                missing
-                    .into_iter()
-                    .map(|name| store.load_series(&name, width).map(|s| (name, Arc::new(s))))
-                    .collect::<Result<Vec<_>, _>>()
-            })?;
-            let mut loaded = loaded.into_iter();
-            for slot in out.iter_mut().filter(|s| s.is_none()) {
-                if let Some((name, series)) = loaded.next() {
-                    self.cache_series_if_current(e0, name, series.clone());
-                    *slot = Some(series);
-                }
+            let names = missing.iter().map(|i| subjects[*i].subject.clone()).collect();
+            let loaded = self.load(e0, names, width)?;
+            for (i, series) in missing.into_iter().zip(loaded) {
+                out[i] = Some(series);
             }
         }
         Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// Loads into the cache those of `names` it does not hold (the
+    /// preloader's entry point); returns how many it read.
+    pub fn warm(&self, names: &[Arc<str>]) -> Result<usize, ApiError> {
+        let e0 = self.epoch();
+        let missing: Vec<Arc<str>> = names
+            .iter()
+            .filter(|n| self.cache.series(n).is_none())
+            .cloned()
+            .collect();
+        let n = missing.len();
+        if n > 0 {
+            let width = self.catalog.load().value_width();
+            self.load(e0, missing, width)?;
+        }
+        Ok(n)
+    }
+
+    /// The series of `names` (none of them cached when the caller looked),
+    /// each read once however many requests ask for it at the same time,
+    /// and cached.
+    fn load(&self, e0: u64, names: Vec<Arc<str>>, width: usize) -> Result<Vec<Arc<Series>>, ApiError> {
+        let mut slots = Vec::with_capacity(names.len());
+        {
+            let mut map = self.inflight();
+            for name in &names {
+                let slot = match map.get_mut(name) {
+                    Some(f) if f.epoch == e0 => {
+                        let (tx, rx) = mpsc::channel();
+                        f.waiters.push(tx);
+                        Slot::Wait(rx)
+                    }
+                    Some(_) => Slot::Solo,
+                    None => match self.cache.series(name) {
+                        Some(s) => Slot::Ready(s),
+                        None => {
+                            map.insert(
+                                name.clone(),
+                                Flight {
+                                    epoch: e0,
+                                    waiters: Vec::new(),
+                                },
+                            );
+                            Slot::Lead
+                        }
+                    },
+                };
+                slots.push(slot);
+            }
+        }
+        let mut flights = Flights {
+            engine: self,
+            led: names
+                .iter()
+                .zip(&slots)
+                .filter(|(_, s)| matches!(s, Slot::Lead))
+                .map(|(n, _)| n.clone())
+                .collect(),
+        };
+        let to_read: Vec<Arc<str>> = names
+            .iter()
+            .zip(&slots)
+            .filter(|(_, s)| matches!(s, Slot::Lead | Slot::Solo))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut read = self.read_series(to_read.clone(), width)?.into_iter();
+        let mut by_name: HashMap<Arc<str>, Arc<Series>> = HashMap::with_capacity(to_read.len());
+        for name in to_read {
+            if let Some(series) = read.next() {
+                self.cache_series_if_current(e0, name.clone(), series.clone());
+                by_name.insert(name, series);
+            }
+        }
+        flights.complete(&by_name);
+
+        let mut out = Vec::with_capacity(names.len());
+        let mut failed = Vec::new();
+        for (i, (name, slot)) in names.iter().zip(slots).enumerate() {
+            let series = match slot {
+                Slot::Ready(s) => Some(s),
+                Slot::Lead | Slot::Solo => by_name.get(name).cloned(),
+                // The leader failed: read it here instead.
+                Slot::Wait(rx) => rx.recv().ok(),
+            };
+            if series.is_none() {
+                failed.push(i);
+            }
+            out.push(series.unwrap_or_default());
+        }
+        if !failed.is_empty() {
+            let again = failed.iter().map(|i| names[*i].clone()).collect();
+            for (i, series) in failed.into_iter().zip(self.read_series(again, width)?) {
+                out[i] = series;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads `names` from SQLite, split across the reader threads when there
+    /// are many, in order.
+    fn read_series(&self, names: Vec<Arc<str>>, width: usize) -> Result<Vec<Arc<Series>>, StoreError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store_loads
+            .fetch_add(names.len() as u64, AtomicOrdering::Relaxed);
+        let parts = self
+            .readers
+            .threads()
+            .min(names.len().div_ceil(SPLIT_LOAD))
+            .max(1);
+        let per_job = names.len().div_ceil(parts);
+        let jobs = names
+            .chunks(per_job)
+            .map(|chunk| {
+                let chunk = chunk.to_vec();
+                self.readers.submit(move |store| {
+                    chunk
+                        .iter()
+                        .map(|name| store.load_series(name, width).map(Arc::new))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| StoreError::WorkerGone)?;
+        let mut out = Vec::with_capacity(names.len());
+        for job in jobs {
+            out.extend(job.recv().map_err(|_| StoreError::WorkerGone)??);
+        }
+        Ok(out)
+    }
+}
+
+/// The flights a request leads. Completing hands each series to its
+/// waiters; dropping without completing (an error) ends the flights with no
+/// series, and the waiters read for themselves.
+struct Flights<'a> {
+    engine: &'a QueryEngine,
+    led: Vec<Arc<str>>,
+}
+
+impl Flights<'_> {
+    fn complete(&mut self, loaded: &HashMap<Arc<str>, Arc<Series>>) {
+        let mut handoff = Vec::new();
+        {
+            let mut map = self.engine.inflight();
+            for name in self.led.drain(..) {
+                if let Some(f) = map.remove(&name) {
+                    if let Some(series) = loaded.get(&name) {
+                        handoff.push((f.waiters, series.clone()));
+                    }
+                }
+            }
+        }
+        for (waiters, series) in handoff {
+            for w in waiters {
+                let _ = w.send(series.clone());
+            }
+        }
+    }
+}
+
+impl Drop for Flights<'_> {
+    fn drop(&mut self) {
+        if self.led.is_empty() {
+            return;
+        }
+        let mut map = self.engine.inflight();
+        for name in self.led.drain(..) {
+            map.remove(&name);
+        }
     }
 }
 

@@ -98,6 +98,8 @@ pub struct Follower {
     pub locator: MasterLocator,
     pub token: Option<String>,
     pub db_path: PathBuf,
+    /// Warms the cache again after a full sync (`[cache] preload = all`).
+    pub preloader: Option<Arc<crate::preload::Preloader>>,
 }
 
 impl Follower {
@@ -307,6 +309,9 @@ impl Follower {
         })();
         let _ = std::fs::remove_file(&tmp);
         result?;
+        if let Some(p) = &self.preloader {
+            p.start("after a full sync");
+        }
         tracing::info!(
             "replication: database copied from {master} at version {seq} in {:.1}s",
             started.elapsed().as_secs_f64()

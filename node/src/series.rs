@@ -6,6 +6,8 @@
 //! indicator id (see `catalog.rs`); NaN stands for null, which is safe because
 //! stored values are always finite.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// One reporting period of one subject.
@@ -13,10 +15,13 @@ use serde::{Deserialize, Serialize};
 pub struct Report {
     /// Unix seconds of the period end; the key within a subject.
     pub report_date: i64,
-    pub end_date: Box<str>,
-    pub year: Box<str>,
-    pub period: Box<str>,
-    pub declare_date: Box<str>,
+    /// Text fields are shared (`Arc`): a series decoded from its blob
+    /// shares one copy of each date and label among its reports (see
+    /// `blob::Interner`). The cache's byte count still counts each in full.
+    pub end_date: Arc<str>,
+    pub year: Arc<str>,
+    pub period: Arc<str>,
+    pub declare_date: Arc<str>,
     /// Indexed by indicator id; NaN or out of range means null.
     pub values: Box<[f64]>,
 }
@@ -27,8 +32,12 @@ impl Report {
         self.values.get(id).copied().filter(|v| !v.is_nan())
     }
 
+    /// Counted as if no text were shared (each `Arc<str>` with its two
+    /// counters): an upper bound, whether the series came from a blob
+    /// (shared text) or from the normalized rows or a dump (its own).
     fn heap_bytes(&self) -> usize {
-        self.end_date.len()
+        4 * 2 * std::mem::size_of::<usize>()
+            + self.end_date.len()
             + self.year.len()
             + self.period.len()
             + self.declare_date.len()

@@ -9,6 +9,10 @@
 //! the data version a cache dump is checked against. `changelog` holds the
 //! master's recent writes, by sequence, for the slaves (see `write.rs`,
 //! `replication.rs`); the data version is the sequence of the last write.
+//! `subject_blob` holds each subject's whole series packed in one row, kept
+//! equal to the normalized rows by the writer (`blob.rs`), so a cold load of
+//! a series is one indexed read; the normalized rows remain the truth and
+//! the fallback.
 //!
 //! SQLite calls block, and a blocking call inside a may coroutine stalls every
 //! socket on its worker thread. So reads run on dedicated OS threads, each
@@ -20,12 +24,16 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use crate::blob;
 use crate::catalog::{Catalog, Indicator, SubjectInfo};
 use crate::pool::WorkerPool;
 use crate::series::{Report, Series};
 use crate::write::{self, Applied, Batch};
 
 pub const SCHEMA_VERSION: i64 = 1;
+
+/// Bytes of the database file a reader maps (`PRAGMA mmap_size`).
+const MMAP_BYTES: i64 = 4 << 30;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -72,6 +80,10 @@ CREATE TABLE IF NOT EXISTS report_values (
     value       REAL NOT NULL,
     PRIMARY KEY (subject, report_date, indicator)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS subject_blob (
+    subject TEXT PRIMARY KEY,
+    data    BLOB NOT NULL
+);
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +137,8 @@ pub struct DataVersion {
 /// One SQLite connection and the queries the node asks of it.
 pub struct Store {
     conn: Connection,
+    /// Text shared among the series this connection decodes.
+    interner: blob::Interner,
 }
 
 impl Store {
@@ -138,7 +152,26 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Store { conn })
+        let mut store = Store {
+            conn,
+            interner: blob::Interner::default(),
+        };
+        store.sync_blobs()?;
+        Ok(store)
+    }
+
+    /// The upgrade path of `subject_blob`: rebuilds every blob when they are
+    /// not known to match the data version (see `blob.rs`).
+    fn sync_blobs(&mut self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let n = blob::ensure_synced(&mut self.conn)?;
+        if n > 0 {
+            tracing::info!(
+                "subject_blob: built the compact form of {n} subjects in {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(())
     }
 
     /// Opens an existing database for reading.
@@ -157,7 +190,14 @@ impl Store {
         })?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "cache_size", -16384)?;
-        let store = Store { conn };
+        // Reads through a memory map: a cold series is one blob, and with the
+        // map its pages are used where they lie instead of copied in by a
+        // read(2) each (address space only; the OS page cache backs it).
+        conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
+        let store = Store {
+            conn,
+            interner: blob::Interner::default(),
+        };
         let has_schema: Option<i64> = store
             .conn
             .query_row(
@@ -237,9 +277,31 @@ impl Store {
     }
 
     /// The whole series of `subject`; `width` is one more than the largest
-    /// indicator id.
-    pub fn load_series(&self, subject: &str, width: usize) -> Result<Series, StoreError> {
+    /// indicator id. One indexed read of its `subject_blob`; the normalized
+    /// rows when there is no usable blob (an older database being upgraded,
+    /// a format this build does not know).
+    pub fn load_series(&mut self, subject: &str, width: usize) -> Result<Series, StoreError> {
+        match self.load_blob(subject, width) {
+            Ok(Some(series)) => return Ok(series),
+            Ok(None) => {}
+            Err(e) => tracing::debug!("subject_blob of {subject} not used: {e}"),
+        }
         self.load_range(subject, i64::MIN, i64::MAX, width)
+    }
+
+    /// The series of `subject` decoded from its blob, if it has one.
+    pub fn load_blob(&mut self, subject: &str, width: usize) -> Result<Option<Series>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT data FROM subject_blob WHERE subject = ?1")?;
+        let mut rows = stmt.query([subject])?;
+        let Some(row) = rows.next()? else {
+            return Ok(None);
+        };
+        let data = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+        blob::decode(data, width, &mut self.interner)
+            .map(Some)
+            .map_err(|e| StoreError::BadImage(format!("{subject}: {e}")))
     }
 
     /// Only the latest report on or before `as_of` (0 = latest), as a series
@@ -348,6 +410,7 @@ impl Store {
             params![seq.saturating_sub(retain.max(1)) as i64],
         )?;
         set_version(&tx, seq)?;
+        blob::advance(&tx, current, seq)?;
         tx.commit()?;
         Ok((applied, seq))
     }
@@ -367,6 +430,7 @@ impl Store {
         }
         let applied = write::apply(&tx, batch, false)?;
         set_version(&tx, seq)?;
+        blob::advance(&tx, have, seq)?;
         tx.commit()?;
         Ok(applied)
     }
@@ -441,12 +505,17 @@ impl Store {
 
     /// Replaces this database's contents with the image at `path`, in one
     /// step; readers on other connections see the old or the new data,
-    /// never a mix.
+    /// never a mix. The image carries its `subject_blob` rows (it is a copy
+    /// of the master's database); an image from a master that did not keep
+    /// them gets them built here, readers using the normalized rows
+    /// meanwhile.
     pub fn restore_from(&mut self, path: &Path) -> Result<(), StoreError> {
         let src = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         let backup = rusqlite::backup::Backup::new(&src, &mut self.conn)?;
         backup.step(-1)?;
-        Ok(())
+        drop(backup);
+        self.conn.execute_batch(SCHEMA)?;
+        self.sync_blobs()
     }
 }
 

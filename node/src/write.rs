@@ -7,6 +7,8 @@
 //! and the new data version, then fsync'd (WAL, `synchronous=FULL`) before
 //! the reply. A slave applies the same batch, from the master's change log,
 //! with the same code, in one transaction with its new applied sequence.
+//! In that same transaction the `subject_blob` row of every touched subject
+//! is brought up to date (`blob.rs`).
 //!
 //! Semantics (decided here, written in the README): a row is keyed by
 //! (subject, report_date); its report fields are replaced, and its values
@@ -21,6 +23,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::blob;
 use crate::catalog::{Catalog, LISTING_POOL};
 use crate::dates;
 use crate::error::ApiError;
@@ -415,6 +418,24 @@ pub fn apply(tx: &Transaction<'_>, batch: &mut Batch, assign_ids: bool) -> Resul
             applied.records_delta -= 1;
             applied.touched.insert(key.subject.clone());
         }
+    }
+    // The compact form follows the normalized rows, in this transaction.
+    let mut changes: HashMap<&str, Vec<blob::Change<'_>>> = HashMap::new();
+    for row in &batch.upserts {
+        changes
+            .entry(row.subject.as_str())
+            .or_default()
+            .push(blob::Change::Upsert(row));
+    }
+    for key in &batch.deletes {
+        changes
+            .entry(key.subject.as_str())
+            .or_default()
+            .push(blob::Change::Delete(key.report_date));
+    }
+    for subject in &applied.touched {
+        let changes = changes.get(subject.as_str()).map_or(&[][..], Vec::as_slice);
+        blob::patch_subject(tx, subject, changes, &ids)?;
     }
     Ok(applied)
 }
