@@ -57,6 +57,9 @@ pub struct Api {
 
 /// Longest a change-feed request may wait for a change.
 const MAX_WAIT: Duration = Duration::from_secs(10);
+/// Largest change sequence a client may name: `from + 1` must still be a
+/// positive SQLite integer.
+const MAX_SEQ: u64 = i64::MAX as u64 - 1;
 /// Changes per change-feed answer.
 const CHANGES_PER_PULL: usize = 64;
 
@@ -165,25 +168,30 @@ impl Api {
                 state.publish(&engine, applied, seq, catalog);
                 Ok::<_, StoreError>((written, seq))
             })
-            .map_err(|e| ApiError::Unavailable(e.to_string()))??;
+            .map_err(ApiError::from)??;
         Ok(ok_json(&serde_json::json!({"written": written, "seq": seq})))
     }
 
     /// `GET …/replication/changes?from=S&wait_ms=W&dataset=D`.
     fn changes(&self, req: &Request<'_>) -> Result<Response, ApiError> {
-        let param = |name: &'static str| -> Result<Option<u64>, ApiError> {
-            match query_param(req.query, name) {
-                None => Ok(None),
-                Some(v) => v
-                    .parse()
-                    .map(Some)
-                    .map_err(|_| ApiError::field(name, "expected a non-negative integer")),
+        // Every number has a range: `from` must fit SQLite's signed 64-bit
+        // integer with room for `from + 1`; a wait is at most MAX_WAIT.
+        let param = |name: &'static str, max: u64| -> Result<Option<u64>, ApiError> {
+            let Some(v) = query_param(req.query, name) else {
+                return Ok(None);
+            };
+            match v.parse::<u64>() {
+                Ok(n) if n <= max => Ok(Some(n)),
+                _ => Err(ApiError::field(
+                    name,
+                    format!("expected an integer from 0 to {max}, got {:?}", truncate(v, 40)),
+                )),
             }
         };
-        let from = param("from")?.ok_or_else(|| ApiError::field("from", "required"))?;
-        let wait = Duration::from_millis(param("wait_ms")?.unwrap_or(0)).min(MAX_WAIT);
+        let from = param("from", MAX_SEQ)?.ok_or_else(|| ApiError::field("from", "required"))?;
+        let wait = Duration::from_millis(param("wait_ms", MAX_WAIT.as_millis() as u64)?.unwrap_or(0));
         let dataset = self.state.dataset_id.load(Ordering::Acquire);
-        if let Some(d) = param("dataset")? {
+        if let Some(d) = param("dataset", u64::MAX)? {
             if d != dataset {
                 return Err(ApiError::Gone(format!(
                     "dataset {d} is not this master's ({dataset})"
@@ -342,7 +350,20 @@ impl Service for Api {
     fn call(&self, req: &Request<'_>) -> Response {
         let started = Instant::now();
         let (label, result) = self.route(req);
-        let response = result.unwrap_or_else(|e| self.reject(&e));
+        let response = result.unwrap_or_else(|e| {
+            if e.status() == 500 {
+                // The request's context, next to the panic or fault it met.
+                tracing::error!(
+                    "{} {}{}{} ({} body bytes): {e}",
+                    req.method,
+                    req.path,
+                    if req.query.is_empty() { "" } else { "?" },
+                    req.query,
+                    req.body.len()
+                );
+            }
+            self.reject(&e)
+        });
         self.metrics
             .observe(label, response.status, started.elapsed().as_secs_f64());
         response
@@ -362,6 +383,11 @@ impl Service for Api {
         }
         resp
     }
+}
+
+/// At most `max` characters of `s`, for echoing bad input in a message.
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
 }
 
 fn ok_shared(bytes: Arc<[u8]>) -> Response {

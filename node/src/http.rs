@@ -113,6 +113,34 @@ pub trait Service: Send + Sync + 'static {
     fn reject(&self, err: &ApiError) -> Response;
 }
 
+/// A listening socket on `addr` that the port is not shared on.
+///
+/// may's `TcpListener::bind` sets `SO_REUSEPORT`, so a second process
+/// binding the same port succeeds and the kernel splits connections between
+/// the two. Here the socket is made with `socket2` with `SO_REUSEADDR` only
+/// (a restart may bind over `TIME_WAIT` leftovers, as nginx does) and handed
+/// to may: a busy port fails with `AddrInUse`.
+pub fn bind(addr: &str) -> io::Result<TcpListener> {
+    use std::net::ToSocketAddrs;
+    use std::os::unix::io::{FromRawFd, IntoRawFd};
+    let sockaddr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: no address")))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(sockaddr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&sockaddr.into())?;
+    socket.listen(1024)?;
+    let std_listener: std::net::TcpListener = socket.into();
+    // SAFETY: the descriptor was just taken out of an owned, listening
+    // socket; may takes over its ownership.
+    Ok(unsafe { TcpListener::from_raw_fd(std_listener.into_raw_fd()) })
+}
+
 /// Accepts connections until the listener fails; one coroutine each.
 pub fn serve<S: Service>(listener: TcpListener, service: Arc<S>, limits: Limits) {
     let limits = Arc::new(limits);
@@ -136,7 +164,9 @@ pub fn serve<S: Service>(listener: TcpListener, service: Arc<S>, limits: Limits)
                 let mut out = Vec::new();
                 write_response(&mut out, &service.reject(&err), false, false);
                 let mut stream = stream;
-                let _ = stream.write_all(&out);
+                if stream.write_all(&out).is_ok() {
+                    linger_close(&mut stream);
+                }
                 return;
             }
             let _ = handle_connection(stream, &*service, &limits);
@@ -200,6 +230,7 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
                 Step::Reject(err) => {
                     write_response(&mut wbuf, &service.reject(&err), false, false);
                     stream.write_all(&wbuf)?;
+                    linger_close(&mut stream);
                     return Ok(());
                 }
                 Step::Answered { len, keep_alive } => {
@@ -208,6 +239,10 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
                     sent_continue = false;
                     if !keep_alive {
                         stream.write_all(&wbuf)?;
+                        if start < rbuf.len() {
+                            // Pipelined bytes after a `Connection: close`.
+                            linger_close(&mut stream);
+                        }
                         return Ok(());
                     }
                 }
@@ -234,6 +269,7 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
                     false,
                 );
                 stream.write_all(&wbuf)?;
+                linger_close(&mut stream);
                 return Ok(());
             }
         }
@@ -264,11 +300,47 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
                         false,
                         false,
                     );
-                    let _ = stream.write_all(&wbuf);
+                    if stream.write_all(&wbuf).is_ok() {
+                        linger_close(&mut stream);
+                    }
                 }
                 return Ok(());
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Longest a connection is kept, after an early answer, to read and discard
+/// what the client still sends (nginx: `lingering_time 30s`).
+const LINGER_TIME: Duration = Duration::from_secs(5);
+/// Longest wait for each read while lingering (nginx: `lingering_timeout 5s`).
+const LINGER_READ: Duration = Duration::from_secs(2);
+/// Most bytes discarded while lingering.
+const LINGER_BYTES: usize = 64 << 20;
+
+/// Lingering close, as nginx does: after an answer sent before the request
+/// was read whole (413, 431, 400, 408, 503), closing at once with unread
+/// bytes makes the kernel send a reset, and a client that writes its whole
+/// body before reading (Python's urllib) sees `Connection reset` instead of
+/// the answer. So: send FIN (the answer is complete), then read and discard
+/// until the client closes, for at most [`LINGER_TIME`] and
+/// [`LINGER_BYTES`], then close.
+fn linger_close(stream: &mut TcpStream) {
+    if stream.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut discarded = 0usize;
+    while discarded < LINGER_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left.min(LINGER_READ))).is_err() {
+            return;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => discarded += n,
         }
     }
 }

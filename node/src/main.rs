@@ -177,7 +177,7 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
     drop(meta);
     let readers = store::start_readers(&cfg.db_path, cfg.readers)?;
     let compute =
-        WorkerPool::start("compute", vec![(); cfg.readers]).context("cannot start compute threads")?;
+        WorkerPool::start("compute", cfg.readers, || Ok(())).context("cannot start compute threads")?;
 
     let cache = Arc::new(DataCache::new(cfg.max_bytes));
     if let Some(path) = &cfg.snapshot_path {
@@ -205,7 +205,7 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
     });
 
     let addr = format!("{}:{}", cfg.bind, cfg.port);
-    let listener = may::net::TcpListener::bind(&addr)
+    let listener = http::bind(&addr)
         .map_err(|e| anyhow!(cluster::config::listen_error(&addr, cfg.port, &cfg.file, &e)))?;
 
     // The registry runs on a small tokio runtime of its own, made here on a

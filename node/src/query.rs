@@ -127,7 +127,7 @@ impl QueryEngine {
             return self
                 .compute
                 .call(move |_| engine.answer_snapshot(e0, &q, &body, &catalog))
-                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+                .map_err(ApiError::from)?;
         }
         self.answer_snapshot(e0, &q, body, &catalog)
     }
@@ -189,7 +189,7 @@ impl QueryEngine {
             return self
                 .compute
                 .call(move |_| engine.answer_period(e0, &q, &body, &catalog))
-                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+                .map_err(ApiError::from)?;
         }
         self.answer_period(e0, &q, body, &catalog)
     }

@@ -214,7 +214,7 @@ impl Follower {
                     state.publish(&engine, applied, seq, catalog);
                     Ok::<_, StoreError>(())
                 })
-                .map_err(|_| StoreError::WorkerGone)??;
+                .map_err(StoreError::Worker)??;
         }
         self.state
             .master_seq
@@ -299,7 +299,7 @@ impl Follower {
                     state.master_seq.fetch_max(v.version, Ordering::AcqRel);
                     Ok::<_, StoreError>(())
                 })
-                .map_err(|_| StoreError::WorkerGone)??;
+                .map_err(StoreError::Worker)??;
             Ok(())
         })();
         let _ = std::fs::remove_file(&tmp);

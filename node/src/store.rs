@@ -80,8 +80,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database {path}: {reason}")]
     Open { path: PathBuf, reason: String },
-    #[error("database reader threads are gone")]
-    WorkerGone,
+    #[error("database thread: {0}")]
+    Worker(#[from] crate::pool::PoolError),
     #[error("replication out of order: at version {have}, change {got} arrived")]
     OutOfOrder { have: u64, got: u64 },
     #[error("{0}")]
@@ -214,12 +214,14 @@ impl Store {
     /// The whole series of `subject`; `width` is one more than the largest
     /// indicator id.
     pub fn load_series(&self, subject: &str, width: usize) -> Result<Series, StoreError> {
+        injected_panic(subject);
         self.load_range(subject, i64::MIN, i64::MAX, width)
     }
 
     /// Only the latest report on or before `as_of` (0 = latest), as a series
     /// of at most one report. Used when the cache is disabled.
     pub fn load_latest(&self, subject: &str, as_of: i64, width: usize) -> Result<Series, StoreError> {
+        injected_panic(subject);
         let as_of = if as_of == 0 { i64::MAX } else { as_of };
         // One statement: the report row, joined with its values (if any).
         let mut stmt = self.conn.prepare_cached(
@@ -310,6 +312,10 @@ impl Store {
         let seq = current + 1;
         let tx = self.conn.transaction()?;
         let applied = write::apply(&tx, batch, true)?;
+        for row in &batch.upserts {
+            // Inside the open transaction: a panic here must roll it back.
+            injected_panic(&row.subject);
+        }
         let json = serde_json::to_string(&*batch).map_err(|e| StoreError::BadImage(e.to_string()))?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -414,18 +420,44 @@ pub fn check_image(path: &Path) -> Result<DataVersion, StoreError> {
     store.data_version()
 }
 
+/// Test hook, debug builds only: a job that touches the subject named by
+/// `KAMAITACHI_DEBUG_PANIC_SUBJECT` panics on its worker thread, so the
+/// end-to-end tests can check that a crashed worker is replaced. Release
+/// builds compile it to nothing.
+#[cfg(debug_assertions)]
+fn injected_panic(subject: &str) {
+    static SUBJECT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let target = SUBJECT.get_or_init(|| std::env::var("KAMAITACHI_DEBUG_PANIC_SUBJECT").ok());
+    if target.as_deref() == Some(subject) {
+        panic!("injected panic for subject {subject} (KAMAITACHI_DEBUG_PANIC_SUBJECT)");
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn injected_panic(_subject: &str) {}
+
 /// A writer: one thread, one read-write connection.
 pub type WritePool = WorkerPool<Store>;
 
 pub fn start_writer(path: &Path) -> Result<WritePool, StoreError> {
-    let store = Store::open_rw(path)?;
-    // A batch of 1,000 rows touches thousands of index pages: keep them in
-    // memory (64 MiB) rather than re-reading them. Checkpoints run on their
-    // own thread, off the write path.
-    store.conn.pragma_update(None, "cache_size", -65536)?;
-    store.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    fn open(path: &Path) -> Result<Store, StoreError> {
+        let store = Store::open_rw(path)?;
+        // A batch of 1,000 rows touches thousands of index pages: keep them
+        // in memory (64 MiB) rather than re-reading them. Checkpoints run on
+        // their own thread, off the write path.
+        store.conn.pragma_update(None, "cache_size", -65536)?;
+        store.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(store)
+    }
+    // The first open reports its own error (creating the schema included).
+    let first = std::sync::Mutex::new(Some(open(path)?));
     start_checkpointer(path)?;
-    WorkerPool::start("sqlite-writer", vec![store]).map_err(|e| StoreError::Open {
+    let p = path.to_path_buf();
+    let make = move || match first.lock().ok().and_then(|mut f| f.take()) {
+        Some(store) => Ok(store),
+        None => open(&p).map_err(|e| e.to_string()),
+    };
+    WorkerPool::start("sqlite-writer", 1, make).map_err(|e| StoreError::Open {
         path: path.to_path_buf(),
         reason: format!("cannot start the writer thread: {e}"),
     })
@@ -472,10 +504,11 @@ pub type ReadPool = WorkerPool<Store>;
 
 /// Starts `threads` readers on `path`.
 pub fn start_readers(path: &Path, threads: usize) -> Result<ReadPool, StoreError> {
-    let stores = (0..threads.max(1))
-        .map(|_| Store::open_ro(path))
-        .collect::<Result<Vec<_>, _>>()?;
-    WorkerPool::start("sqlite-reader", stores).map_err(|e| StoreError::Open {
+    // The first open reports its own error.
+    drop(Store::open_ro(path)?);
+    let p = path.to_path_buf();
+    let make = move || Store::open_ro(&p).map_err(|e| e.to_string());
+    WorkerPool::start("sqlite-reader", threads, make).map_err(|e| StoreError::Open {
         path: path.to_path_buf(),
         reason: format!("cannot start reader threads: {e}"),
     })
@@ -487,5 +520,5 @@ where
     R: Send + 'static,
     F: FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
 {
-    pool.call(f).map_err(|_| StoreError::WorkerGone)?
+    pool.call(f)?
 }
