@@ -33,19 +33,27 @@ pub struct UpstreamPool {
 }
 
 impl UpstreamPool {
-    /// The most recently returned idle connection to `addr`, if one is young
-    /// enough.
+    /// The most recently returned idle connection to `addr` that is young
+    /// enough and readable-empty. A connection with bytes pending (a node
+    /// that sent more than its answer) or at EOF (the node closed it) is
+    /// closed, never reused: those bytes would be taken for the next
+    /// client's answer.
     pub fn take(&self, addr: &SocketAddr) -> Option<TcpStream> {
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
             let conns = &mut idle.iter_mut().find(|(a, _)| a == addr)?.1;
-            let (conn, since) = conns.pop()?;
-            if since.elapsed() > self.max_idle {
-                // The rest are older still.
-                conns.clear();
-                return None;
+            while let Some((conn, since)) = conns.pop() {
+                if since.elapsed() > self.max_idle {
+                    // The rest are older still.
+                    conns.clear();
+                    return None;
+                }
+                if readable_empty(&conn) {
+                    return Some(conn);
+                }
+                tracing::debug!("pooled connection to {addr} had pending bytes or was closed; dropped");
             }
-            Some(conn)
+            None
         })
     }
 
@@ -84,6 +92,19 @@ impl UpstreamPool {
                 .find(|(a, _)| a == addr)
                 .map_or(0, |(_, c)| c.len())
         })
+    }
+}
+
+/// Whether nothing is waiting to be read on `conn` and the peer has not
+/// closed it: a non-blocking `MSG_PEEK` of one byte must find nothing.
+/// (tokio's `try_read` trusts its cached readiness; this asks the kernel.)
+fn readable_empty(conn: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    let sock = socket2::SockRef::from(conn);
+    match sock.peek(&mut byte) {
+        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        // Ok(0): EOF; Ok(n): stray bytes.
+        Ok(_) => false,
     }
 }
 

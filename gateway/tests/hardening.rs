@@ -130,3 +130,92 @@ fn thirty_seconds_on_a_healthy_etcd_without_a_reconnect() {
         "etcd gone, yet no reconnect counted"
     );
 }
+
+/// A fake node: answers `GET /health` with 200 and echoes every other
+/// request's body as its answer; after each data answer it sends, 300 ms
+/// later on the same connection, one more answer nobody asked for.
+fn stray_answer_node() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = buf[head_end..head_end + len].to_vec();
+                    buf.drain(..head_end + len);
+                    let answer = |body: &[u8]| {
+                        let mut out = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
+                        out.extend_from_slice(body);
+                        out
+                    };
+                    if head.starts_with("get /health") {
+                        if conn.write_all(&answer(b"{\"status\":\"ok\"}")).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    if conn.write_all(&answer(&body)).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                    if conn.write_all(&answer(b"\"stray\"")).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Fault 5: a node that sent an extra answer after a normal one poisoned the
+/// gateway's pooled connection: the next client got the stray bytes, every
+/// later one the previous client's answer. A pooled connection is now
+/// reused only when nothing is pending on it.
+#[test]
+fn a_pooled_connection_with_leftover_bytes_is_not_reused() {
+    let port = stray_answer_node();
+    let gw = static_gateway(port, "");
+    // One client connection: its requests are served by one gateway thread,
+    // so they share that thread's pool of node connections.
+    let mut client = KeepAlive::connect(gw.port).unwrap();
+    for i in 0..6 {
+        let body = snapshot_body(&format!("33:{i:06}"));
+        let r = client
+            .post("/data/kamaitachi/api/data/v1/snapshot", &body)
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.text(), body, "request {i} got another request's answer");
+        // The stray answer arrives on the pooled connection meanwhile.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
