@@ -122,9 +122,10 @@ mod tests {
         };
         assert!(pool.take(&addr).is_none());
         let mut conns = Vec::new();
+        let mut server_sides = Vec::new();
         for _ in 0..3 {
             let c = TcpStream::connect(addr).await.unwrap();
-            let _ = listener.accept().await.unwrap();
+            server_sides.push(listener.accept().await.unwrap().0);
             conns.push(c);
         }
         let ports: Vec<u16> = conns.iter().map(|c| c.local_addr().unwrap().port()).collect();
@@ -150,5 +151,31 @@ mod tests {
         pool.put(other_addr, c);
         assert_eq!(pool.idle(&addr), 0, "a departed node's connections were kept");
         assert_eq!(pool.idle(&other_addr), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_with_pending_bytes_or_closed_is_not_reused() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = UpstreamPool {
+            per_node: 4,
+            max_idle: Duration::from_secs(10),
+        };
+        let clean = TcpStream::connect(addr).await.unwrap();
+        let _clean_server = listener.accept().await.unwrap().0;
+        let stray = TcpStream::connect(addr).await.unwrap();
+        let mut stray_server = listener.accept().await.unwrap().0;
+        let closed = TcpStream::connect(addr).await.unwrap();
+        drop(listener.accept().await.unwrap().0);
+        let clean_port = clean.local_addr().unwrap().port();
+        pool.put(addr, clean);
+        pool.put(addr, stray);
+        pool.put(addr, closed);
+        stray_server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = pool.take(&addr).expect("the clean connection");
+        assert_eq!(got.local_addr().unwrap().port(), clean_port);
+        assert_eq!(pool.idle(&addr), 0);
     }
 }
