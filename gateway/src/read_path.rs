@@ -29,6 +29,7 @@
 //! relayed and ejects the node.
 
 use std::net::SocketAddr as InetAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,12 @@ const HOLD: usize = 256 * 1024;
 const CONNECTION_CLOSE: &[u8] = b"Connection: close\r\n";
 
 pub struct ReadPath {
+    /// Reads are proxied here; when false every request is handed over.
+    pub fast_reads: bool,
+    /// Client connections open now.
+    pub open: Arc<AtomicUsize>,
+    /// Beyond this many open client connections: 503 and close.
+    pub max_connections: usize,
     /// pingora's HTTP proxy, for every request this path does not take.
     pub general: Arc<HttpProxy<Gateway>>,
     pub upstreams: Arc<Upstreams>,
@@ -100,12 +107,18 @@ enum Next {
     General(Option<usize>),
     Closed,
     TimedOut,
+    /// The head is still incomplete at `MAX_HEAD` bytes.
+    HeadTooLarge,
 }
 
 /// A parsed request head.
 #[derive(Debug, PartialEq, Eq)]
 enum Head {
     Partial,
+    /// Still incomplete at `MAX_HEAD` bytes: refused (431), never handed
+    /// to pingora, whose per-read timeout would let a client that sends a
+    /// byte now and then hold the connection for ever.
+    TooLarge,
     /// Not for this path. `Some(n)`: the request is exactly `n` bytes (head
     /// and Content-Length body), so pingora is handed just those and the
     /// next pipelined request stays here; `None`: its length is unknown
@@ -168,6 +181,13 @@ struct Relayed {
 impl ServerApp for ReadPath {
     async fn process_new(self: &Arc<Self>, client: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let mut client = rehome(client);
+        let guard = OpenGuard::enter(&self.open);
+        if guard.0 > self.max_connections {
+            let e = GatewayError::TooManyConnections(self.max_connections);
+            let _ = self.write_local(&mut client, &e, true).await;
+            let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
+            return None;
+        }
         let mut bufs = Buffers::default();
         loop {
             match self.next_request(&mut client, &mut bufs, shutdown).await {
@@ -183,6 +203,13 @@ impl ServerApp for ReadPath {
                     let _ = self
                         .write_local(&mut client, &GatewayError::RequestTimeout, true)
                         .await;
+                    return None;
+                }
+                Next::HeadTooLarge => {
+                    let e = GatewayError::HeadTooLarge(MAX_HEAD);
+                    if self.write_local(&mut client, &e, true).await {
+                        linger(&mut client).await;
+                    }
                     return None;
                 }
                 Next::Closed => return None,
@@ -208,8 +235,10 @@ impl ReadPath {
                     self.limits.max_body_bytes,
                     &mut bufs.upstream_request,
                 ) {
-                    Head::Read(head) => return Next::Read(head, deadline),
+                    Head::Read(head) if self.fast_reads => return Next::Read(head, deadline),
+                    Head::Read(head) => return Next::General(Some(head.head_len + head.body_len)),
                     Head::General(len) => return Next::General(len),
+                    Head::TooLarge => return Next::HeadTooLarge,
                     Head::Partial => {}
                 }
             }
@@ -521,6 +550,40 @@ impl ReadPath {
     }
 }
 
+/// Counts an open client connection while it lives.
+struct OpenGuard<'a>(usize, &'a AtomicUsize);
+
+impl<'a> OpenGuard<'a> {
+    fn enter(open: &'a AtomicUsize) -> Self {
+        OpenGuard(open.fetch_add(1, Ordering::AcqRel) + 1, open)
+    }
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.1.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Lingering close after an early answer: shut the write side (the answer
+/// is complete), read and discard what the client still sends, bounded by
+/// the same limits as the general path's (`proxy::LINGER_*`).
+async fn linger(client: &mut Stream) {
+    if timeout(Duration::from_secs(1), client.shutdown()).await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + crate::proxy::LINGER_TIME;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut discarded = 0usize;
+    while discarded < crate::proxy::LINGER_BYTES {
+        let wait = left(deadline).min(crate::proxy::LINGER_READ);
+        match timeout(wait, client.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => discarded += n,
+            _ => return,
+        }
+    }
+}
+
 /// Registers a fresh client connection with this thread's runtime.
 ///
 /// pingora accepts on one worker's runtime and hands the connection to a
@@ -569,6 +632,7 @@ fn parse_request(buf: &[u8], max_body: u64, upstream: &mut Vec<u8>) -> Head {
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Head::Partial,
+        Ok(httparse::Status::Partial) => return Head::TooLarge,
         // Too large, too many headers, or malformed: the general path
         // answers it as pingora does.
         _ => return Head::General(None),
@@ -779,10 +843,12 @@ mod tests {
             format!("{read} HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"),
             format!("{read} HTTP/1.1\r\nContent-Length: +2\r\n\r\n"),
             "POST /data/\0 HTTP/1.1\r\n\r\n".into(),
-            format!("{read} HTTP/1.1\r\nX: {}", "y".repeat(MAX_HEAD)),
         ] {
             assert_eq!(parse(&raw).0, Head::General(None), "{raw:?}");
         }
+        // Still incomplete at MAX_HEAD: refused here, never handed over.
+        let raw = format!("{read} HTTP/1.1\r\nX: {}", "y".repeat(MAX_HEAD));
+        assert_eq!(parse(&raw).0, Head::TooLarge);
         let raw = format!("{read} HTTP/1.1\r\nContent-Length: 11\r\n\r\n");
         assert_eq!(
             parse_request(raw.as_bytes(), 10, &mut Vec::new()),

@@ -219,3 +219,119 @@ fn a_pooled_connection_with_leftover_bytes_is_not_reused() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Sends `first`, then one byte of `drip` every `every` until the gateway
+/// closes the connection (or `give_up` passes); returns what it answered
+/// and how long the connection stayed open.
+fn slowloris(port: u16, first: &[u8], every: Duration, give_up: Duration) -> (Vec<u8>, Duration) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(every)).unwrap();
+    let started = Instant::now();
+    s.write_all(first).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < give_up {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, started.elapsed()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if s.write_all(b"a").is_err() {
+                    return (out, started.elapsed());
+                }
+            }
+            Err(_) => return (out, started.elapsed()),
+        }
+    }
+    (out, started.elapsed())
+}
+
+/// Fault 2: a partial request head of 16 KiB or more was handed to pingora,
+/// where only a per-read timeout applies: one byte now and then held the
+/// connection open indefinitely. Every head now has the whole-head deadline
+/// (`request_timeout_secs`), with the read fast path on or off, and a head
+/// still incomplete at 16 KiB is refused with 431.
+#[test]
+fn a_slow_head_is_cut_at_the_deadline_on_every_path() {
+    let rec = Recorder::start();
+    for fast in [true, false] {
+        let gw = static_gateway(
+            rec.port,
+            &format!("read_fast_path = {fast}\n[limits]\nrequest_timeout_secs = 1\n"),
+        );
+        // Under 16 KiB, dripping: 408 at the deadline.
+        let small = b"POST /data/kamaitachi/api/data/v1/ingest HTTP/1.1\r\nHost: x\r\nX-Pad: ".to_vec();
+        let (out, open) = slowloris(
+            gw.port,
+            &small,
+            Duration::from_millis(200),
+            Duration::from_secs(8),
+        );
+        assert!(
+            open < Duration::from_millis(2500),
+            "fast {fast}: small head open {open:?}"
+        );
+        let r = parse_responses(&out);
+        assert_eq!(
+            r.first().map(|r| r.status),
+            Some(408),
+            "fast {fast}: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+
+        // 16 KiB and more, dripping: refused, and closed within the deadline.
+        let mut big = small.clone();
+        big.extend(std::iter::repeat_n(b'a', 17 * 1024));
+        let (out, open) = slowloris(gw.port, &big, Duration::from_millis(200), Duration::from_secs(8));
+        assert!(
+            open < Duration::from_millis(2500),
+            "fast {fast}: big head open {open:?}"
+        );
+        let r = parse_responses(&out);
+        let status = r.first().map(|r| r.status);
+        assert!(
+            matches!(status, Some(408 | 431)),
+            "fast {fast}: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    assert_eq!(rec.data_requests.load(Ordering::SeqCst), 0);
+}
+
+/// Fault 2, second half: the gateway had no connection cap, so slow clients
+/// could take every file descriptor. Beyond `[limits] max_connections` a
+/// connection gets 503 and is closed; once some close, new ones are served.
+#[test]
+fn connections_beyond_the_cap_get_503() {
+    let rec = Recorder::start();
+    let gw = static_gateway(rec.port, "[limits]\nmax_connections = 4\n");
+    let path = "/data/kamaitachi/api/data/v1/snapshot";
+    let mut held: Vec<KeepAlive> = (0..4)
+        .map(|i| {
+            let mut c = KeepAlive::connect(gw.port).unwrap();
+            let r = c.post(path, &snapshot_body("33:000001")).unwrap();
+            assert_eq!(r.status, 200, "connection {i}: {}", r.text());
+            c
+        })
+        .collect();
+    let r = try_request(gw.port, "POST", path, snapshot_body("33:000001").as_bytes(), &[])
+        .expect("an answer, not a reset");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.msg().contains("too many connections"), "{}", r.text());
+    held.truncate(2);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            try_request(gw.port, "POST", path, snapshot_body("33:000001").as_bytes(), &[])
+                .is_ok_and(|r| r.status == 200)
+        }),
+        "no connection served after others closed"
+    );
+    for c in &mut held {
+        assert_eq!(c.post(path, &snapshot_body("33:000002")).unwrap().status, 200);
+    }
+}
