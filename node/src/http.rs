@@ -20,7 +20,7 @@
 //! [`Service`] must not block the worker thread (SQLite runs elsewhere).
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,77 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(10),
             max_connections: 10_000,
         }
+    }
+}
+
+/// Graceful stop: the signal thread sets `stopping` and stops the listener;
+/// connections then finish the request they are in (answered with
+/// `Connection: close`) and start no other; `busy` counts connections with
+/// a request in progress, which the stop waits for (bounded).
+#[derive(Default)]
+pub struct Drain {
+    stopping: AtomicBool,
+    busy: AtomicUsize,
+}
+
+impl Drain {
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting without dropping a connection the kernel already
+    /// accepted: first a socket filter makes the listening socket ignore new
+    /// SYNs (a client retries its SYN a second later and is then refused),
+    /// the accept loop takes what is already queued, then the listening
+    /// socket is shut down (connections refused) and the accept loop ends.
+    /// Shutting it down at once would reset the queued connections, whose
+    /// requests were sent but never read.
+    pub fn stop_accepting(&self, listener: &std::net::TcpListener) {
+        self.stopping.store(true, Ordering::Release);
+        let sock = socket2::SockRef::from(listener);
+        // BPF `ret #0`: drop every packet addressed to the listening socket.
+        let drop_all = [libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }];
+        match sock.attach_filter(&drop_all) {
+            Ok(()) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => tracing::warn!("stopping the listener: cannot attach a socket filter: {e}"),
+        }
+        if let Err(e) = sock.shutdown(std::net::Shutdown::Both) {
+            tracing::warn!("stopping the listener: {e}");
+        }
+    }
+
+    /// Waits until no connection has a request in progress, at most
+    /// `timeout`; returns how many still had one.
+    pub fn wait_idle(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let busy = self.busy.load(Ordering::Acquire);
+            if busy == 0 || Instant::now() >= deadline {
+                return busy;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Marks a connection busy while it lives.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn new(drain: &'a Drain) -> Self {
+        drain.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(&drain.busy)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -141,13 +212,14 @@ pub fn bind(addr: &str) -> io::Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(std_listener.into_raw_fd()) })
 }
 
-/// Accepts connections until the listener fails; one coroutine each.
-pub fn serve<S: Service>(listener: TcpListener, service: Arc<S>, limits: Limits) {
+/// Accepts connections until the node stops; one coroutine each.
+pub fn serve<S: Service>(listener: TcpListener, service: Arc<S>, limits: Limits, drain: Arc<Drain>) {
     let limits = Arc::new(limits);
     let open = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(s) => s,
+            Err(_) if drain.stopping() => break,
             Err(e) => {
                 tracing::warn!("accept failed: {e}");
                 may::coroutine::sleep(Duration::from_millis(10));
@@ -157,7 +229,12 @@ pub fn serve<S: Service>(listener: TcpListener, service: Arc<S>, limits: Limits)
         let service = service.clone();
         let limits = limits.clone();
         let open = open.clone();
+        let drain = drain.clone();
+        // Busy from accept until its first request is answered: a
+        // connection the kernel accepted is not dropped by a stop.
+        let busy_drain = drain.clone();
         may::go!(move || {
+            let busy = Busy::new(&busy_drain);
             let guard = ConnGuard::enter(&open);
             if guard.count > limits.max_connections {
                 let err = ApiError::Unavailable("too many connections".into());
@@ -169,9 +246,10 @@ pub fn serve<S: Service>(listener: TcpListener, service: Arc<S>, limits: Limits)
                 }
                 return;
             }
-            let _ = handle_connection(stream, &*service, &limits);
+            let _ = handle_connection(stream, &*service, &limits, &drain, busy);
         });
     }
+    tracing::info!("stopped accepting connections");
 }
 
 struct ConnGuard<'a> {
@@ -208,18 +286,27 @@ enum Step {
 
 const READ_CHUNK: usize = 16 * 1024;
 
-fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Limits) -> io::Result<()> {
+fn handle_connection<S: Service>(
+    mut stream: TcpStream,
+    service: &S,
+    limits: &Limits,
+    drain: &Drain,
+    busy: Busy<'_>,
+) -> io::Result<()> {
     stream.set_nodelay(true)?;
+    // `Some` while a request is in progress (or the connection is new).
+    let mut busy = Some(busy);
     let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut wbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut start = 0usize;
     let mut pending_since: Option<Instant> = None;
     let mut timeout_set = Duration::ZERO;
     let mut sent_continue = false;
+    let mut served_any = false;
     loop {
         // Answer every whole request already in the buffer.
         while start < rbuf.len() {
-            match answer_one(&rbuf[start..], service, limits, &mut wbuf) {
+            match answer_one(&rbuf[start..], service, limits, drain, &mut wbuf) {
                 Step::Partial { expects_continue } => {
                     if expects_continue && !sent_continue {
                         wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -230,10 +317,12 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
                 Step::Reject(err) => {
                     write_response(&mut wbuf, &service.reject(&err), false, false);
                     stream.write_all(&wbuf)?;
+                    drop(busy.take());
                     linger_close(&mut stream);
                     return Ok(());
                 }
                 Step::Answered { len, keep_alive } => {
+                    served_any = true;
                     start += len;
                     pending_since = None;
                     sent_continue = false;
@@ -241,6 +330,7 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
                         stream.write_all(&wbuf)?;
                         if start < rbuf.len() {
                             // Pipelined bytes after a `Connection: close`.
+                            drop(busy.take());
                             linger_close(&mut stream);
                         }
                         return Ok(());
@@ -255,6 +345,13 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
         if start == rbuf.len() {
             rbuf.clear();
             start = 0;
+            if pending_since.is_none() && served_any {
+                // Idle between requests: not in the way of a stop.
+                drop(busy.take());
+                if drain.stopping() {
+                    return Ok(());
+                }
+            }
         } else {
             if start > 0 {
                 rbuf.drain(..start);
@@ -269,6 +366,7 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
                     false,
                 );
                 stream.write_all(&wbuf)?;
+                drop(busy.take());
                 linger_close(&mut stream);
                 return Ok(());
             }
@@ -290,7 +388,12 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
         rbuf.resize(filled + READ_CHUNK, 0);
         match stream.read(&mut rbuf[filled..]) {
             Ok(0) => return Ok(()),
-            Ok(n) => rbuf.truncate(filled + n),
+            Ok(n) => {
+                rbuf.truncate(filled + n);
+                if busy.is_none() {
+                    busy = Some(Busy::new(drain));
+                }
+            }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 rbuf.truncate(filled);
                 if pending_since.is_some() {
@@ -301,6 +404,7 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
                         false,
                     );
                     if stream.write_all(&wbuf).is_ok() {
+                        drop(busy.take());
                         linger_close(&mut stream);
                     }
                 }
@@ -347,7 +451,13 @@ fn linger_close(stream: &mut TcpStream) {
 
 /// Frames the first request in `buf` (enforcing the limits) and, once it is
 /// whole, calls the service and appends the response to `out`.
-fn answer_one<S: Service>(buf: &[u8], service: &S, limits: &Limits, out: &mut Vec<u8>) -> Step {
+fn answer_one<S: Service>(
+    buf: &[u8],
+    service: &S,
+    limits: &Limits,
+    drain: &Drain,
+    out: &mut Vec<u8>,
+) -> Step {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -390,6 +500,8 @@ fn answer_one<S: Service>(buf: &[u8], service: &S, limits: &Limits, out: &mut Ve
         body: &buf[head_len..head_len + body_len],
     };
     let response = service.call(&request);
+    // A stopping node closes each connection after the request in progress.
+    let keep_alive = keep_alive && !drain.stopping();
     write_response(out, &response, keep_alive, head);
     Step::Answered {
         len: head_len + body_len,
