@@ -335,3 +335,71 @@ fn connections_beyond_the_cap_get_503() {
         assert_eq!(c.post(path, &snapshot_body("33:000002")).unwrap().status, 200);
     }
 }
+
+/// Fault 6: a request handed to pingora whose body arrives late, followed
+/// in the same segment by a pipelined read, got a reset and no answer to
+/// either (pingora: "Sent data after end of body"). Both are answered now,
+/// in order, and the connection goes on serving.
+#[test]
+fn a_pipelined_read_after_a_late_body_is_answered_in_order() {
+    use std::io::{Read, Write};
+    let rec = Recorder::start();
+    let gw = static_gateway(rec.port, "");
+    let snapshot = snapshot_body("33:000001");
+    let read = format!(
+        "POST /data/kamaitachi/api/data/v1/snapshot HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{snapshot}",
+        snapshot.len()
+    );
+    for path in [
+        "/data/kamaitachi/api/data/v1/stats",
+        "/data/kamaitachi/api/data/v1/ingest",
+    ] {
+        let before = rec.data_requests.load(Ordering::SeqCst);
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n").as_bytes())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        s.write_all(format!("abcde{read}").as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        while parse_responses(&out).len() < 2 {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("{path}: {e} after {:?}", String::from_utf8_lossy(&out)),
+            }
+        }
+        let answers = parse_responses(&out);
+        assert_eq!(answers.len(), 2, "{path}: {:?}", String::from_utf8_lossy(&out));
+        assert!(
+            answers.iter().all(|r| r.status == 200),
+            "{path}: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        // In order, each with its own body.
+        let seen = rec.seen.lock().unwrap();
+        let mine: Vec<_> = seen[before..].iter().collect();
+        assert_eq!(mine.len(), 2, "{path}: {mine:?}");
+        assert!(
+            mine[0].0.contains(&path[5..]) && mine[0].1 == b"abcde",
+            "{mine:?}"
+        );
+        assert!(
+            mine[1].0.contains("/snapshot") && mine[1].1 == snapshot.as_bytes(),
+            "{mine:?}"
+        );
+        drop(seen);
+        // The connection still serves, on the read path.
+        s.write_all(read.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        while parse_responses(&out).is_empty() {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("{path}, third request: {e}"),
+            }
+        }
+        assert_eq!(parse_responses(&out)[0].status, 200);
+    }
+}
