@@ -246,20 +246,32 @@ impl Api {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let tmp = dir.join(format!(".image-{}-{nanos}.db", std::process::id()));
-        let (version, bytes) = store::read(self.engine.readers(), move |s| {
-            let result = s.image_to(&tmp).and_then(|()| {
-                let v = store::check_image(&tmp)?;
-                let bytes = std::fs::read(&tmp).map_err(|e| StoreError::BadImage(e.to_string()))?;
-                Ok((v, bytes))
-            });
-            let _ = std::fs::remove_file(&tmp);
-            result
-        })?;
-        let crc = crc32fast::hash(&bytes);
+        // The image is made, checked and checksummed on a reader thread
+        // (a pass over the file with a 1 MiB buffer), then streamed from
+        // the file in chunks: memory does not grow with the database.
+        let path = tmp.clone();
+        let made = store::read(self.engine.readers(), move |s| {
+            s.image_to(&path)?;
+            let v = store::check_image(&path)?;
+            let (len, crc) = store::file_crc(&path)?;
+            Ok((v, len, crc))
+        });
+        let opened = made.and_then(|m| {
+            let file = std::fs::File::open(&tmp).map_err(|e| StoreError::BadImage(e.to_string()))?;
+            Ok((m, file))
+        });
+        let ((version, len, crc), file) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+        };
+        let body = store::ImageStream::new(file, tmp, len, self.engine.readers().clone());
         Ok(Response {
             status: 200,
             content_type: "application/vnd.sqlite3",
-            body: Body::Owned(bytes),
+            body: Body::Stream(Box::new(body)),
             headers: vec![
                 ("X-Kamaitachi-Seq", version.version.to_string()),
                 ("X-Kamaitachi-Dataset", version.dataset_id.to_string()),

@@ -147,16 +147,32 @@ impl Request<'_> {
 pub enum Body {
     Owned(Vec<u8>),
     Shared(Arc<[u8]>),
+    /// Produced piece by piece and written as it comes (a database image):
+    /// never held whole in memory.
+    Stream(Box<dyn BodyStream>),
+}
+
+/// A response body read in chunks.
+pub trait BodyStream: Send {
+    /// Total bytes: the Content-Length.
+    fn len(&self) -> u64;
+    /// The next chunk; `Ok(None)` at the end.
+    fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>>;
 }
 
 impl Body {
-    fn as_bytes(&self) -> &[u8] {
+    /// The bytes of an in-memory body (none for a stream) and the length.
+    fn bytes_and_len(&self) -> (&[u8], u64) {
         match self {
-            Body::Owned(v) => v,
-            Body::Shared(b) => b,
+            Body::Owned(v) => (v, v.len() as u64),
+            Body::Shared(b) => (b, b.len() as u64),
+            Body::Stream(s) => (&[], s.len()),
         }
     }
 }
+
+/// Longest wait for a client to take a chunk of a streamed body.
+const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Response {
     pub status: u16,
@@ -279,7 +295,12 @@ enum Step {
     /// and asks for `100 Continue` before sending the body.
     Partial { expects_continue: bool },
     /// Answered a request of `len` bytes; keep reading if `keep_alive`.
-    Answered { len: usize, keep_alive: bool },
+    /// `body`: a body to stream after what was written to the output.
+    Answered {
+        len: usize,
+        keep_alive: bool,
+        body: Option<Box<dyn BodyStream>>,
+    },
     /// Unusable: answer with this error and close.
     Reject(ApiError),
 }
@@ -321,9 +342,18 @@ fn handle_connection<S: Service>(
                     linger_close(&mut stream);
                     return Ok(());
                 }
-                Step::Answered { len, keep_alive } => {
+                Step::Answered {
+                    len,
+                    keep_alive,
+                    body,
+                } => {
                     served_any = true;
                     start += len;
+                    if let Some(body) = body {
+                        stream.write_all(&wbuf)?;
+                        wbuf.clear();
+                        stream_body(&mut stream, body)?;
+                    }
                     pending_since = None;
                     sent_continue = false;
                     if !keep_alive {
@@ -415,6 +445,25 @@ fn handle_connection<S: Service>(
     }
 }
 
+/// Writes a streamed body chunk by chunk. A body that fails or ends short
+/// closes the connection (the client sees fewer bytes than announced).
+fn stream_body(stream: &mut TcpStream, mut body: Box<dyn BodyStream>) -> io::Result<()> {
+    stream.set_write_timeout(Some(STREAM_WRITE_TIMEOUT))?;
+    let mut sent = 0u64;
+    while let Some(chunk) = body.next_chunk()? {
+        stream.write_all(&chunk)?;
+        sent += chunk.len() as u64;
+    }
+    stream.set_write_timeout(None)?;
+    if sent != body.len() {
+        return Err(io::Error::other(format!(
+            "streamed body ended after {sent} of {} bytes",
+            body.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Longest a connection is kept, after an early answer, to read and discard
 /// what the client still sends (nginx: `lingering_time 30s`).
 const LINGER_TIME: Duration = Duration::from_secs(5);
@@ -503,9 +552,14 @@ fn answer_one<S: Service>(
     // A stopping node closes each connection after the request in progress.
     let keep_alive = keep_alive && !drain.stopping();
     write_response(out, &response, keep_alive, head);
+    let body = match response.body {
+        Body::Stream(s) if !head => Some(s),
+        _ => None,
+    };
     Step::Answered {
         len: head_len + body_len,
         keep_alive,
+        body,
     }
 }
 
@@ -590,7 +644,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 fn write_response(out: &mut Vec<u8>, resp: &Response, keep_alive: bool, head: bool) {
-    let body = resp.body.as_bytes();
+    let (body, len) = resp.body.bytes_and_len();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(resp.status).as_bytes());
     out.push(b' ');
@@ -598,7 +652,7 @@ fn write_response(out: &mut Vec<u8>, resp: &Response, keep_alive: bool, head: bo
     out.extend_from_slice(b"\r\nServer: kamaitachi\r\nContent-Type: ");
     out.extend_from_slice(resp.content_type.as_bytes());
     out.extend_from_slice(b"\r\nContent-Length: ");
-    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
     out.extend_from_slice(b"\r\n");
     if !keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");

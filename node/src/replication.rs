@@ -246,13 +246,10 @@ impl Follower {
             header("x-kamaitachi-dataset"),
             header("x-kamaitachi-crc32"),
         );
-        let mut bytes = Vec::new();
-        resp.body_mut()
-            .as_reader()
-            .take(MAX_IMAGE_BYTES)
-            .read_to_end(&mut bytes)
-            .map_err(|e| FollowError::Http(e.to_string()))?;
+        let declared = header("content-length");
         if status != 200 {
+            let mut bytes = Vec::new();
+            let _ = resp.body_mut().as_reader().take(64 << 10).read_to_end(&mut bytes);
             return Err(FollowError::Status {
                 status,
                 body: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
@@ -263,19 +260,31 @@ impl Follower {
                 "missing sequence, dataset or checksum headers".into(),
             ));
         };
-        let computed = u64::from(crc32fast::hash(&bytes));
-        if computed != crc {
+        if declared.is_some_and(|n| n > MAX_IMAGE_BYTES) {
             return Err(FollowError::Image(format!(
-                "checksum {computed:08x} != {crc:08x} (damaged in transit)"
+                "image of {} bytes is over the {MAX_IMAGE_BYTES} byte limit",
+                declared.unwrap_or(0)
             )));
         }
         let mut tmp = self.db_path.as_os_str().to_owned();
         tmp.push(".sync-tmp");
         let tmp = PathBuf::from(tmp);
-        std::fs::write(&tmp, &bytes)
-            .map_err(|e| FollowError::Image(format!("cannot write {}: {e}", tmp.display())))?;
-        drop(bytes);
+        // Streamed to a temporary file in 1 MiB chunks, checksummed on the
+        // way: memory does not grow with the database.
+        let received = receive_image(resp.body_mut().as_reader(), &tmp);
         let result = (|| {
+            let (len, computed) = received?;
+            if declared.is_some_and(|n| n != len) {
+                return Err(FollowError::Image(format!(
+                    "image ended after {len} of {} bytes",
+                    declared.unwrap_or(0)
+                )));
+            }
+            if u64::from(computed) != crc {
+                return Err(FollowError::Image(format!(
+                    "checksum {computed:08x} != {crc:08x} (damaged in transit)"
+                )));
+            }
             let version = store::check_image(&tmp)?;
             if version.version != seq || version.dataset_id != dataset {
                 return Err(FollowError::Image(format!(
@@ -310,4 +319,33 @@ impl Follower {
         );
         Ok(())
     }
+}
+
+/// Copies an image from `body` to the file `tmp` (created afresh, fsync'd),
+/// at most [`MAX_IMAGE_BYTES`]; returns its length and CRC-32.
+fn receive_image(mut body: impl Read, tmp: &std::path::Path) -> Result<(u64, u32), FollowError> {
+    use std::io::Write;
+    let io = |e: std::io::Error| FollowError::Image(format!("{}: {e}", tmp.display()));
+    let mut file = std::fs::File::create(tmp).map_err(io)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; store::IMAGE_CHUNK];
+    let mut len = 0u64;
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(FollowError::Http(format!("reading the image: {e}"))),
+        };
+        len += n as u64;
+        if len > MAX_IMAGE_BYTES {
+            return Err(FollowError::Image(format!(
+                "image over the {MAX_IMAGE_BYTES} byte limit"
+            )));
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n]).map_err(io)?;
+    }
+    file.sync_all().map_err(io)?;
+    Ok((len, hasher.finalize()))
 }

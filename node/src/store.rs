@@ -392,8 +392,12 @@ impl Store {
     /// never a mix.
     pub fn restore_from(&mut self, path: &Path) -> Result<(), StoreError> {
         let src = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let backup = rusqlite::backup::Backup::new(&src, &mut self.conn)?;
-        backup.step(-1)?;
+        // A small page cache for the copy: its memory must not grow with
+        // the database (the writer's usual cache is 64 MiB).
+        self.conn.pragma_update(None, "cache_size", -8192)?;
+        let result = rusqlite::backup::Backup::new(&src, &mut self.conn).and_then(|b| b.step(-1).map(|_| ()));
+        self.conn.pragma_update(None, "cache_size", -65536)?;
+        result?;
         Ok(())
     }
 }
@@ -405,6 +409,80 @@ fn set_version(tx: &rusqlite::Transaction<'_>, seq: u64) -> Result<(), StoreErro
         params![seq.to_string()],
     )?;
     Ok(())
+}
+
+/// Bytes of an image file read or written at a time.
+pub const IMAGE_CHUNK: usize = 1 << 20;
+
+/// Length and CRC-32 of a file, read in [`IMAGE_CHUNK`]s.
+pub fn file_crc(path: &Path) -> Result<(u64, u32), StoreError> {
+    use std::io::Read;
+    let io = |e: std::io::Error| StoreError::BadImage(format!("{}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; IMAGE_CHUNK];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            return Ok((len, hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+}
+
+/// A database image streamed from its temporary file, chunk by chunk; each
+/// chunk is read on a pool thread (file I/O must not block a coroutine's
+/// worker). The file is removed when the stream is dropped.
+pub struct ImageStream {
+    file: std::sync::Arc<std::fs::File>,
+    path: PathBuf,
+    len: u64,
+    offset: u64,
+    pool: ReadPool,
+}
+
+impl ImageStream {
+    pub fn new(file: std::fs::File, path: PathBuf, len: u64, pool: ReadPool) -> Self {
+        ImageStream {
+            file: std::sync::Arc::new(file),
+            path,
+            len,
+            offset: 0,
+            pool,
+        }
+    }
+}
+
+impl crate::http::BodyStream for ImageStream {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn next_chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        use std::os::unix::fs::FileExt;
+        if self.offset >= self.len {
+            return Ok(None);
+        }
+        let n = (self.len - self.offset).min(IMAGE_CHUNK as u64) as usize;
+        let (file, at) = (self.file.clone(), self.offset);
+        let chunk = self
+            .pool
+            .call(move |_| {
+                let mut buf = vec![0u8; n];
+                file.read_exact_at(&mut buf, at).map(|()| buf)
+            })
+            .map_err(std::io::Error::other)??;
+        self.offset += n as u64;
+        Ok(Some(chunk))
+    }
+}
+
+impl Drop for ImageStream {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Checks a downloaded image before it is trusted: SQLite's quick check, the
