@@ -393,11 +393,16 @@ impl Store {
     pub fn restore_from(&mut self, path: &Path) -> Result<(), StoreError> {
         let src = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         // A small page cache for the copy: its memory must not grow with
-        // the database (the writer's usual cache is 64 MiB).
+        // the database. The caller puts the writer's usual cache back with
+        // [`Store::writer_cache`] once it has read what it needs.
         self.conn.pragma_update(None, "cache_size", -8192)?;
-        let result = rusqlite::backup::Backup::new(&src, &mut self.conn).and_then(|b| b.step(-1).map(|_| ()));
+        rusqlite::backup::Backup::new(&src, &mut self.conn)?.step(-1)?;
+        Ok(())
+    }
+
+    /// The writer's page cache: 64 MiB (index pages of large batches).
+    pub fn writer_cache(&self) -> Result<(), StoreError> {
         self.conn.pragma_update(None, "cache_size", -65536)?;
-        result?;
         Ok(())
     }
 }
@@ -523,7 +528,7 @@ pub fn start_writer(path: &Path) -> Result<WritePool, StoreError> {
         // A batch of 1,000 rows touches thousands of index pages: keep them
         // in memory (64 MiB) rather than re-reading them. Checkpoints run on
         // their own thread, off the write path.
-        store.conn.pragma_update(None, "cache_size", -65536)?;
+        store.writer_cache()?;
         store.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         Ok(store)
     }
