@@ -34,6 +34,13 @@ pub enum ConfigError {
 
 /// The message for a port that cannot be bound, with what to do about it.
 pub fn listen_error(addr: &str, port: u16, file: &Path, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        return format!(
+            "port {port} is in use: cannot listen on {addr} (`ss -ltnp | grep :{port}` shows who holds it; \
+             change [server] port in {})",
+            file.display()
+        );
+    }
     format!(
         "cannot listen on {addr}: {e} (is another process using port {port}? `ss -ltnp | grep :{port}` shows it; \
          change [server] port in {})",

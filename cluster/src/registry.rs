@@ -15,7 +15,7 @@
 //! the node leaves the registry at once.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -93,11 +93,33 @@ impl EtcdConfig {
     }
 
     fn connect_options(&self) -> ConnectOptions {
+        // etcd refuses client pings more often than its
+        // `--grpc-keepalive-min-time` (default 5 s) with GOAWAY
+        // `too_many_pings`, which broke the connection every ~8 s while etcd
+        // was healthy. Ping every 10 s: a dead etcd is still noticed within
+        // 15 s, and the lease keep-alive (every ttl/3) notices sooner.
         ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive(KEEPALIVE_INTERVAL, Duration::from_secs(5))
     }
+}
+
+/// HTTP/2 keepalive ping interval towards etcd; at least etcd's default
+/// `--grpc-keepalive-min-time` of 5 s.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+static RECONNECTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times a registry task of this process lost its etcd connection
+/// (or failed to make one) and connected again: 0 on a healthy etcd. Shown
+/// in `/metrics` as `kamaitachi_etcd_reconnects_total`.
+pub fn reconnects() -> u64 {
+    RECONNECTS.load(Ordering::Relaxed)
+}
+
+fn count_reconnect() {
+    RECONNECTS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The registry value of one node.
@@ -229,6 +251,7 @@ impl RegisterTask {
                         "Failed to connect to etcd: {e} (endpoints {:?}); retrying",
                         self.cfg.endpoints
                     );
+                    count_reconnect();
                     tokio::select! { _ = backoff.wait() => continue, _ = &mut stop => return }
                 }
             };
@@ -236,6 +259,7 @@ impl RegisterTask {
                 Ended::Stopped => return,
                 Ended::Failed => {
                     self.registered.store(false, Ordering::Release);
+                    count_reconnect();
                     tokio::select! { _ = backoff.wait() => {}, _ = &mut stop => return }
                 }
             }
@@ -403,6 +427,7 @@ impl DiscoverTask {
                     self.services.load().len()
                 );
             }
+            count_reconnect();
             backoff.wait().await;
         }
     }

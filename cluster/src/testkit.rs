@@ -205,6 +205,8 @@ pub struct NodeOpts {
     pub max_bytes: u64,
     pub dump: Option<PathBuf>,
     pub extra: String,
+    /// Extra environment variables for the process.
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeOpts {
@@ -215,6 +217,7 @@ impl NodeOpts {
             max_bytes: 256 << 20,
             dump: None,
             extra: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -254,12 +257,23 @@ impl Node {
             opts.extra
         );
         std::fs::write(&config, ini).expect("write config");
-        Self::start_with_config(bin, dir, config, port)
+        Self::start_with_env(bin, dir, config, port, &opts.env)
     }
 
     pub fn start_with_config(bin: &Path, dir: PathBuf, config: PathBuf, port: u16) -> Node {
+        Self::start_with_env(bin, dir, config, port, &[])
+    }
+
+    fn start_with_env(
+        bin: &Path,
+        dir: PathBuf,
+        config: PathBuf,
+        port: u16,
+        env: &[(String, String)],
+    ) -> Node {
         let log = dir.join("node.log");
         let child = Command::new(bin)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("-config")
             .arg(&config)
             .stdout(Stdio::null())
@@ -315,6 +329,11 @@ impl Node {
         let r = self.get(STATS);
         assert_eq!(r.status, 200, "{}", r.text());
         r.json()["data"].clone()
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -588,4 +607,35 @@ impl KeepAlive {
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
+}
+
+/// A client that behaves like Python's `urllib`: it writes the request head
+/// and its whole body (`body_len` bytes) before reading anything, then reads
+/// to the end. A server that answers early and closes with unread bytes
+/// makes the kernel reset the connection, and this returns the error.
+pub fn post_whole_then_read(port: u16, path: &str, body_len: usize) -> Result<Resp, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_write_timeout(Some(Duration::from_secs(20)))
+        .and_then(|()| s.set_read_timeout(Some(Duration::from_secs(20))))
+        .map_err(|e| e.to_string())?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes())
+        .map_err(|e| format!("writing the head: {e}"))?;
+    let chunk = vec![b' '; 64 * 1024];
+    let mut sent = 0;
+    while sent < body_len {
+        let n = chunk.len().min(body_len - sent);
+        s.write_all(&chunk[..n])
+            .map_err(|e| format!("writing the body, after {sent} of {body_len} bytes: {e}"))?;
+        sent += n;
+    }
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    parse_responses(&out)
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("no answer: {:?}", String::from_utf8_lossy(&out)))
 }

@@ -41,6 +41,8 @@ pub struct GatewayConfig {
     pub max_body_bytes: u64,
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
+    /// Client connections open at once; beyond it, 503 and close.
+    pub max_connections: usize,
     pub qps: u32,
     pub burst: u32,
     pub admin_token_file: Option<PathBuf>,
@@ -127,6 +129,9 @@ impl GatewayConfig {
                 ini.get_or::<u64>("limits", "request_timeout_secs", 10, "seconds")?
                     .max(1),
             ),
+            max_connections: ini
+                .get_or::<usize>("limits", "max_connections", 10_000, "a connection count")?
+                .max(1),
             qps: ini.get_or("limits", "qps", 0, "requests per second (0 = unlimited)")?,
             burst: ini.get_or("limits", "burst", 0, "requests (0 = same as qps)")?,
             admin_token_file: ini.get_str("security", "admin_token_file").map(PathBuf::from),

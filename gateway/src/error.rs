@@ -17,6 +17,13 @@ pub enum GatewayError {
     },
     #[error("request body is {got} bytes; the limit is {limit} bytes")]
     PayloadTooLarge { got: u64, limit: u64 },
+    /// Bad framing or input; the message names the header or field.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("too many connections (the limit is {0}); retry later")]
+    TooManyConnections(usize),
+    #[error("request head larger than {0} bytes")]
+    HeadTooLarge(usize),
     #[error("Transfer-Encoding is not supported; send the body with a Content-Length")]
     LengthRequired,
     #[error("the request did not arrive whole in time")]
@@ -38,6 +45,9 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
+            GatewayError::BadRequest(_) => 400,
+            GatewayError::TooManyConnections(_) => 503,
+            GatewayError::HeadTooLarge(_) => 431,
             GatewayError::NotFound { .. } => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::RequestTimeout => 408,

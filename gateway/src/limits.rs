@@ -36,6 +36,31 @@ impl Limits {
         }
     }
 
+    /// The declared body length of a request: one `Content-Length` header
+    /// holding one decimal number, or none. Anything else (`5, 5`, two
+    /// headers, a sign, spaces inside) is refused with a 400 naming the
+    /// header, as nginx does, so the length checked against the limit is the
+    /// length the request is framed by.
+    pub fn content_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u64>, GatewayError> {
+        let mut found = None;
+        for v in values {
+            let t = v.trim_ascii();
+            let n = (!t.is_empty() && t.len() <= 18 && t.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(t).ok()?.parse::<u64>().ok())
+                .flatten();
+            match (found, n) {
+                (None, Some(n)) => found = Some(n),
+                _ => {
+                    return Err(GatewayError::BadRequest(format!(
+                        "Content-Length: {:?} is not one decimal number (one header, one value)",
+                        String::from_utf8_lossy(&v[..v.len().min(40)])
+                    )))
+                }
+            }
+        }
+        Ok(found)
+    }
+
     pub fn check_body(&self, content_length: Option<u64>) -> Result<(), GatewayError> {
         match content_length {
             Some(n) if n > self.max_body_bytes => Err(GatewayError::PayloadTooLarge {
@@ -59,6 +84,20 @@ mod tests {
         let open = Limits::new(10, 0, 0);
         assert!((0..1000).all(|_| open.admit().is_ok()));
         assert!(open.check_body(Some(10)).is_ok());
+        let cl = |v: &[&str]| Limits::content_length(v.iter().map(|s| s.as_bytes()));
+        assert_eq!(cl(&[]).unwrap(), None);
+        assert_eq!(cl(&[" 12 "]).unwrap(), Some(12));
+        for bad in [
+            &["5, 5"][..],
+            &["5", "5"],
+            &["-1"],
+            &["+5"],
+            &["1 2"],
+            &[""],
+            &["99999999999999999999"],
+        ] {
+            assert!(matches!(cl(bad), Err(GatewayError::BadRequest(_))), "{bad:?}");
+        }
         assert!(matches!(
             open.check_body(Some(11)),
             Err(GatewayError::PayloadTooLarge { got: 11, limit: 10 })

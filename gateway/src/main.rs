@@ -144,8 +144,14 @@ fn run(config: &Path) -> anyhow::Result<()> {
             .context("cannot build the HTTP client")?,
     };
     let general = http_proxy(&server.configuration, gateway);
-    if cfg.read_fast_path {
+    // The read path owns every connection, fast path on or off: it reads
+    // each request head under the whole-head deadline and keeps the
+    // connection cap; with the fast path off it hands every request over.
+    {
         let front = read_path::ReadPath {
+            fast_reads: cfg.read_fast_path,
+            open: Arc::default(),
+            max_connections: cfg.max_connections,
             general: Arc::new(general),
             upstreams,
             limits,
@@ -162,10 +168,6 @@ fn run(config: &Path) -> anyhow::Result<()> {
             slow: Duration::from_millis(cfg.log.slow_ms),
         };
         let mut service = Service::new("kamaitachi gateway".to_string(), front);
-        service.add_tcp(&listen);
-        server.add_service(service);
-    } else {
-        let mut service = Service::new("kamaitachi gateway".to_string(), general);
         service.add_tcp(&listen);
         server.add_service(service);
     }

@@ -20,6 +20,7 @@ pub struct Metrics {
     latency: Vec<Histogram>,
     retries: IntCounter,
     node_healthy: IntGaugeVec,
+    etcd_reconnects: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -68,7 +69,13 @@ impl Metrics {
             &["addr", "role"],
         )?;
         registry.register(Box::new(node_healthy.clone()))?;
+        let etcd_reconnects = prometheus::IntGauge::new(
+            "kamaitachi_etcd_reconnects_total",
+            "Times a registry connection to etcd was lost or failed and made again",
+        )?;
+        registry.register(Box::new(etcd_reconnects.clone()))?;
         Ok(Metrics {
+            etcd_reconnects,
             registry,
             requests,
             other_status: vec,
@@ -101,6 +108,7 @@ impl Metrics {
                 .with_label_values(&[&n.addr, &n.role])
                 .set(i64::from(n.healthy && !n.ejected));
         }
+        self.etcd_reconnects.set(cluster::registry::reconnects() as i64);
         let mut out = Vec::new();
         let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out

@@ -35,6 +35,39 @@ use crate::status_page;
 use crate::upstreams::Upstreams;
 use cluster::request_id::{self, RequestId};
 
+/// Longest the gateway reads and discards a request body after an early
+/// error answer (nginx: `lingering_time 30s`).
+pub const LINGER_TIME: Duration = Duration::from_secs(5);
+/// Longest wait for each read while lingering (nginx: `lingering_timeout`).
+pub const LINGER_READ: Duration = Duration::from_secs(2);
+/// Most bytes discarded while lingering.
+pub const LINGER_BYTES: usize = 64 << 20;
+
+/// Lingering close: after an early error answer (413, 429, 404, …) the
+/// unread body is read and discarded, bounded by [`LINGER_TIME`] and
+/// [`LINGER_BYTES`], so closing does not make the kernel reset the
+/// connection under a client that writes its whole body before reading
+/// (Python's urllib), which would then never see the answer. The
+/// connection closes afterwards unless the body was read whole.
+async fn linger(session: &mut Session) {
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut discarded = 0usize;
+    let whole = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || discarded > LINGER_BYTES {
+            break false;
+        }
+        match pingora_timeout::timeout(left.min(LINGER_READ), session.read_request_body()).await {
+            Ok(Ok(Some(chunk))) => discarded += chunk.len(),
+            Ok(Ok(None)) => break true,
+            Ok(Err(_)) | Err(_) => break false,
+        }
+    };
+    if !whole {
+        session.set_keepalive(None);
+    }
+}
+
 /// pingora's retry buffer; a larger read body is streamed without a key.
 pub const RETRY_BUFFER: u64 = 64 * 1024;
 
@@ -76,6 +109,9 @@ impl Gateway {
         resp.insert_header("Server", "kamaitachi-gateway")?;
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(local.body), true).await?;
+        if local.status >= 400 && !session.is_body_done() {
+            linger(session).await;
+        }
         Ok(true)
     }
 
@@ -207,10 +243,16 @@ impl ProxyHttp for Gateway {
                 .answer(session, Local::error(&GatewayError::LengthRequired))
                 .await;
         }
-        let content_length = headers
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        // The same length for the 413 check as for the framing: a value
+        // that is not one plain number is refused, never skipped.
+        let content_length =
+            match Limits::content_length(headers.get_all("content-length").iter().map(|v| v.as_bytes())) {
+                Ok(n) => n,
+                Err(e) => {
+                    session.set_keepalive(None);
+                    return self.answer(session, Local::error(&e)).await;
+                }
+            };
         if let Err(e) = self.limits.check_body(content_length) {
             return self.answer(session, Local::error(&e)).await;
         }

@@ -29,6 +29,7 @@
 //! relayed and ejects the node.
 
 use std::net::SocketAddr as InetAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,12 @@ const HOLD: usize = 256 * 1024;
 const CONNECTION_CLOSE: &[u8] = b"Connection: close\r\n";
 
 pub struct ReadPath {
+    /// Reads are proxied here; when false every request is handed over.
+    pub fast_reads: bool,
+    /// Client connections open now.
+    pub open: Arc<AtomicUsize>,
+    /// Beyond this many open client connections: 503 and close.
+    pub max_connections: usize,
     /// pingora's HTTP proxy, for every request this path does not take.
     pub general: Arc<HttpProxy<Gateway>>,
     pub upstreams: Arc<Upstreams>,
@@ -100,15 +107,21 @@ struct Buffers {
 enum Next {
     /// A read, and the time by which its body must have arrived.
     Read(ReadHead, Instant),
-    General(Option<usize>),
+    General,
     Closed,
     TimedOut,
+    /// The head is still incomplete at `MAX_HEAD` bytes.
+    HeadTooLarge,
 }
 
 /// A parsed request head.
 #[derive(Debug, PartialEq, Eq)]
 enum Head {
     Partial,
+    /// Still incomplete at `MAX_HEAD` bytes: refused (431), never handed
+    /// to pingora, whose per-read timeout would let a client that sends a
+    /// byte now and then hold the connection for ever.
+    TooLarge,
     /// Not for this path. `Some(n)`: the request is exactly `n` bytes (head
     /// and Content-Length body), so pingora is handed just those and the
     /// next pipelined request stays here; `None`: its length is unknown
@@ -173,6 +186,13 @@ struct Relayed {
 impl ServerApp for ReadPath {
     async fn process_new(self: &Arc<Self>, client: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let mut client = rehome(client);
+        let guard = OpenGuard::enter(&self.open);
+        if guard.0 > self.max_connections {
+            let e = GatewayError::TooManyConnections(self.max_connections);
+            let _ = self.write_local(&mut client, &e, true).await;
+            let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
+            return None;
+        }
         let mut bufs = Buffers::default();
         loop {
             match self.next_request(&mut client, &mut bufs, shutdown).await {
@@ -181,13 +201,18 @@ impl ServerApp for ReadPath {
                         return None;
                     }
                 }
-                Next::General(len) => {
-                    client = self.hand_over(client, &mut bufs.client, len, shutdown).await?
-                }
+                Next::General => client = self.hand_over(client, &mut bufs.client, shutdown).await?,
                 Next::TimedOut => {
                     let _ = self
                         .write_local(&mut client, &GatewayError::RequestTimeout, true)
                         .await;
+                    return None;
+                }
+                Next::HeadTooLarge => {
+                    let e = GatewayError::HeadTooLarge(MAX_HEAD);
+                    if self.write_local(&mut client, &e, true).await {
+                        linger(&mut client).await;
+                    }
                     return None;
                 }
                 Next::Closed => return None,
@@ -213,8 +238,9 @@ impl ReadPath {
                     self.limits.max_body_bytes,
                     &mut bufs.upstream_request,
                 ) {
-                    Head::Read(head) => return Next::Read(head, deadline),
-                    Head::General(len) => return Next::General(len),
+                    Head::Read(head) if self.fast_reads => return Next::Read(head, deadline),
+                    Head::Read(_) | Head::General(_) => return Next::General,
+                    Head::TooLarge => return Next::HeadTooLarge,
                     Head::Partial => {}
                 }
             }
@@ -249,25 +275,41 @@ impl ReadPath {
         }
     }
 
-    /// Gives the connection to pingora's proxy for one request, with the
-    /// bytes of it already read (all of `pending` when its length is
-    /// unknown); returns the connection when pingora keeps it alive.
+    /// Gives the connection to pingora's proxy, with every byte already
+    /// read from the client (the request and whatever was pipelined after
+    /// it), for as long as pingora holds bytes of a next request; returns
+    /// the connection when pingora keeps it alive and has read nothing
+    /// past its last request.
+    ///
+    /// pingora reads the rest of the body from the socket itself, and the
+    /// same read may bring the next pipelined request (`abcde` and a whole
+    /// snapshot request in one segment). With pipelining on, pingora keeps
+    /// those bytes for the next session instead of failing with "Sent data
+    /// after end of body"; they are then fed to a next pingora session, so
+    /// requests are answered in the order they came.
     async fn hand_over(
         &self,
         client: Stream,
         pending: &mut Vec<u8>,
-        request_len: Option<usize>,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let mut session = ServerSession::new_http1(client);
-        let n = request_len.map_or(pending.len(), |n| n.min(pending.len()));
-        if n > 0 {
-            session.set_pipelined_prefix(BytesMut::from(&pending[..n]));
-            pending.drain(..n);
+        session.set_pipelining_enabled(true);
+        if !pending.is_empty() {
+            session.set_pipelined_prefix(BytesMut::from(&pending[..]));
+            pending.clear();
         }
         session.set_keepalive((!*shutdown.borrow()).then_some(self.client_idle.as_secs().max(1)));
-        let reused = self.general.process_new_http(session, shutdown).await?;
-        Some(reused.consume().0)
+        loop {
+            let (stream, settings) = self.general.process_new_http(session, shutdown).await?.consume();
+            match settings {
+                Some(settings) if holds_pipelined_bytes(&settings) => {
+                    session = ServerSession::new_http1(stream);
+                    settings.apply_to_session(&mut session);
+                }
+                _ => return Some(stream),
+            }
+        }
     }
 
     /// Serves one read; returns whether the client connection stays open.
@@ -539,6 +581,49 @@ impl ReadPath {
     }
 }
 
+/// Whether pingora kept bytes of a next pipelined request for the next
+/// session. pingora 0.9.1 offers no getter for them, only
+/// `apply_to_session`, so this reads the settings' `Debug` form (pinned
+/// version; if the form changed this would say "no", the behaviour before
+/// pipelining was handled).
+fn holds_pipelined_bytes(settings: &pingora::apps::HttpPersistentSettings) -> bool {
+    format!("{settings:?}").contains("pipelined_prefix: Some(")
+}
+
+/// Counts an open client connection while it lives.
+struct OpenGuard<'a>(usize, &'a AtomicUsize);
+
+impl<'a> OpenGuard<'a> {
+    fn enter(open: &'a AtomicUsize) -> Self {
+        OpenGuard(open.fetch_add(1, Ordering::AcqRel) + 1, open)
+    }
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.1.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Lingering close after an early answer: shut the write side (the answer
+/// is complete), read and discard what the client still sends, bounded by
+/// the same limits as the general path's (`proxy::LINGER_*`).
+async fn linger(client: &mut Stream) {
+    if timeout(Duration::from_secs(1), client.shutdown()).await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + crate::proxy::LINGER_TIME;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut discarded = 0usize;
+    while discarded < crate::proxy::LINGER_BYTES {
+        let wait = left(deadline).min(crate::proxy::LINGER_READ);
+        match timeout(wait, client.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => discarded += n,
+            _ => return,
+        }
+    }
+}
+
 /// Registers a fresh client connection with this thread's runtime.
 ///
 /// pingora accepts on one worker's runtime and hands the connection to a
@@ -587,6 +672,7 @@ fn parse_request(buf: &[u8], max_body: u64, upstream: &mut Vec<u8>) -> Head {
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Head::Partial,
+        Ok(httparse::Status::Partial) => return Head::TooLarge,
         // Too large, too many headers, or malformed: the general path
         // answers it as pingora does.
         _ => return Head::General(None),
@@ -820,10 +906,12 @@ mod tests {
             format!("{read} HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"),
             format!("{read} HTTP/1.1\r\nContent-Length: +2\r\n\r\n"),
             "POST /data/\0 HTTP/1.1\r\n\r\n".into(),
-            format!("{read} HTTP/1.1\r\nX: {}", "y".repeat(MAX_HEAD)),
         ] {
             assert_eq!(parse(&raw).0, Head::General(None), "{raw:?}");
         }
+        // Still incomplete at MAX_HEAD: refused here, never handed over.
+        let raw = format!("{read} HTTP/1.1\r\nX: {}", "y".repeat(MAX_HEAD));
+        assert_eq!(parse(&raw).0, Head::TooLarge);
         let raw = format!("{read} HTTP/1.1\r\nContent-Length: 11\r\n\r\n");
         assert_eq!(
             parse_request(raw.as_bytes(), 10, &mut Vec::new()),

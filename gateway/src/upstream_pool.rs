@@ -33,19 +33,27 @@ pub struct UpstreamPool {
 }
 
 impl UpstreamPool {
-    /// The most recently returned idle connection to `addr`, if one is young
-    /// enough.
+    /// The most recently returned idle connection to `addr` that is young
+    /// enough and readable-empty. A connection with bytes pending (a node
+    /// that sent more than its answer) or at EOF (the node closed it) is
+    /// closed, never reused: those bytes would be taken for the next
+    /// client's answer.
     pub fn take(&self, addr: &SocketAddr) -> Option<TcpStream> {
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
             let conns = &mut idle.iter_mut().find(|(a, _)| a == addr)?.1;
-            let (conn, since) = conns.pop()?;
-            if since.elapsed() > self.max_idle {
-                // The rest are older still.
-                conns.clear();
-                return None;
+            while let Some((conn, since)) = conns.pop() {
+                if since.elapsed() > self.max_idle {
+                    // The rest are older still.
+                    conns.clear();
+                    return None;
+                }
+                if readable_empty(&conn) {
+                    return Some(conn);
+                }
+                tracing::debug!("pooled connection to {addr} had pending bytes or was closed; dropped");
             }
-            Some(conn)
+            None
         })
     }
 
@@ -87,6 +95,19 @@ impl UpstreamPool {
     }
 }
 
+/// Whether nothing is waiting to be read on `conn` and the peer has not
+/// closed it: a non-blocking `MSG_PEEK` of one byte must find nothing.
+/// (tokio's `try_read` trusts its cached readiness; this asks the kernel.)
+fn readable_empty(conn: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    let sock = socket2::SockRef::from(conn);
+    match sock.peek(&mut byte) {
+        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        // Ok(0): EOF; Ok(n): stray bytes.
+        Ok(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,9 +122,10 @@ mod tests {
         };
         assert!(pool.take(&addr).is_none());
         let mut conns = Vec::new();
+        let mut server_sides = Vec::new();
         for _ in 0..3 {
             let c = TcpStream::connect(addr).await.unwrap();
-            let _ = listener.accept().await.unwrap();
+            server_sides.push(listener.accept().await.unwrap().0);
             conns.push(c);
         }
         let ports: Vec<u16> = conns.iter().map(|c| c.local_addr().unwrap().port()).collect();
@@ -129,5 +151,31 @@ mod tests {
         pool.put(other_addr, c);
         assert_eq!(pool.idle(&addr), 0, "a departed node's connections were kept");
         assert_eq!(pool.idle(&other_addr), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_with_pending_bytes_or_closed_is_not_reused() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = UpstreamPool {
+            per_node: 4,
+            max_idle: Duration::from_secs(10),
+        };
+        let clean = TcpStream::connect(addr).await.unwrap();
+        let _clean_server = listener.accept().await.unwrap().0;
+        let stray = TcpStream::connect(addr).await.unwrap();
+        let mut stray_server = listener.accept().await.unwrap().0;
+        let closed = TcpStream::connect(addr).await.unwrap();
+        drop(listener.accept().await.unwrap().0);
+        let clean_port = clean.local_addr().unwrap().port();
+        pool.put(addr, clean);
+        pool.put(addr, stray);
+        pool.put(addr, closed);
+        stray_server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = pool.take(&addr).expect("the clean connection");
+        assert_eq!(got.local_addr().unwrap().port(), clean_port);
+        assert_eq!(pool.idle(&addr), 0);
     }
 }

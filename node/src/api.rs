@@ -62,6 +62,9 @@ pub struct Api {
 
 /// Longest a change-feed request may wait for a change.
 const MAX_WAIT: Duration = Duration::from_secs(10);
+/// Largest change sequence a client may name: `from + 1` must still be a
+/// positive SQLite integer.
+const MAX_SEQ: u64 = i64::MAX as u64 - 1;
 /// Changes per change-feed answer.
 const CHANGES_PER_PULL: usize = 64;
 
@@ -170,26 +173,31 @@ impl Api {
                 state.publish(&engine, applied, seq, catalog);
                 Ok::<_, StoreError>((written, seq))
             })
-            .map_err(|e| ApiError::Unavailable(e.to_string()))??;
+            .map_err(ApiError::from)??;
         tracing::debug!(request_id = %request_id(req), seq, written, "write committed");
         Ok(ok_json(&serde_json::json!({"written": written, "seq": seq})))
     }
 
     /// `GET …/replication/changes?from=S&wait_ms=W&dataset=D`.
     fn changes(&self, req: &Request<'_>) -> Result<Response, ApiError> {
-        let param = |name: &'static str| -> Result<Option<u64>, ApiError> {
-            match query_param(req.query, name) {
-                None => Ok(None),
-                Some(v) => v
-                    .parse()
-                    .map(Some)
-                    .map_err(|_| ApiError::field(name, "expected a non-negative integer")),
+        // Every number has a range: `from` must fit SQLite's signed 64-bit
+        // integer with room for `from + 1`; a wait is at most MAX_WAIT.
+        let param = |name: &'static str, max: u64| -> Result<Option<u64>, ApiError> {
+            let Some(v) = query_param(req.query, name) else {
+                return Ok(None);
+            };
+            match v.parse::<u64>() {
+                Ok(n) if n <= max => Ok(Some(n)),
+                _ => Err(ApiError::field(
+                    name,
+                    format!("expected an integer from 0 to {max}, got {:?}", truncate(v, 40)),
+                )),
             }
         };
-        let from = param("from")?.ok_or_else(|| ApiError::field("from", "required"))?;
-        let wait = Duration::from_millis(param("wait_ms")?.unwrap_or(0)).min(MAX_WAIT);
+        let from = param("from", MAX_SEQ)?.ok_or_else(|| ApiError::field("from", "required"))?;
+        let wait = Duration::from_millis(param("wait_ms", MAX_WAIT.as_millis() as u64)?.unwrap_or(0));
         let dataset = self.state.dataset_id.load(Ordering::Acquire);
-        if let Some(d) = param("dataset")? {
+        if let Some(d) = param("dataset", u64::MAX)? {
             if d != dataset {
                 return Err(ApiError::Gone(format!(
                     "dataset {d} is not this master's ({dataset})"
@@ -244,20 +252,36 @@ impl Api {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let tmp = dir.join(format!(".image-{}-{nanos}.db", std::process::id()));
-        let (version, bytes) = store::read(self.engine.readers(), move |s| {
-            let result = s.image_to(&tmp).and_then(|()| {
-                let v = store::check_image(&tmp)?;
-                let bytes = std::fs::read(&tmp).map_err(|e| StoreError::BadImage(e.to_string()))?;
-                Ok((v, bytes))
-            });
-            let _ = std::fs::remove_file(&tmp);
-            result
-        })?;
-        let crc = crc32fast::hash(&bytes);
+        // The image is made and checksummed on a reader thread
+        // (a pass over the file with a 1 MiB buffer), then streamed from
+        // the file in chunks: memory does not grow with the database.
+        let path = tmp.clone();
+        let made = store::read(self.engine.readers(), move |s| {
+            s.image_to(&path)?;
+            // SQLite's quick check runs once, on the slave that receives
+            // the image (it must check what arrived anyway): checking here
+            // too cost a third of a full sync's time.
+            let v = store::Store::open_ro(&path)?.data_version()?;
+            let (len, crc) = store::file_crc(&path)?;
+            Ok((v, len, crc))
+        });
+        let opened = made.and_then(|m| {
+            let file = std::fs::File::open(&tmp).map_err(|e| StoreError::BadImage(e.to_string()))?;
+            Ok((m, file))
+        });
+        let ((version, len, crc), file) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+        };
+        tracing::info!("replication: image of {len} bytes made; streaming it");
+        let body = store::ImageStream::new(file, tmp, len, self.engine.readers().clone());
         Ok(Response {
             status: 200,
             content_type: "application/vnd.sqlite3",
-            body: Body::Owned(bytes),
+            body: Body::Stream(Box::new(body)),
             headers: vec![
                 ("X-Kamaitachi-Seq", version.version.to_string()),
                 ("X-Kamaitachi-Dataset", version.dataset_id.to_string()),
@@ -376,12 +400,17 @@ impl Service for Api {
             Ok(r) => r,
             Err(e) => {
                 if e.status() >= 500 {
-                    tracing::warn!(
+                    // The request's context, next to the panic or fault it met.
+                    tracing::error!(
                         request_id = %request_id(req),
                         route = label.as_str(),
                         status = e.status(),
-                        "answering {}: {e}",
-                        e.status()
+                        "{} {}{}{} ({} body bytes): {e}",
+                        req.method,
+                        req.path,
+                        if req.query.is_empty() { "" } else { "?" },
+                        req.query,
+                        req.body.len()
                     );
                 }
                 error_response(&e)
@@ -409,6 +438,11 @@ impl Service for Api {
         }
         error_response(err)
     }
+}
+
+/// At most `max` characters of `s`, for echoing bad input in a message.
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
 }
 
 fn ok_shared(bytes: Arc<[u8]>) -> Response {

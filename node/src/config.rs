@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub max_body_bytes: usize,
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
+    /// On SIGTERM, longest wait for requests in progress.
+    pub drain_timeout: Duration,
     pub max_connections: usize,
     /// `[log]`: format, level, slow request threshold.
     pub log: LogConfig,
@@ -114,6 +116,7 @@ impl NodeConfig {
         let max_body_bytes: usize = ini.get_or("limits", "max_body_bytes", 1 << 20, "a byte count")?;
         let idle: u64 = ini.get_or("limits", "idle_timeout_secs", 60, "seconds")?;
         let request_secs: u64 = ini.get_or("limits", "request_timeout_secs", 10, "seconds")?;
+        let drain_secs: u64 = ini.get_or("limits", "drain_timeout_secs", 10, "seconds")?;
         let max_connections: usize = ini.get_or("limits", "max_connections", 10_000, "a connection count")?;
         let etcd = if ini.has_section("etcd") {
             Some(EtcdConfig::from_ini(ini)?)
@@ -154,6 +157,7 @@ impl NodeConfig {
             max_body_bytes,
             idle_timeout: Duration::from_secs(idle.max(1)),
             request_timeout: Duration::from_secs(request_secs.max(1)),
+            drain_timeout: Duration::from_secs(drain_secs.min(3600)),
             max_connections,
             log: LogConfig::from_ini(ini)?,
         })

@@ -74,6 +74,15 @@ impl ApiError {
     }
 }
 
+impl From<crate::pool::PoolError> for ApiError {
+    fn from(e: crate::pool::PoolError) -> Self {
+        match e {
+            crate::pool::PoolError::Gone => ApiError::Unavailable(e.to_string()),
+            crate::pool::PoolError::Panicked(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         ApiError::Internal(e.to_string())

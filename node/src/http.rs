@@ -20,7 +20,7 @@
 //! [`Service`] must not block the worker thread (SQLite runs elsewhere).
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,77 @@ impl Default for Limits {
     }
 }
 
+/// Graceful stop: the signal thread sets `stopping` and stops the listener;
+/// connections then finish the request they are in (answered with
+/// `Connection: close`) and start no other; `busy` counts connections with
+/// a request in progress, which the stop waits for (bounded).
+#[derive(Default)]
+pub struct Drain {
+    stopping: AtomicBool,
+    busy: AtomicUsize,
+}
+
+impl Drain {
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting without dropping a connection the kernel already
+    /// accepted: first a socket filter makes the listening socket ignore new
+    /// SYNs (a client retries its SYN a second later and is then refused),
+    /// the accept loop takes what is already queued, then the listening
+    /// socket is shut down (connections refused) and the accept loop ends.
+    /// Shutting it down at once would reset the queued connections, whose
+    /// requests were sent but never read.
+    pub fn stop_accepting(&self, listener: &std::net::TcpListener) {
+        self.stopping.store(true, Ordering::Release);
+        let sock = socket2::SockRef::from(listener);
+        // BPF `ret #0`: drop every packet addressed to the listening socket.
+        let drop_all = [libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }];
+        match sock.attach_filter(&drop_all) {
+            Ok(()) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => tracing::warn!("stopping the listener: cannot attach a socket filter: {e}"),
+        }
+        if let Err(e) = sock.shutdown(std::net::Shutdown::Both) {
+            tracing::warn!("stopping the listener: {e}");
+        }
+    }
+
+    /// Waits until no connection has a request in progress, at most
+    /// `timeout`; returns how many still had one.
+    pub fn wait_idle(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let busy = self.busy.load(Ordering::Acquire);
+            if busy == 0 || Instant::now() >= deadline {
+                return busy;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Marks a connection busy while it lives.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn new(drain: &'a Drain) -> Self {
+        drain.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(&drain.busy)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A parsed request; borrows the connection's read buffer.
 pub struct Request<'a> {
     pub method: &'a str,
@@ -76,16 +147,32 @@ impl Request<'_> {
 pub enum Body {
     Owned(Vec<u8>),
     Shared(Arc<[u8]>),
+    /// Produced piece by piece and written as it comes (a database image):
+    /// never held whole in memory.
+    Stream(Box<dyn BodyStream>),
+}
+
+/// A response body read in chunks.
+pub trait BodyStream: Send {
+    /// Total bytes: the Content-Length.
+    fn len(&self) -> u64;
+    /// The next chunk; `Ok(None)` at the end.
+    fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>>;
 }
 
 impl Body {
-    fn as_bytes(&self) -> &[u8] {
+    /// The bytes of an in-memory body (none for a stream) and the length.
+    fn bytes_and_len(&self) -> (&[u8], u64) {
         match self {
-            Body::Owned(v) => v,
-            Body::Shared(b) => b,
+            Body::Owned(v) => (v, v.len() as u64),
+            Body::Shared(b) => (b, b.len() as u64),
+            Body::Stream(s) => (&[], s.len()),
         }
     }
 }
+
+/// Longest wait for a client to take a chunk of a streamed body.
+const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Response {
     pub status: u16,
@@ -113,13 +200,42 @@ pub trait Service: Send + Sync + 'static {
     fn reject(&self, err: &ApiError) -> Response;
 }
 
-/// Accepts connections until the listener fails; one coroutine each.
-pub fn serve<S: Service>(listener: TcpListener, service: Arc<S>, limits: Limits) {
+/// A listening socket on `addr` that the port is not shared on.
+///
+/// may's `TcpListener::bind` sets `SO_REUSEPORT`, so a second process
+/// binding the same port succeeds and the kernel splits connections between
+/// the two. Here the socket is made with `socket2` with `SO_REUSEADDR` only
+/// (a restart may bind over `TIME_WAIT` leftovers, as nginx does) and handed
+/// to may: a busy port fails with `AddrInUse`.
+pub fn bind(addr: &str) -> io::Result<TcpListener> {
+    use std::net::ToSocketAddrs;
+    use std::os::unix::io::{FromRawFd, IntoRawFd};
+    let sockaddr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: no address")))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(sockaddr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&sockaddr.into())?;
+    socket.listen(1024)?;
+    let std_listener: std::net::TcpListener = socket.into();
+    // SAFETY: the descriptor was just taken out of an owned, listening
+    // socket; may takes over its ownership.
+    Ok(unsafe { TcpListener::from_raw_fd(std_listener.into_raw_fd()) })
+}
+
+/// Accepts connections until the node stops; one coroutine each.
+pub fn serve<S: Service>(listener: TcpListener, service: Arc<S>, limits: Limits, drain: Arc<Drain>) {
     let limits = Arc::new(limits);
     let open = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(s) => s,
+            Err(_) if drain.stopping() => break,
             Err(e) => {
                 tracing::warn!("accept failed: {e}");
                 may::coroutine::sleep(Duration::from_millis(10));
@@ -129,19 +245,27 @@ pub fn serve<S: Service>(listener: TcpListener, service: Arc<S>, limits: Limits)
         let service = service.clone();
         let limits = limits.clone();
         let open = open.clone();
+        let drain = drain.clone();
+        // Busy from accept until its first request is answered: a
+        // connection the kernel accepted is not dropped by a stop.
+        let busy_drain = drain.clone();
         may::go!(move || {
+            let busy = Busy::new(&busy_drain);
             let guard = ConnGuard::enter(&open);
             if guard.count > limits.max_connections {
                 let err = ApiError::Unavailable("too many connections".into());
                 let mut out = Vec::new();
                 write_response(&mut out, &service.reject(&err), false, false);
                 let mut stream = stream;
-                let _ = stream.write_all(&out);
+                if stream.write_all(&out).is_ok() {
+                    linger_close(&mut stream);
+                }
                 return;
             }
-            let _ = handle_connection(stream, &*service, &limits);
+            let _ = handle_connection(stream, &*service, &limits, &drain, busy);
         });
     }
+    tracing::info!("stopped accepting connections");
 }
 
 struct ConnGuard<'a> {
@@ -171,25 +295,39 @@ enum Step {
     /// and asks for `100 Continue` before sending the body.
     Partial { expects_continue: bool },
     /// Answered a request of `len` bytes; keep reading if `keep_alive`.
-    Answered { len: usize, keep_alive: bool },
+    /// `body`: a body to stream after what was written to the output.
+    Answered {
+        len: usize,
+        keep_alive: bool,
+        body: Option<Box<dyn BodyStream>>,
+    },
     /// Unusable: answer with this error and close.
     Reject(ApiError),
 }
 
 const READ_CHUNK: usize = 16 * 1024;
 
-fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Limits) -> io::Result<()> {
+fn handle_connection<S: Service>(
+    mut stream: TcpStream,
+    service: &S,
+    limits: &Limits,
+    drain: &Drain,
+    busy: Busy<'_>,
+) -> io::Result<()> {
     stream.set_nodelay(true)?;
+    // `Some` while a request is in progress (or the connection is new).
+    let mut busy = Some(busy);
     let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut wbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut start = 0usize;
     let mut pending_since: Option<Instant> = None;
     let mut timeout_set = Duration::ZERO;
     let mut sent_continue = false;
+    let mut served_any = false;
     loop {
         // Answer every whole request already in the buffer.
         while start < rbuf.len() {
-            match answer_one(&rbuf[start..], service, limits, &mut wbuf) {
+            match answer_one(&rbuf[start..], service, limits, drain, &mut wbuf) {
                 Step::Partial { expects_continue } => {
                     if expects_continue && !sent_continue {
                         wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -200,14 +338,31 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
                 Step::Reject(err) => {
                     write_response(&mut wbuf, &service.reject(&err), false, false);
                     stream.write_all(&wbuf)?;
+                    drop(busy.take());
+                    linger_close(&mut stream);
                     return Ok(());
                 }
-                Step::Answered { len, keep_alive } => {
+                Step::Answered {
+                    len,
+                    keep_alive,
+                    body,
+                } => {
+                    served_any = true;
                     start += len;
+                    if let Some(body) = body {
+                        stream.write_all(&wbuf)?;
+                        wbuf.clear();
+                        stream_body(&mut stream, body)?;
+                    }
                     pending_since = None;
                     sent_continue = false;
                     if !keep_alive {
                         stream.write_all(&wbuf)?;
+                        if start < rbuf.len() {
+                            // Pipelined bytes after a `Connection: close`.
+                            drop(busy.take());
+                            linger_close(&mut stream);
+                        }
                         return Ok(());
                     }
                 }
@@ -220,6 +375,13 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
         if start == rbuf.len() {
             rbuf.clear();
             start = 0;
+            if pending_since.is_none() && served_any {
+                // Idle between requests: not in the way of a stop.
+                drop(busy.take());
+                if drain.stopping() {
+                    return Ok(());
+                }
+            }
         } else {
             if start > 0 {
                 rbuf.drain(..start);
@@ -234,6 +396,8 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
                     false,
                 );
                 stream.write_all(&wbuf)?;
+                drop(busy.take());
+                linger_close(&mut stream);
                 return Ok(());
             }
         }
@@ -254,7 +418,12 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
         rbuf.resize(filled + READ_CHUNK, 0);
         match stream.read(&mut rbuf[filled..]) {
             Ok(0) => return Ok(()),
-            Ok(n) => rbuf.truncate(filled + n),
+            Ok(n) => {
+                rbuf.truncate(filled + n);
+                if busy.is_none() {
+                    busy = Some(Busy::new(drain));
+                }
+            }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 rbuf.truncate(filled);
                 if pending_since.is_some() {
@@ -264,7 +433,10 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
                         false,
                         false,
                     );
-                    let _ = stream.write_all(&wbuf);
+                    if stream.write_all(&wbuf).is_ok() {
+                        drop(busy.take());
+                        linger_close(&mut stream);
+                    }
                 }
                 return Ok(());
             }
@@ -273,9 +445,68 @@ fn handle_connection<S: Service>(mut stream: TcpStream, service: &S, limits: &Li
     }
 }
 
+/// Writes a streamed body chunk by chunk. A body that fails or ends short
+/// closes the connection (the client sees fewer bytes than announced).
+fn stream_body(stream: &mut TcpStream, mut body: Box<dyn BodyStream>) -> io::Result<()> {
+    stream.set_write_timeout(Some(STREAM_WRITE_TIMEOUT))?;
+    let mut sent = 0u64;
+    while let Some(chunk) = body.next_chunk()? {
+        stream.write_all(&chunk)?;
+        sent += chunk.len() as u64;
+    }
+    stream.set_write_timeout(None)?;
+    if sent != body.len() {
+        return Err(io::Error::other(format!(
+            "streamed body ended after {sent} of {} bytes",
+            body.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Longest a connection is kept, after an early answer, to read and discard
+/// what the client still sends (nginx: `lingering_time 30s`).
+const LINGER_TIME: Duration = Duration::from_secs(5);
+/// Longest wait for each read while lingering (nginx: `lingering_timeout 5s`).
+const LINGER_READ: Duration = Duration::from_secs(2);
+/// Most bytes discarded while lingering.
+const LINGER_BYTES: usize = 64 << 20;
+
+/// Lingering close, as nginx does: after an answer sent before the request
+/// was read whole (413, 431, 400, 408, 503), closing at once with unread
+/// bytes makes the kernel send a reset, and a client that writes its whole
+/// body before reading (Python's urllib) sees `Connection reset` instead of
+/// the answer. So: send FIN (the answer is complete), then read and discard
+/// until the client closes, for at most [`LINGER_TIME`] and
+/// [`LINGER_BYTES`], then close.
+fn linger_close(stream: &mut TcpStream) {
+    if stream.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut discarded = 0usize;
+    while discarded < LINGER_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left.min(LINGER_READ))).is_err() {
+            return;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => discarded += n,
+        }
+    }
+}
+
 /// Frames the first request in `buf` (enforcing the limits) and, once it is
 /// whole, calls the service and appends the response to `out`.
-fn answer_one<S: Service>(buf: &[u8], service: &S, limits: &Limits, out: &mut Vec<u8>) -> Step {
+fn answer_one<S: Service>(
+    buf: &[u8],
+    service: &S,
+    limits: &Limits,
+    drain: &Drain,
+    out: &mut Vec<u8>,
+) -> Step {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -318,10 +549,17 @@ fn answer_one<S: Service>(buf: &[u8], service: &S, limits: &Limits, out: &mut Ve
         body: &buf[head_len..head_len + body_len],
     };
     let response = service.call(&request);
+    // A stopping node closes each connection after the request in progress.
+    let keep_alive = keep_alive && !drain.stopping();
     write_response(out, &response, keep_alive, head);
+    let body = match response.body {
+        Body::Stream(s) if !head => Some(s),
+        _ => None,
+    };
     Step::Answered {
         len: head_len + body_len,
         keep_alive,
+        body,
     }
 }
 
@@ -406,7 +644,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 fn write_response(out: &mut Vec<u8>, resp: &Response, keep_alive: bool, head: bool) {
-    let body = resp.body.as_bytes();
+    let (body, len) = resp.body.bytes_and_len();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(resp.status).as_bytes());
     out.push(b' ');
@@ -414,7 +652,7 @@ fn write_response(out: &mut Vec<u8>, resp: &Response, keep_alive: bool, head: bo
     out.extend_from_slice(b"\r\nServer: kamaitachi\r\nContent-Type: ");
     out.extend_from_slice(resp.content_type.as_bytes());
     out.extend_from_slice(b"\r\nContent-Length: ");
-    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
     out.extend_from_slice(b"\r\n");
     if !keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");

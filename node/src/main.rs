@@ -7,8 +7,9 @@
 //! `http.rs` (framing, limits) → `api.rs` (route) → `query.rs` (cache, then
 //! SQLite via `store.rs`) → `response.rs` (bytes).
 //!
-//! Stop (SIGINT/SIGTERM): the node reports unready, writes its cache dump
-//! and exits.
+//! Stop (SIGINT/SIGTERM): the node reports unready, leaves the registry,
+//! stops accepting, lets the requests in progress finish (bounded), writes
+//! its cache dump and exits.
 
 mod api;
 mod backup;
@@ -383,7 +384,7 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
     drop(meta);
     let readers = store::start_readers(&cfg.db_path, cfg.readers)?;
     let compute =
-        WorkerPool::start("compute", vec![(); cfg.readers]).context("cannot start compute threads")?;
+        WorkerPool::start("compute", cfg.readers, || Ok(())).context("cannot start compute threads")?;
 
     let cache = Arc::new(DataCache::new(cfg.max_bytes));
     if let Some(path) = &cfg.snapshot_path {
@@ -414,7 +415,7 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
     });
 
     let addr = format!("{}:{}", cfg.bind, cfg.port);
-    let listener = may::net::TcpListener::bind(&addr)
+    let listener = http::bind(&addr)
         .map_err(|e| anyhow!(cluster::config::listen_error(&addr, cfg.port, &cfg.file, &e)))?;
 
     // The registry runs on a small tokio runtime of its own, made here on a
@@ -469,7 +470,22 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
         cache: cache.clone(),
         state: state.clone(),
     });
-    spawn_signal_thread(api.clone(), dumper.clone(), registration)?;
+    let drain = Arc::new(http::Drain::default());
+    let stopper = listener
+        .inner()
+        .try_clone()
+        .context("cannot duplicate the listening socket")?;
+    let stopping = drain.clone();
+    let signals = spawn_signal_thread(
+        api.clone(),
+        dumper.clone(),
+        registration,
+        Stop {
+            drain: drain.clone(),
+            listener: stopper,
+            timeout: cfg.drain_timeout,
+        },
+    )?;
     if let (Some(d), false) = (&dumper, cfg.snapshot_interval.is_zero()) {
         spawn_dump_timer(d.clone(), cfg.snapshot_interval)?;
     }
@@ -495,11 +511,16 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
     if let Some(p) = &preloader {
         p.start("at start");
     }
-    let server = may::go!(move || http::serve(listener, api, limits));
+    let server = may::go!(move || http::serve(listener, api, limits, drain));
     server
         .join()
         .map_err(|_| anyhow!("the accept loop stopped unexpectedly"))?;
-    Ok(())
+    if stopping.stopping() {
+        // The signal thread drains, dumps and exits the process.
+        let _ = signals.join();
+        return Ok(());
+    }
+    Err(anyhow!("the accept loop stopped unexpectedly"))
 }
 
 fn warm_from_dump(cache: &DataCache, path: &Path, version: DataVersion) {
@@ -565,15 +586,29 @@ fn spawn_dump_timer(dumper: Dumper, every: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a graceful stop needs to stop the HTTP side.
+struct Stop {
+    drain: Arc<http::Drain>,
+    /// A duplicate of the listening socket, to shut it down.
+    listener: std::net::TcpListener,
+    timeout: Duration,
+}
+
+/// SIGTERM/SIGINT: a graceful stop, in the order PostgreSQL's "smart"
+/// shutdown and nginx's `quit` use: report unready and leave the registry
+/// (the gateway stops sending), stop accepting (new connections are
+/// refused), let the requests in progress finish (at most
+/// `[limits] drain_timeout_secs`), write the cache dump, exit.
 fn spawn_signal_thread(
     api: Arc<Api>,
     dumper: Option<Dumper>,
     registration: Arc<Mutex<Option<Registration>>>,
-) -> anyhow::Result<()> {
+    stop: Stop,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
@@ -582,6 +617,19 @@ fn spawn_signal_thread(
                 if let Some(reg) = registration.lock().ok().and_then(|mut r| r.take()) {
                     // Leave the registry at once rather than after the lease.
                     reg.shutdown_blocking(Duration::from_secs(2));
+                    tracing::info!("left the registry");
+                }
+                stop.drain.stop_accepting(&stop.listener);
+                let started = Instant::now();
+                match stop.drain.wait_idle(stop.timeout) {
+                    0 => tracing::info!(
+                        "requests in progress finished in {:.0} ms",
+                        started.elapsed().as_secs_f64() * 1000.0
+                    ),
+                    n => tracing::warn!(
+                        "{n} connections still busy after the drain timeout of {:?}; stopping anyway",
+                        stop.timeout
+                    ),
                 }
                 if let Some(d) = &dumper {
                     d.dump();
@@ -591,5 +639,5 @@ fn spawn_signal_thread(
             }
         })
         .context("cannot start the signal thread")?;
-    Ok(())
+    Ok(handle)
 }

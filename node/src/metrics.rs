@@ -78,6 +78,8 @@ pub struct Metrics {
     master_seq: IntGauge,
     lag: IntGauge,
     store_loads: IntCounter,
+    etcd_reconnects: IntGauge,
+    worker_panics: IntCounter,
 }
 
 impl Metrics {
@@ -155,6 +157,18 @@ impl Metrics {
                 registry.register(Box::new(c.clone()))?;
                 c
             },
+            etcd_reconnects: gauge(
+                "kamaitachi_etcd_reconnects_total",
+                "Times a registry connection to etcd was lost or failed and made again",
+            )?,
+            worker_panics: {
+                let c = IntCounter::new(
+                    "kamaitachi_node_worker_panics_total",
+                    "Jobs that panicked on a worker thread (the thread was replaced, the request got 500)",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             registry,
             requests,
             latency,
@@ -193,6 +207,9 @@ impl Metrics {
         self.data_version.set(data_version as i64);
         self.master_seq.set(master_seq as i64);
         self.lag.set(lag as i64);
+        self.etcd_reconnects.set(cluster::registry::reconnects() as i64);
+        self.worker_panics.reset();
+        self.worker_panics.inc_by(crate::pool::panics());
         let mut out = Vec::new();
         // Encoding into a Vec only fails on invalid metric families, which
         // the registry already refused at registration.

@@ -180,7 +180,7 @@ impl QueryEngine {
             return self
                 .compute
                 .call(move |_| engine.answer_snapshot(e0, &q, &body, &catalog))
-                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+                .map_err(ApiError::from)?;
         }
         self.answer_snapshot(e0, &q, body, &catalog)
     }
@@ -248,7 +248,7 @@ impl QueryEngine {
             return self
                 .compute
                 .call(move |_| engine.answer_period(e0, &q, &body, &catalog))
-                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+                .map_err(ApiError::from)?;
         }
         self.answer_period(e0, &q, body, &catalog)
     }
@@ -445,11 +445,15 @@ impl QueryEngine {
                         .collect::<Result<Vec<_>, _>>()
                 })
             })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| StoreError::WorkerGone)?;
+            .collect::<Result<Vec<_>, _>>()?;
         let mut out = Vec::with_capacity(names.len());
         for job in jobs {
-            out.extend(job.recv().map_err(|_| StoreError::WorkerGone)??);
+            // A job that panicked reports it (its thread is replaced); a
+            // closed channel means the pool is gone.
+            let done = job
+                .recv()
+                .map_err(|_| StoreError::Worker(crate::pool::PoolError::Gone))?;
+            out.extend(done??);
         }
         Ok(out)
     }

@@ -216,7 +216,7 @@ impl Follower {
                     state.publish(&engine, applied, seq, catalog);
                     Ok::<_, StoreError>(())
                 })
-                .map_err(|_| StoreError::WorkerGone)??;
+                .map_err(StoreError::Worker)??;
         }
         self.state
             .master_seq
@@ -251,13 +251,10 @@ impl Follower {
             header("x-kamaitachi-dataset"),
             header("x-kamaitachi-crc32"),
         );
-        let mut bytes = Vec::new();
-        resp.body_mut()
-            .as_reader()
-            .take(MAX_IMAGE_BYTES)
-            .read_to_end(&mut bytes)
-            .map_err(|e| FollowError::Http(e.to_string()))?;
+        let declared = header("content-length");
         if status != 200 {
+            let mut bytes = Vec::new();
+            let _ = resp.body_mut().as_reader().take(64 << 10).read_to_end(&mut bytes);
             return Err(FollowError::Status {
                 status,
                 body: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
@@ -268,19 +265,36 @@ impl Follower {
                 "missing sequence, dataset or checksum headers".into(),
             ));
         };
-        let computed = u64::from(crc32fast::hash(&bytes));
-        if computed != crc {
+        if declared.is_some_and(|n| n > MAX_IMAGE_BYTES) {
             return Err(FollowError::Image(format!(
-                "checksum {computed:08x} != {crc:08x} (damaged in transit)"
+                "image of {} bytes is over the {MAX_IMAGE_BYTES} byte limit",
+                declared.unwrap_or(0)
             )));
         }
         let mut tmp = self.db_path.as_os_str().to_owned();
         tmp.push(".sync-tmp");
         let tmp = PathBuf::from(tmp);
-        std::fs::write(&tmp, &bytes)
-            .map_err(|e| FollowError::Image(format!("cannot write {}: {e}", tmp.display())))?;
-        drop(bytes);
+        // Streamed to a temporary file in 1 MiB chunks, checksummed on the
+        // way: memory does not grow with the database.
+        let received = receive_image(resp.body_mut().as_reader(), &tmp);
         let result = (|| {
+            let (len, computed) = received?;
+            tracing::info!(
+                "replication: image of {len} bytes received in {:.1}s (peak RSS {} MiB)",
+                started.elapsed().as_secs_f64(),
+                peak_rss_mib()
+            );
+            if declared.is_some_and(|n| n != len) {
+                return Err(FollowError::Image(format!(
+                    "image ended after {len} of {} bytes",
+                    declared.unwrap_or(0)
+                )));
+            }
+            if u64::from(computed) != crc {
+                return Err(FollowError::Image(format!(
+                    "checksum {computed:08x} != {crc:08x} (damaged in transit)"
+                )));
+            }
             let version = store::check_image(&tmp)?;
             if version.version != seq || version.dataset_id != dataset {
                 return Err(FollowError::Image(format!(
@@ -288,15 +302,24 @@ impl Follower {
                     version.version, version.dataset_id
                 )));
             }
+            tracing::info!(
+                "replication: image verified at {:.1}s; restoring",
+                started.elapsed().as_secs_f64()
+            );
             let engine = self.engine.clone();
             let state = self.state.clone();
             let path = tmp.clone();
             self.writer
                 .call(move |store| {
-                    store.restore_from(&path)?;
-                    let catalog = store.load_catalog()?;
-                    let records = store.report_count()?;
-                    let v = store.data_version()?;
+                    let restored = store.restore_from(&path).and_then(|()| {
+                        Ok((
+                            store.load_catalog()?,
+                            store.report_count()?,
+                            store.data_version()?,
+                        ))
+                    });
+                    store.writer_cache()?;
+                    let (catalog, records, v) = restored?;
                     engine.after_restore(catalog);
                     state.total_records.store(records as i64, Ordering::Release);
                     state.dataset_id.store(v.dataset_id, Ordering::Release);
@@ -304,7 +327,7 @@ impl Follower {
                     state.master_seq.fetch_max(v.version, Ordering::AcqRel);
                     Ok::<_, StoreError>(())
                 })
-                .map_err(|_| StoreError::WorkerGone)??;
+                .map_err(StoreError::Worker)??;
             Ok(())
         })();
         let _ = std::fs::remove_file(&tmp);
@@ -313,9 +336,52 @@ impl Follower {
             p.start("after a full sync");
         }
         tracing::info!(
-            "replication: database copied from {master} at version {seq} in {:.1}s",
-            started.elapsed().as_secs_f64()
+            "replication: database copied from {master} at version {seq} in {:.1}s (peak RSS {} MiB)",
+            started.elapsed().as_secs_f64(),
+            peak_rss_mib()
         );
         Ok(())
     }
+}
+
+/// This process's peak resident memory (VmHWM), for the sync's log lines.
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// Copies an image from `body` to the file `tmp` (created afresh),
+/// at most [`MAX_IMAGE_BYTES`]; returns its length and CRC-32.
+fn receive_image(mut body: impl Read, tmp: &std::path::Path) -> Result<(u64, u32), FollowError> {
+    use std::io::Write;
+    let io = |e: std::io::Error| FollowError::Image(format!("{}: {e}", tmp.display()));
+    let mut file = std::fs::File::create(tmp).map_err(io)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; store::IMAGE_CHUNK];
+    let mut len = 0u64;
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(FollowError::Http(format!("reading the image: {e}"))),
+        };
+        len += n as u64;
+        if len > MAX_IMAGE_BYTES {
+            return Err(FollowError::Image(format!(
+                "image over the {MAX_IMAGE_BYTES} byte limit"
+            )));
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n]).map_err(io)?;
+    }
+    // No fsync: the file is read back at once and removed; the restore
+    // into the database is what is made durable (by SQLite).
+    Ok((len, hasher.finalize()))
 }

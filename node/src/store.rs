@@ -92,8 +92,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database {path}: {reason}")]
     Open { path: PathBuf, reason: String },
-    #[error("database reader threads are gone")]
-    WorkerGone,
+    #[error("database thread: {0}")]
+    Worker(#[from] crate::pool::PoolError),
     #[error("replication out of order: at version {have}, change {got} arrived")]
     OutOfOrder { have: u64, got: u64 },
     #[error("{0}")]
@@ -281,6 +281,7 @@ impl Store {
     /// rows when there is no usable blob (an older database being upgraded,
     /// a format this build does not know).
     pub fn load_series(&mut self, subject: &str, width: usize) -> Result<Series, StoreError> {
+        injected_panic(subject);
         match self.load_blob(subject, width) {
             Ok(Some(series)) => return Ok(series),
             Ok(None) => {}
@@ -307,6 +308,7 @@ impl Store {
     /// Only the latest report on or before `as_of` (0 = latest), as a series
     /// of at most one report. Used when the cache is disabled.
     pub fn load_latest(&self, subject: &str, as_of: i64, width: usize) -> Result<Series, StoreError> {
+        injected_panic(subject);
         let as_of = if as_of == 0 { i64::MAX } else { as_of };
         // One statement: the report row, joined with its values (if any).
         let mut stmt = self.conn.prepare_cached(
@@ -397,6 +399,10 @@ impl Store {
         let seq = current + 1;
         let tx = self.conn.transaction()?;
         let applied = write::apply(&tx, batch, true)?;
+        for row in &batch.upserts {
+            // Inside the open transaction: a panic here must roll it back.
+            injected_panic(&row.subject);
+        }
         let json = serde_json::to_string(&*batch).map_err(|e| StoreError::BadImage(e.to_string()))?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -462,8 +468,22 @@ impl Store {
     /// Writes a consistent image of the database to `path` (SQLite backup
     /// API, one step, so it is a single snapshot).
     pub fn image_to(&self, path: &Path) -> Result<(), StoreError> {
+        // Its own connection, unmapped and with a small page cache: a reader's
+        // mapped pages would make the copy cost the process as much memory as
+        // the database is large.
+        let source = match self.conn.path() {
+            Some(p) if !p.is_empty() => {
+                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                let c = Connection::open_with_flags(p, flags)?;
+                c.busy_timeout(Duration::from_secs(5))?;
+                c.pragma_update(None, "mmap_size", 0)?;
+                c.pragma_update(None, "cache_size", -8192)?;
+                Some(c)
+            }
+            _ => None,
+        };
         let mut dst = Connection::open(path)?;
-        let backup = rusqlite::backup::Backup::new(&self.conn, &mut dst)?;
+        let backup = rusqlite::backup::Backup::new(source.as_ref().unwrap_or(&self.conn), &mut dst)?;
         backup.step(-1)?;
         drop(backup);
         dst.pragma_update(None, "journal_mode", "DELETE")?;
@@ -511,11 +531,21 @@ impl Store {
     /// meanwhile.
     pub fn restore_from(&mut self, path: &Path) -> Result<(), StoreError> {
         let src = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        // A small page cache for the copy: its memory must not grow with
+        // the database. The caller puts the writer's usual cache back with
+        // [`Store::writer_cache`] once it has read what it needs.
+        self.conn.pragma_update(None, "cache_size", -8192)?;
         let backup = rusqlite::backup::Backup::new(&src, &mut self.conn)?;
         backup.step(-1)?;
         drop(backup);
         self.conn.execute_batch(SCHEMA)?;
         self.sync_blobs()
+    }
+
+    /// The writer's page cache: 64 MiB (index pages of large batches).
+    pub fn writer_cache(&self) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "cache_size", -65536)?;
+        Ok(())
     }
 }
 
@@ -528,10 +558,88 @@ fn set_version(tx: &rusqlite::Transaction<'_>, seq: u64) -> Result<(), StoreErro
     Ok(())
 }
 
+/// Bytes of an image file read or written at a time.
+pub const IMAGE_CHUNK: usize = 1 << 20;
+
+/// Length and CRC-32 of a file, read in [`IMAGE_CHUNK`]s.
+pub fn file_crc(path: &Path) -> Result<(u64, u32), StoreError> {
+    use std::io::Read;
+    let io = |e: std::io::Error| StoreError::BadImage(format!("{}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; IMAGE_CHUNK];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            return Ok((len, hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+}
+
+/// A database image streamed from its temporary file, chunk by chunk; each
+/// chunk is read on a pool thread (file I/O must not block a coroutine's
+/// worker). The file is removed when the stream is dropped.
+pub struct ImageStream {
+    file: std::sync::Arc<std::fs::File>,
+    path: PathBuf,
+    len: u64,
+    offset: u64,
+    pool: ReadPool,
+}
+
+impl ImageStream {
+    pub fn new(file: std::fs::File, path: PathBuf, len: u64, pool: ReadPool) -> Self {
+        ImageStream {
+            file: std::sync::Arc::new(file),
+            path,
+            len,
+            offset: 0,
+            pool,
+        }
+    }
+}
+
+impl crate::http::BodyStream for ImageStream {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn next_chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        use std::os::unix::fs::FileExt;
+        if self.offset >= self.len {
+            return Ok(None);
+        }
+        let n = (self.len - self.offset).min(IMAGE_CHUNK as u64) as usize;
+        let (file, at) = (self.file.clone(), self.offset);
+        let chunk = self
+            .pool
+            .call(move |_| {
+                let mut buf = vec![0u8; n];
+                file.read_exact_at(&mut buf, at).map(|()| buf)
+            })
+            .map_err(std::io::Error::other)??;
+        self.offset += n as u64;
+        Ok(Some(chunk))
+    }
+}
+
+impl Drop for ImageStream {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Checks a downloaded image before it is trusted: SQLite's quick check, the
 /// schema, and its data version. Returns that version.
 pub fn check_image(path: &Path) -> Result<DataVersion, StoreError> {
     let store = Store::open_ro(path)?;
+    // A pass over every page: unmapped and with a small cache, so it costs
+    // no memory in proportion to the image.
+    store.conn.pragma_update(None, "mmap_size", 0)?;
+    store.conn.pragma_update(None, "cache_size", -2048)?;
     let check: String = store.conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if check != "ok" {
         return Err(StoreError::BadImage(format!(
@@ -541,18 +649,44 @@ pub fn check_image(path: &Path) -> Result<DataVersion, StoreError> {
     store.data_version()
 }
 
+/// Test hook, debug builds only: a job that touches the subject named by
+/// `KAMAITACHI_DEBUG_PANIC_SUBJECT` panics on its worker thread, so the
+/// end-to-end tests can check that a crashed worker is replaced. Release
+/// builds compile it to nothing.
+#[cfg(debug_assertions)]
+fn injected_panic(subject: &str) {
+    static SUBJECT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let target = SUBJECT.get_or_init(|| std::env::var("KAMAITACHI_DEBUG_PANIC_SUBJECT").ok());
+    if target.as_deref() == Some(subject) {
+        panic!("injected panic for subject {subject} (KAMAITACHI_DEBUG_PANIC_SUBJECT)");
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn injected_panic(_subject: &str) {}
+
 /// A writer: one thread, one read-write connection.
 pub type WritePool = WorkerPool<Store>;
 
 pub fn start_writer(path: &Path) -> Result<WritePool, StoreError> {
-    let store = Store::open_rw(path)?;
-    // A batch of 1,000 rows touches thousands of index pages: keep them in
-    // memory (64 MiB) rather than re-reading them. Checkpoints run on their
-    // own thread, off the write path.
-    store.conn.pragma_update(None, "cache_size", -65536)?;
-    store.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    fn open(path: &Path) -> Result<Store, StoreError> {
+        let store = Store::open_rw(path)?;
+        // A batch of 1,000 rows touches thousands of index pages: keep them
+        // in memory (64 MiB) rather than re-reading them. Checkpoints run on
+        // their own thread, off the write path.
+        store.writer_cache()?;
+        store.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(store)
+    }
+    // The first open reports its own error (creating the schema included).
+    let first = std::sync::Mutex::new(Some(open(path)?));
     start_checkpointer(path)?;
-    WorkerPool::start("sqlite-writer", vec![store]).map_err(|e| StoreError::Open {
+    let p = path.to_path_buf();
+    let make = move || match first.lock().ok().and_then(|mut f| f.take()) {
+        Some(store) => Ok(store),
+        None => open(&p).map_err(|e| e.to_string()),
+    };
+    WorkerPool::start("sqlite-writer", 1, make).map_err(|e| StoreError::Open {
         path: path.to_path_buf(),
         reason: format!("cannot start the writer thread: {e}"),
     })
@@ -599,10 +733,11 @@ pub type ReadPool = WorkerPool<Store>;
 
 /// Starts `threads` readers on `path`.
 pub fn start_readers(path: &Path, threads: usize) -> Result<ReadPool, StoreError> {
-    let stores = (0..threads.max(1))
-        .map(|_| Store::open_ro(path))
-        .collect::<Result<Vec<_>, _>>()?;
-    WorkerPool::start("sqlite-reader", stores).map_err(|e| StoreError::Open {
+    // The first open reports its own error.
+    drop(Store::open_ro(path)?);
+    let p = path.to_path_buf();
+    let make = move || Store::open_ro(&p).map_err(|e| e.to_string());
+    WorkerPool::start("sqlite-reader", threads, make).map_err(|e| StoreError::Open {
         path: path.to_path_buf(),
         reason: format!("cannot start reader threads: {e}"),
     })
@@ -614,5 +749,5 @@ where
     R: Send + 'static,
     F: FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
 {
-    pool.call(f).map_err(|_| StoreError::WorkerGone)?
+    pool.call(f)?
 }

@@ -381,3 +381,134 @@ fn half_sent_request_times_out_with_408() {
         String::from_utf8_lossy(&out)
     );
 }
+
+/// The value of an unlabelled metric in a Prometheus text page.
+fn metric(node: &Node, name: &str) -> f64 {
+    let page = node.get("/metrics").text();
+    page.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{page}"))
+}
+
+/// Fault: a job that panicked on a SQLite reader or the writer killed its
+/// thread for good; every later read or write failed ("worker threads are
+/// gone"). Now the request that hit it gets a 500, the panic is counted in
+/// `/metrics`, and the thread is replaced: later requests succeed.
+#[test]
+fn a_panicking_worker_is_replaced_and_its_request_gets_500() {
+    if !cfg!(debug_assertions) {
+        eprintln!("skipped: the panic hook exists in debug builds only");
+        return;
+    }
+    let subjects = cluster::testkit::subjects(sample_db());
+    let doomed = subjects[0].clone();
+    let mut opts = NodeOpts::new(sample_db());
+    // One reader thread, so a dead one would fail every later read.
+    opts.extra = "[database]\nreaders = 1\n".into();
+    opts.env = vec![("KAMAITACHI_DEBUG_PANIC_SUBJECT".into(), doomed.clone())];
+    let n = start_node(&opts);
+    let snap = |s: &str| n.post(SNAPSHOT, &format!(r#"{{"ids":"net_profit","subjects":"{s}"}}"#));
+    for round in 0..3 {
+        let r = snap(&doomed);
+        assert_eq!(r.status, 500, "round {round}: {}", r.text());
+        assert!(r.msg().contains("panicked"), "{}", r.msg());
+        // Every reader still works (more requests than reader threads).
+        for s in &subjects[1 + round * 8..1 + (round + 1) * 8] {
+            let r = snap(s);
+            assert_eq!(r.status, 200, "{s} after a panic: {}", r.text());
+        }
+    }
+    assert_eq!(metric(&n, "kamaitachi_node_worker_panics_total"), 3.0);
+
+    // The single writer: a panicking write rolls back and gets 500; the next
+    // writes are served by its replacement.
+    let ingest = |s: &str, v: f64| {
+        let body = format!(
+            r#"{{"records":[{{"subject":"{s}","report_date":1743379200,"end_date":"2025-03-31","year":"2025","period":"Q1","declare_date":"2025-04-25","values":{{"net_profit":{v}}}}}]}}"#
+        );
+        request(
+            n.port,
+            "POST",
+            "/kamaitachi/api/data/v1/ingest",
+            body.as_bytes(),
+            &[("Authorization", &format!("Bearer {TOKEN}"))],
+        )
+    };
+    let r = ingest(&doomed, 1.0);
+    assert_eq!(r.status, 500, "{}", r.text());
+    for (i, s) in subjects[30..33].iter().enumerate() {
+        let r = ingest(s, 2.0 + i as f64);
+        assert_eq!(r.status, 200, "write after a writer panic: {}", r.text());
+    }
+    assert_eq!(metric(&n, "kamaitachi_node_worker_panics_total"), 4.0);
+    let r = snap(&subjects[31]);
+    assert_eq!(r.json()["data"][0]["data"]["net_profit"], 3.0, "{}", r.text());
+    assert!(n.log_text().contains("replacing the thread"), "{}", n.log_text());
+}
+
+/// Fault: `replication/changes?from=18446744073709551615` overflowed
+/// (`from + 1`: a panic in debug, 0 in release) and `from >= 2^63` became a
+/// negative SQL integer. Every numeric query parameter is range-checked:
+/// 400 naming the parameter.
+#[test]
+fn numeric_query_parameters_are_range_checked() {
+    let n = node();
+    let auth = format!("Bearer {TOKEN}");
+    let get = |query: &str| {
+        request(
+            n.port,
+            "GET",
+            &format!("/kamaitachi/api/data/v1/replication/changes?{query}"),
+            b"",
+            &[("Authorization", &auth)],
+        )
+    };
+    let cases = [
+        ("from=18446744073709551615", "from"),
+        ("from=18446744073709551616", "from"),
+        ("from=9223372036854775808", "from"),
+        ("from=9223372036854775807", "from"),
+        ("from=-1", "from"),
+        ("from=1e3", "from"),
+        ("from=", "from"),
+        ("wait_ms=5", "from"),
+        ("from=0&wait_ms=18446744073709551615", "wait_ms"),
+        ("from=0&wait_ms=10001", "wait_ms"),
+        ("from=0&wait_ms=-5", "wait_ms"),
+        ("from=0&dataset=18446744073709551616", "dataset"),
+        ("from=0&dataset=x", "dataset"),
+    ];
+    for (query, field) in cases {
+        let r = get(query);
+        assert_eq!(r.status, 400, "{query} -> {}", r.text());
+        assert_eq!(r.json()["status_code"], 400, "{query}");
+        assert!(r.msg().starts_with(&format!("{field}:")), "{query}: {}", r.msg());
+    }
+    // The edges that are allowed.
+    let v = n.get("/health").json()["data_version"].as_u64().unwrap_or(0);
+    for query in [
+        format!("from={v}"),
+        "from=9223372036854775806".to_string(),
+        format!("from={v}&wait_ms=1"),
+    ] {
+        let r = get(&query);
+        assert_eq!(r.status, 200, "{query} -> {}", r.text());
+    }
+    assert_eq!(n.get("/health").status, 200);
+}
+
+/// Fault: a 2 MiB POST from a client that writes its whole body before
+/// reading (Python's urllib) got `Connection reset` instead of the 413: the
+/// node answered and closed with unread bytes. The node now lingers (reads
+/// and discards, bounded) before closing, so the client reads the 413.
+#[test]
+fn an_urllib_style_client_sees_the_413() {
+    let n = node();
+    for size in [2 << 20, 8 << 20] {
+        let r = post_whole_then_read(n.port, SNAPSHOT, size).unwrap_or_else(|e| panic!("{size} bytes: {e}"));
+        assert_eq!(r.status, 413, "{}", r.text());
+        assert!(r.msg().contains("limit"), "{}", r.text());
+    }
+    assert_eq!(n.get("/health").status, 200);
+}

@@ -142,3 +142,128 @@ fn damaged_or_stale_dumps_are_ignored() {
     assert!(log.contains("ignored") && log.contains("version 1"), "{log}");
     assert_eq!(node.stats()["cache"]["entries"], 0);
 }
+
+/// How one request of the stream in `sigterm_drains_requests_in_progress`
+/// ended.
+#[derive(Debug)]
+enum Outcome {
+    Ok,
+    Refused,
+    Cut(String),
+}
+
+/// One request on a new connection, with `Connection: close`.
+fn one_request(port: u16, body: &str) -> Outcome {
+    use std::io::{Read, Write};
+    let mut s = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Outcome::Refused,
+        Err(e) => return Outcome::Cut(format!("connect: {e}")),
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(20)));
+    let raw = format!(
+        "POST {SNAPSHOT} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if let Err(e) = s.write_all(raw.as_bytes()) {
+        return Outcome::Cut(format!("write: {e}"));
+    }
+    let mut out = Vec::new();
+    if let Err(e) = s.read_to_end(&mut out) {
+        return Outcome::Cut(format!("read after {} bytes: {e}", out.len()));
+    }
+    let Some(r) = parse_responses(&out).into_iter().next() else {
+        return Outcome::Cut(format!("no answer ({} bytes)", out.len()));
+    };
+    let whole = r
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n == r.body.len());
+    if r.status == 200 && whole && serde_json::from_slice::<serde_json::Value>(&r.body).is_ok() {
+        Outcome::Ok
+    } else {
+        Outcome::Cut(format!("status {}, {} body bytes", r.status, r.body.len()))
+    }
+}
+
+/// Fault 9: the node's stop was `process::exit` from the signal thread, so
+/// requests in progress were cut. Under a steady stream of requests straight
+/// to a node, SIGTERM now lets every request either complete with 200 or be
+/// refused before it was read (connection refused); none is cut. The node
+/// exits 0 with its cache dump written.
+#[test]
+fn sigterm_drains_requests_in_progress() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = temp_dir("drain");
+    let dump = dir.join("cache.dump");
+    let mut opts = NodeOpts::new(sample_db());
+    opts.dump = Some(dump.clone());
+    let mut node = start_node(&opts);
+    let port = node.port;
+    // Whole-pool questions (hundreds of subjects, sorted) keep each request
+    // in progress for a while.
+    let bodies: Vec<String> = [
+        "operating_income",
+        "net_profit",
+        "total_profit",
+        "operating_profit",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, id)| {
+        format!(
+            r#"{{"ids":"{id}","topic":"stock_a_listing_pool","limit":1000,"order":{}}}"#,
+            if i % 2 == 0 { 1 } else { -1 }
+        )
+    })
+    .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..6)
+        .map(|c| {
+            let body = bodies[c % bodies.len()].clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut refused, mut cut) = (0usize, 0usize, Vec::new());
+                let mut n = 0usize;
+                while !stop.load(Ordering::Acquire) {
+                    // Vary the question so the response cache does not
+                    // answer everything.
+                    let body = body.replace("\"limit\":1000", &format!("\"limit\":{}", 900 + n % 100));
+                    n += 1;
+                    match one_request(port, &body) {
+                        Outcome::Ok => ok += 1,
+                        Outcome::Refused => {
+                            refused += 1;
+                            std::thread::sleep(std::time::Duration::from_millis(5));
+                        }
+                        Outcome::Cut(why) => cut.push(why),
+                    }
+                }
+                (ok, refused, cut)
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let status = node.stop();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, Ordering::Release);
+    let (mut ok, mut refused, mut cut) = (0, 0, Vec::new());
+    for c in clients {
+        let (o, r, k) = c.join().unwrap();
+        ok += o;
+        refused += r;
+        cut.extend(k);
+    }
+    let log = node.log_text();
+    assert!(
+        cut.is_empty(),
+        "{} requests cut ({ok} ok, {refused} refused): {cut:?}\n{log}",
+        cut.len()
+    );
+    assert!(ok > 20, "too few requests completed: {ok}");
+    assert!(refused > 0, "the node never refused a connection");
+    assert!(status.success(), "{status}: {log}");
+    assert!(dump.exists(), "no cache dump at stop: {log}");
+    assert!(log.contains("requests in progress finished"), "{log}");
+}

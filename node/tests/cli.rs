@@ -75,6 +75,70 @@ fn port_in_use_is_explained() {
     );
 }
 
+/// Fault: may's listener sets `SO_REUSEPORT`, so a second node on a busy
+/// port started and the kernel split the first node's traffic with it. A
+/// second real node must exit at once, code 2, `port N is in use`, and the
+/// first must keep answering every request alone.
+#[test]
+fn a_second_node_on_a_busy_port_exits_with_code_2() {
+    let first = start_node(&NodeOpts::new(sample_db()));
+    let port = first.port;
+    let dir = temp_dir("cli-second");
+    let small = dir.join("small.db");
+    gen_data(&small, 5, 3);
+    let path = dir.join("second.ini");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nport = {port}\nmode = master\nbind = 127.0.0.1\n[database]\npath = {}\n[cache]\nmax_bytes = 0\n",
+            small.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("second.log");
+    /// Kills the second node if the test fails while it runs.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut second = Reap(
+        Command::new(BIN)
+            .args(["-config", path.to_str().unwrap()])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn second node"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = second.0.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        // Meanwhile every request must reach the first node (400 subjects),
+        // never the second (5 subjects).
+        let stats = first.stats();
+        assert_eq!(
+            stats["stock_count"], SUBJECTS,
+            "a request reached the second node: {stats}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    let Some(status) = status else {
+        panic!("the second node on busy port {port} kept running: {err}");
+    };
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("port {port} is in use")), "{err}");
+    for _ in 0..50 {
+        assert_eq!(first.stats()["stock_count"], SUBJECTS);
+    }
+}
+
 fn table_dump(db: &Path) -> String {
     let conn = rusqlite::Connection::open(db).unwrap();
     let mut out = String::new();

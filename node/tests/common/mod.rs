@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub use cluster::testkit::{
-    free_port, parse_responses, request, send_raw, temp_dir, try_request, Node, NodeOpts, Resp, PERIOD,
-    RESET, SNAPSHOT, STATS, TOKEN,
+    free_port, parse_responses, post_whole_then_read, request, send_raw, temp_dir, try_request, Node,
+    NodeOpts, Resp, PERIOD, RESET, SNAPSHOT, STATS, TOKEN,
 };
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kamaitachi-node");
