@@ -479,7 +479,8 @@ pub fn ensure_synced(conn: &mut Connection) -> rusqlite::Result<usize> {
     if get(conn, SYNCED_KEY)?.as_deref() == Some(version.as_str()) {
         return Ok(0);
     }
-    let tx = conn.transaction()?;
+    // Holds the write lock from its start (see `Store::write_transaction`).
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute("DELETE FROM subject_blob", [])?;
     let subjects: Vec<String> = tx
         .prepare("SELECT subject FROM subjects UNION SELECT DISTINCT subject FROM reports")?

@@ -397,7 +397,7 @@ impl Store {
     pub fn write_batch(&mut self, batch: &mut Batch, retain: u64) -> Result<(Applied, u64), StoreError> {
         let current = self.data_version()?.version;
         let seq = current + 1;
-        let tx = self.conn.transaction()?;
+        let tx = self.write_transaction()?;
         let applied = write::apply(&tx, batch, true)?;
         for row in &batch.upserts {
             // Inside the open transaction: a panic here must roll it back.
@@ -423,7 +423,7 @@ impl Store {
 
     /// Slave: applies change `seq` from the master; it must be the next one.
     pub fn apply_replicated(&mut self, batch: &mut Batch, seq: u64) -> Result<Applied, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_transaction()?;
         let have: u64 = tx
             .query_row("SELECT value FROM meta WHERE key = 'data_version'", [], |r| {
                 r.get::<_, String>(0)
@@ -490,13 +490,24 @@ impl Store {
         Ok(())
     }
 
+    /// A write transaction that holds the write lock from its start
+    /// (`BEGIN IMMEDIATE`, waiting for it up to the busy timeout). A deferred
+    /// one reads first and asks for the lock at its first write; if a WAL
+    /// checkpoint reset the log in between, SQLite refuses the upgrade at
+    /// once ("database is locked", no waiting), and the write would fail.
+    fn write_transaction(&mut self) -> Result<rusqlite::Transaction<'_>, StoreError> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
+    }
+
     /// Gives a database that has never held a dataset (a new file) its
     /// identity: a random dataset id, data version 0, and `indicators` (ids
     /// from 1) when it has none. Returns whether it did; an existing dataset
     /// is left alone. A master starts this way from nothing; its slaves then
     /// copy it like any other.
     pub fn init_dataset(&mut self, indicators: &[(&str, &str)]) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_transaction()?;
         let has_dataset: Option<String> = tx
             .query_row("SELECT value FROM meta WHERE key = 'dataset_id'", [], |r| {
                 r.get(0)
