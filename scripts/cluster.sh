@@ -127,6 +127,7 @@ start() {
   alive gateway && die "the gateway is already running"
   port_busy "$GATEWAY_PORT" && die "port $GATEWAY_PORT (gateway) is in use: stop what listens there or set GATEWAY_PORT"
   sed -e "s/^port = [0-9]*/port = $GATEWAY_PORT/" -e "s/^endpoints = localhost:[0-9]*/endpoints = localhost:$ETCD_PORT/" \
+    -e "s/^service_addr = localhost:[0-9]*/service_addr = localhost:$GATEWAY_PORT/" \
     conf/gateway.ini >"$CONF/gateway.ini"
   "$BIN/kamaitachi-gateway" -config "$CONF/gateway.ini" >>"$LOGS/gateway.log" 2>&1 &
   echo $! >"$RUN/gateway.pid"
