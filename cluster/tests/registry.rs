@@ -140,3 +140,127 @@ fn registers_when_etcd_comes_up_and_again_after_a_wiped_restart() {
         .services()
         .is_empty()));
 }
+
+fn auth_config(etcd: &Etcd, ttl: i64, password_file: &std::path::Path) -> EtcdConfig {
+    let ini = IniFile::parse(
+        "test.ini",
+        &format!(
+            "[etcd]\nendpoints = {}\nprefix = /kmt-test\nttl = {ttl}\nusername = kamaitachi\npassword_file = {}\n",
+            etcd.endpoint(),
+            password_file.display()
+        ),
+    )
+    .unwrap();
+    EtcdConfig::from_ini(&ini).unwrap()
+}
+
+#[test]
+fn with_auth_anonymous_writes_are_refused_and_credentials_work() {
+    let dir = temp("auth");
+    let etcd = Etcd::start_with_auth(&dir, "/kmt-test/", None);
+    let auth = etcd.auth.clone().unwrap();
+    let (ok, _, err) = etcd.etcdctl_anonymous(&["put", "/kmt-test/services/rogue/127.0.0.1:1", "x"]);
+    assert!(!ok, "anonymous put accepted");
+    assert!(!err.is_empty());
+    // The kamaitachi user may not write outside its prefix.
+    let (ok, _, _) = etcd.etcdctl_as(
+        Some((&auth.user, &auth.password)),
+        &["put", "/elsewhere", "x"],
+        None,
+    );
+    assert!(!ok, "put outside the prefix accepted");
+
+    let rt = runtime();
+    let cfg = auth_config(&etcd, 10, &auth.password_file);
+    let discovery = Discovery::spawn(rt.handle(), cfg.clone());
+    let reg = Registration::spawn(
+        rt.handle(),
+        cfg,
+        "kamaitachi-slave",
+        ServiceInfo::new("localhost:18081", "slave"),
+    );
+    assert!(eventually(Duration::from_secs(10), || reg.is_registered()));
+    assert_eq!(etcd.keys("/kmt-test"), vec![KEY.to_string()]);
+    assert!(eventually(Duration::from_secs(10), || discovery.services().len() == 1));
+
+    // A wrong password: never registered.
+    let wrong = dir.join("wrong.password");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let bad = Registration::spawn(
+        rt.handle(),
+        auth_config(&etcd, 10, &wrong),
+        "kamaitachi-slave",
+        ServiceInfo::new("localhost:18082", "slave"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!bad.is_registered());
+    assert_eq!(etcd.keys("/kmt-test").len(), 1);
+    rt.block_on(bad.shutdown(Duration::from_secs(2)));
+    rt.block_on(reg.shutdown(Duration::from_secs(3)));
+    assert!(etcd.keys("/kmt-test").is_empty());
+}
+
+/// etcd's tokens expire after `--auth-token-ttl` (2 s here) and die with a
+/// restart; the registry authenticates again each time.
+#[test]
+fn an_expired_token_and_an_etcd_restart_are_survived() {
+    let dir = temp("token");
+    let mut etcd = Etcd::start_with_auth(&dir, "/kmt-test/", Some(2));
+    let auth = etcd.auth.clone().unwrap();
+    let rt = runtime();
+    let cfg = auth_config(&etcd, 30, &auth.password_file);
+    let discovery = Discovery::spawn(rt.handle(), cfg.clone());
+    let reg = Registration::spawn(
+        rt.handle(),
+        cfg.clone(),
+        "kamaitachi-slave",
+        ServiceInfo::new("localhost:18081", "slave"),
+    );
+    assert!(eventually(Duration::from_secs(10), || reg.is_registered()));
+    assert!(eventually(Duration::from_secs(10), || discovery.services().len() == 1));
+
+    // Idle past the token's life: the revoke at shutdown (a plain call on
+    // the old client) must authenticate again, or the key stays 30 s.
+    std::thread::sleep(Duration::from_secs(5));
+    rt.block_on(reg.shutdown(Duration::from_secs(3)));
+    assert!(
+        etcd.keys("/kmt-test").is_empty(),
+        "lease not revoked after the token expired"
+    );
+    assert!(eventually(Duration::from_secs(5), || discovery
+        .services()
+        .is_empty()));
+
+    // A restart invalidates every token: register and discover again.
+    let reg = Registration::spawn(
+        rt.handle(),
+        cfg,
+        "kamaitachi-slave",
+        ServiceInfo::new("localhost:18081", "slave"),
+    );
+    assert!(eventually(Duration::from_secs(10), || reg.is_registered()));
+    etcd.restart(false);
+    let (ok, _, err) = etcd.etcdctl_as(
+        Some((&auth.user, &auth.password)),
+        &[
+            "put",
+            "/kmt-test/services/kamaitachi-master/localhost:18080",
+            r#"{"addr":"localhost:18080","role":"master","started_at":1}"#,
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        eventually(Duration::from_secs(20), || discovery.services().len() == 2),
+        "discovery did not come back after an etcd restart: {:?}",
+        discovery.services()
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    rt.block_on(reg.shutdown(Duration::from_secs(3)));
+    assert_eq!(
+        etcd.keys("/kmt-test").len(),
+        1,
+        "lease not revoked after a restart"
+    );
+    assert!(cluster::registry::reconnects() > 0);
+}
