@@ -560,7 +560,11 @@ impl RegisterTask {
             )
             .await
         {
-            tracing::warn!("Failed to register service: {e} (put {})", self.key);
+            if is_auth_error(&e) {
+                tracing::warn!("Failed to connect to etcd: {}; retrying", self.cfg.describe(&e));
+            } else {
+                tracing::warn!("Failed to register service: {e} (put {})", self.key);
+            }
             return Ended::Failed;
         }
         let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
