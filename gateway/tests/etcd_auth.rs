@@ -122,7 +122,7 @@ fn without_credentials_an_open_etcd_works_and_says_so_once() {
 #[test]
 fn a_one_megabyte_registry_value_is_ignored_with_a_few_log_lines() {
     let dir = temp_dir("gw-etcd-1mb");
-    let etcd = Etcd::start(&dir);
+    let mut etcd = Etcd::start(&dir);
     let master = node_with(&etcd, "master", "");
     let gw = Gateway::start(&format!(
         "[etcd]\nendpoints = {}\nprefix = /kmt-gw\n",
@@ -135,17 +135,18 @@ fn a_one_megabyte_registry_value_is_ignored_with_a_few_log_lines() {
         r#"{{"addr":"{}.example:80","role":"master","started_at":0}}"#,
         "a".repeat(1 << 20)
     );
-    let put = |key: &str, value: &[u8]| {
+    let put = |etcd: &Etcd, key: &str, value: &[u8]| {
         let (ok, _, err) = etcd.etcdctl_as(None, &["put", key], Some(value));
         assert!(ok, "put {key}: {err}");
     };
-    put("/kmt-gw/services/a-rogue/huge", huge.as_bytes());
+    put(&etcd, "/kmt-gw/services/a-rogue/huge", huge.as_bytes());
     put(
+        &etcd,
         "/kmt-gw/services/a-rogue/169.254.169.254:80",
         br#"{"addr":"169.254.169.254:80","role":"slave","started_at":0}"#,
     );
     let long_key = format!("/kmt-gw/services/a-rogue/{}", "k".repeat(4000));
-    put(&long_key, b"{}");
+    put(&etcd, &long_key, b"{}");
     std::thread::sleep(Duration::from_secs(6));
 
     let log = gw.log_text();
@@ -162,8 +163,30 @@ fn a_one_megabyte_registry_value_is_ignored_with_a_few_log_lines() {
     assert!(!health.to_string().contains("169.254"), "{health}");
     assert!(master.log_text().len() < 20_000);
 
+    // A restart makes discovery list everything again: nothing new to say.
+    etcd.restart(false);
+    let relisted = || {
+        gw.log_text()
+            .lines()
+            .filter(|l| l.contains("Failed to connect to etcd") || l.contains("etcd watch"))
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || relisted() > 0),
+        "{}",
+        gw.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let log = gw.log_text();
+    let n = log[before.min(log.len())..]
+        .lines()
+        .filter(|l| l.contains("ignored"))
+        .count();
+    assert_eq!(n, 3, "bad keys logged again after a re-list");
+
     // Once per change: the same key changed is logged again, once.
     put(
+        &etcd,
         "/kmt-gw/services/a-rogue/169.254.169.254:80",
         br#"{"addr":"169.254.169.254:81","role":"slave","started_at":0}"#,
     );
