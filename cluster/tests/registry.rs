@@ -264,3 +264,136 @@ fn an_expired_token_and_an_etcd_restart_are_survived() {
     );
     assert!(cluster::registry::reconnects() > 0);
 }
+
+/// etcd serving TLS only and requiring a client certificate; the CA, server
+/// and client certificates are made here with openssl.
+#[test]
+fn tls_with_a_client_certificate() {
+    use std::process::{Command, Stdio};
+    let dir = temp("tls");
+    let sh = |script: &str| {
+        let out = Command::new("bash")
+            .args(["-c", script])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=kmt-test-ca");
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth",
+        ),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        sh(&format!(
+            "openssl req -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr -subj /CN={name} && \
+             printf '{ext}\\n' > {name}.ext && \
+             openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 1 -extfile {name}.ext"
+        ));
+    }
+    let port = cluster::testkit::free_port();
+    let peer = cluster::testkit::free_port();
+    let client_url = format!("https://127.0.0.1:{port}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _etcd = Kill(
+        Command::new("etcd")
+            .current_dir(&dir)
+            .args(["--name", "tls", "--data-dir", "data"])
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("tls={peer_url}")])
+            .args(["--cert-file", "server.pem", "--key-file", "server.key"])
+            .args(["--trusted-ca-file", "ca.pem", "--client-cert-auth"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("etcd.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let etcdctl = |args: &[&str]| {
+        Command::new("etcdctl")
+            .current_dir(&dir)
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &client_url,
+                "--cacert",
+                "ca.pem",
+                "--cert",
+                "client.pem",
+            ])
+            .args(["--key", "client.key", "--dial-timeout", "1s"])
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || etcdctl(&["endpoint", "health"])
+            .is_some()),
+        "TLS etcd did not start: {}",
+        std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default()
+    );
+    let config = |keys: &str| {
+        let ini = IniFile::parse(
+            "tls.ini",
+            &format!("[etcd]\nendpoints = 127.0.0.1:{port}\nprefix = /kmt-test\nttl = 5\n{keys}",),
+        )
+        .unwrap();
+        EtcdConfig::from_ini(&ini).unwrap()
+    };
+    let p = |f: &str| dir.join(f).display().to_string();
+    let rt = runtime();
+    // Without a client certificate etcd refuses the handshake.
+    let refused = Registration::spawn(
+        rt.handle(),
+        config(&format!("ca_file = {}\n", p("ca.pem"))),
+        "kamaitachi-slave",
+        ServiceInfo::new("localhost:18082", "slave"),
+    );
+    let cfg = config(&format!(
+        "ca_file = {}\ncert_file = {}\nkey_file = {}\n",
+        p("ca.pem"),
+        p("client.pem"),
+        p("client.key")
+    ));
+    assert_eq!(cfg.endpoints, vec![client_url.clone()]);
+    let discovery = Discovery::spawn(rt.handle(), cfg.clone());
+    let reg = Registration::spawn(
+        rt.handle(),
+        cfg,
+        "kamaitachi-slave",
+        ServiceInfo::new("localhost:18081", "slave"),
+    );
+    assert!(eventually(Duration::from_secs(10), || reg.is_registered()));
+    assert!(eventually(Duration::from_secs(10), || discovery.services().len() == 1));
+    let keys = etcdctl(&["get", "--prefix", "--keys-only", "/kmt-test"]).unwrap_or_default();
+    assert!(keys.contains(KEY), "{keys}");
+    assert!(!refused.is_registered());
+    rt.block_on(reg.shutdown(Duration::from_secs(3)));
+    rt.block_on(refused.shutdown(Duration::from_secs(1)));
+}
