@@ -29,6 +29,61 @@ alive() { local p; p=$(pid_of "$1"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 etcd_up() { curl -s -m 1 "http://127.0.0.1:$ETCD_PORT/health" 2>/dev/null | grep -q '"health":"true"'; }
 
+# etcd credentials (made once, random, mode 600): root administers etcd; the
+# processes connect as $ETCD_USER, whose role may read/write only under
+# $ETCD_PREFIX/.
+ETCD_USER=kamaitachi
+ETCD_PREFIX=/kamaitachi
+ROOT_PW_FILE=$RUN/etcd-root.password
+USER_PW_FILE=$RUN/etcd-kamaitachi.password
+make_secret() {
+  [ -s "$1" ] && return 0
+  (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$1")
+}
+# etcdctl as USER (root|kamaitachi|anonymous); the password goes through the
+# environment, not the command line.
+ctl() {
+  local who=$1; shift
+  local user=""
+  case "$who" in
+    root) user="root:$(cat "$ROOT_PW_FILE")" ;;
+    "$ETCD_USER") user="$ETCD_USER:$(cat "$USER_PW_FILE")" ;;
+  esac
+  if [ -n "$user" ]; then
+    ETCDCTL_API=3 ETCDCTL_USER="$user" etcdctl --endpoints "127.0.0.1:$ETCD_PORT" --dial-timeout 2s "$@"
+  else
+    ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ETCD_PORT" --dial-timeout 2s "$@"
+  fi
+}
+
+# Turns etcd's auth on (etcd 3.4 needs a root user with the root role first)
+# with a role limited to the prefix; a no-op on an etcd that has it already.
+etcd_auth() {
+  make_secret "$ROOT_PW_FILE"
+  make_secret "$USER_PW_FILE"
+  if ctl "$ETCD_USER" get --prefix --keys-only --limit 1 "$ETCD_PREFIX/" >/dev/null 2>&1 &&
+     ! ctl anonymous put "$ETCD_PREFIX/.auth-check" x >/dev/null 2>&1; then
+    return 0   # auth on, and our user gets in
+  fi
+  ctl anonymous put "$ETCD_PREFIX/.auth-check" x >/dev/null 2>&1 && ctl anonymous del "$ETCD_PREFIX/.auth-check" >/dev/null 2>&1
+  local rootpw userpw
+  rootpw=$(cat "$ROOT_PW_FILE"); userpw=$(cat "$USER_PW_FILE")
+  ctl anonymous user add root --new-user-password="$rootpw" >/dev/null 2>&1 || true
+  ctl anonymous user grant-role root root >/dev/null 2>&1 || true
+  ctl anonymous role add "$ETCD_USER" >/dev/null 2>&1 || true
+  ctl anonymous role grant-permission "$ETCD_USER" readwrite --prefix=true "$ETCD_PREFIX/" >/dev/null 2>&1 || true
+  ctl anonymous user add "$ETCD_USER" --new-user-password="$userpw" >/dev/null 2>&1 || true
+  ctl anonymous user grant-role "$ETCD_USER" "$ETCD_USER" >/dev/null 2>&1 || true
+  ctl anonymous auth enable >/dev/null 2>&1 || true
+  if ! ctl "$ETCD_USER" get --prefix --keys-only --limit 1 "$ETCD_PREFIX/" >/dev/null 2>&1; then
+    die "etcd on :$ETCD_PORT has auth on, but user $ETCD_USER cannot log in with $USER_PW_FILE (made for another etcd?): restore the password files, or stop that etcd and remove $DATA/etcd"
+  fi
+  if ctl anonymous put "$ETCD_PREFIX/.auth-check" x >/dev/null 2>&1; then
+    die "etcd on :$ETCD_PORT still accepts anonymous writes: auth could not be enabled (log: $LOGS/etcd.log)"
+  fi
+  echo "cluster: etcd auth on (users root and $ETCD_USER; passwords in $ROOT_PW_FILE, $USER_PW_FILE)"
+}
+
 # Every node the cluster runs: name:template:port. Added slaves are
 # remembered in run/extra-nodes.
 nodes() {
@@ -46,7 +101,17 @@ render() {
       -e "s/^endpoints = localhost:[0-9]*/endpoints = localhost:$ETCD_PORT/" \
       -e "s#^path = [^ ]*#path = ./data/$db.db#" \
       -e "s#^snapshot_path = [^ ]*#snapshot_path = ./data/${db}_snapshot.dat#" \
-      "conf/$template.ini" >"$CONF/$name.ini"
+      "conf/$template.ini" | with_etcd_credentials >"$CONF/$name.ini"
+}
+
+# Adds [etcd] username and password_file to a config on stdin.
+with_etcd_credentials() {
+  if [ -s "$USER_PW_FILE" ]; then
+    sed -e "/^\[etcd\]/a username = $ETCD_USER\npassword_file = ./$USER_PW_FILE" \
+        -e '/^username *=/d' -e '/^password_file *=/d'
+  else
+    cat
+  fi
 }
 
 stop_one() {
@@ -115,6 +180,7 @@ start() {
   stop_all quiet
   rm -f "$RUN/extra-nodes"
   start_etcd
+  etcd_auth
   local name template port
   for entry in $(nodes); do
     IFS=: read -r name template port <<<"$entry"
@@ -128,7 +194,7 @@ start() {
   port_busy "$GATEWAY_PORT" && die "port $GATEWAY_PORT (gateway) is in use: stop what listens there or set GATEWAY_PORT"
   sed -e "s/^port = [0-9]*/port = $GATEWAY_PORT/" -e "s/^endpoints = localhost:[0-9]*/endpoints = localhost:$ETCD_PORT/" \
     -e "s/^service_addr = localhost:[0-9]*/service_addr = localhost:$GATEWAY_PORT/" \
-    conf/gateway.ini >"$CONF/gateway.ini"
+    conf/gateway.ini | with_etcd_credentials >"$CONF/gateway.ini"
   "$BIN/kamaitachi-gateway" -config "$CONF/gateway.ini" >>"$LOGS/gateway.log" 2>&1 &
   echo $! >"$RUN/gateway.pid"
   wait_health gateway "$GATEWAY_PORT" 30
@@ -165,8 +231,12 @@ status() {
   done
   echo
   if etcd_up; then
-    echo "etcd :$ETCD_PORT registry (etcdctl get --prefix /kamaitachi):"
-    ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ETCD_PORT" --dial-timeout 1s get --prefix /kamaitachi 2>&1 | sed 's/^/  /' || true
+    echo "etcd :$ETCD_PORT registry (etcdctl get --prefix $ETCD_PREFIX/, as $ETCD_USER):"
+    if [ -s "$USER_PW_FILE" ]; then
+      ctl "$ETCD_USER" get --prefix "$ETCD_PREFIX/" 2>&1 | sed 's/^/  /' || true
+    else
+      ctl anonymous get --prefix "$ETCD_PREFIX/" 2>&1 | sed 's/^/  /' || true
+    fi
   else
     echo "etcd :$ETCD_PORT is not answering"
   fi

@@ -13,10 +13,24 @@
 //! new lease; discovery lists again and watches from the listed revision, so
 //! no event between the two is missed. A graceful stop revokes the lease, so
 //! the node leaves the registry at once.
+//!
+//! Access: with `[etcd] username` and `password_file` the client
+//! authenticates (and authenticates again when etcd rejects its token: a
+//! token expires after etcd's `--auth-token-ttl` and dies with an etcd
+//! restart); `ca_file`/`cert_file`/`key_file` add TLS. Without credentials a
+//! process connects anonymously, for a development etcd with auth off, and
+//! says so once at start.
+//!
+//! Discovery believes nothing it reads: a value over [`MAX_VALUE_BYTES`], one
+//! that is not a service record, an `addr` that is not a sane `host:port` or
+//! a role other than master/slave is ignored, and logged once per change of
+//! that key (key truncated), never once per list or watch event.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -44,6 +58,65 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     pub prefix: String,
     pub ttl: i64,
+    /// `[etcd] username` + `password_file`; `None`: anonymous.
+    pub auth: Option<EtcdAuth>,
+    /// `[etcd] ca_file`, `cert_file`, `key_file`; `None`: plain HTTP.
+    pub tls: Option<EtcdTls>,
+}
+
+/// The credentials a process authenticates to etcd with.
+#[derive(Clone, PartialEq)]
+pub struct EtcdAuth {
+    pub username: String,
+    /// The file the password is read from; read again at every (re)connect,
+    /// so a rotated password is picked up without a restart.
+    pub password_file: PathBuf,
+    /// The password read at start, used when the file cannot be read later.
+    password: String,
+}
+
+impl std::fmt::Debug for EtcdAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAuth")
+            .field("username", &self.username)
+            .field("password_file", &self.password_file)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl EtcdAuth {
+    /// The password now in the file (trimmed), else the one read at start.
+    fn password(&self) -> String {
+        match read_password(&self.password_file) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(
+                    "etcd password file {}: {e}; using the password read at start",
+                    self.password_file.display()
+                );
+                self.password.clone()
+            }
+        }
+    }
+}
+
+fn read_password(file: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read it: {e}"))?;
+    let password = text.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        return Err("it is empty".into());
+    }
+    Ok(password)
+}
+
+/// TLS towards etcd: the CA that signed etcd's certificate, and optionally a
+/// client certificate and key (etcd's `--client-cert-auth`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 impl EtcdConfig {
@@ -75,10 +148,93 @@ impl EtcdConfig {
         if !(2..=3600).contains(&ttl) {
             return Err(ini.invalid("etcd", "ttl", &ttl.to_string(), "lease seconds (2-3600)"));
         }
+        let nonempty = |key: &str| ini.get_str("etcd", key).filter(|v| !v.trim().is_empty());
+        let auth = match (nonempty("username"), nonempty("password_file")) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ini.invalid(
+                    "etcd",
+                    "password_file",
+                    "",
+                    "the file holding the etcd password of [etcd] username",
+                ))
+            }
+            (None, Some(file)) => {
+                return Err(ini.invalid(
+                    "etcd",
+                    "username",
+                    "",
+                    &format!("the etcd user whose password is in {file}"),
+                ))
+            }
+            (Some(username), Some(file)) => {
+                let password_file = PathBuf::from(file.trim());
+                let password = read_password(&password_file).map_err(|e| {
+                    ini.invalid(
+                        "etcd",
+                        "password_file",
+                        &password_file.display().to_string(),
+                        &format!("a readable file holding the etcd password ({e})"),
+                    )
+                })?;
+                Some(EtcdAuth {
+                    username: username.trim().to_string(),
+                    password_file,
+                    password,
+                })
+            }
+        };
+        let mut files = [None, None, None];
+        for (slot, key) in files.iter_mut().zip(["ca_file", "cert_file", "key_file"]) {
+            if let Some(file) = nonempty(key) {
+                let path = PathBuf::from(file.trim());
+                if let Err(e) = std::fs::metadata(&path) {
+                    return Err(ini.invalid(
+                        "etcd",
+                        key,
+                        &path.display().to_string(),
+                        &format!("a readable PEM file ({e})"),
+                    ));
+                }
+                *slot = Some(path);
+            }
+        }
+        let [ca_file, cert_file, key_file] = files;
+        if cert_file.is_some() != key_file.is_some() {
+            let (key, other) = if cert_file.is_some() {
+                ("key_file", "cert_file")
+            } else {
+                ("cert_file", "key_file")
+            };
+            return Err(ini.invalid(
+                "etcd",
+                key,
+                "",
+                &format!("set together with [etcd] {other} (a client certificate and its key)"),
+            ));
+        }
+        let tls = (ca_file.is_some() || cert_file.is_some()).then_some(EtcdTls {
+            ca_file,
+            cert_file,
+            key_file,
+        });
+        let endpoints = if tls.is_some() {
+            endpoints
+                .into_iter()
+                .map(|e| match e.strip_prefix("http://") {
+                    Some(rest) => format!("https://{rest}"),
+                    None => e,
+                })
+                .collect()
+        } else {
+            endpoints
+        };
         Ok(EtcdConfig {
             endpoints,
             prefix: prefix.trim_end_matches('/').to_string(),
             ttl,
+            auth,
+            tls,
         })
     }
 
@@ -92,17 +248,120 @@ impl EtcdConfig {
         format!("{}{service_name}/{service_addr}", self.services_prefix())
     }
 
-    fn connect_options(&self) -> ConnectOptions {
+    fn connect_options(&self) -> Result<ConnectOptions, String> {
         // etcd refuses client pings more often than its
         // `--grpc-keepalive-min-time` (default 5 s) with GOAWAY
         // `too_many_pings`, which broke the connection every ~8 s while etcd
         // was healthy. Ping every 10 s: a dead etcd is still noticed within
         // 15 s, and the lease keep-alive (every ttl/3) notices sooner.
-        ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(KEEPALIVE_INTERVAL, Duration::from_secs(5))
+            .with_keep_alive(KEEPALIVE_INTERVAL, Duration::from_secs(5));
+        if let Some(auth) = &self.auth {
+            // A unary call whose token etcd rejects (expired after
+            // `--auth-token-ttl`, or from before an etcd restart)
+            // authenticates again and is retried; a broken stream makes the
+            // task connect (and so authenticate) again.
+            options = options
+                .with_user(auth.username.clone(), auth.password())
+                .with_auto_token_refresh(true);
+        }
+        if let Some(tls) = &self.tls {
+            options = tls_options(options, tls)?;
+        }
+        Ok(options)
     }
+
+    /// A connected (and, with credentials, authenticated) client.
+    async fn connect(&self) -> Result<Client, String> {
+        let options = self.connect_options()?;
+        match Client::connect(&self.endpoints, Some(options)).await {
+            Ok(c) => Ok(c),
+            // Credentials configured, but this etcd has auth off (a
+            // development etcd): say so once and go on anonymously.
+            Err(e) if self.auth.is_some() && e.to_string().contains("authentication is not enabled") => {
+                static ONCE: Once = Once::new();
+                ONCE.call_once(|| {
+                    tracing::warn!(
+                        "etcd at {:?} has authentication disabled; connecting without the configured \
+                         credentials (anyone who can reach that etcd can change the registry)",
+                        self.endpoints
+                    )
+                });
+                let anonymous = EtcdConfig {
+                    auth: None,
+                    ..self.clone()
+                };
+                Client::connect(&self.endpoints, Some(anonymous.connect_options()?))
+                    .await
+                    .map_err(|e| self.describe(&e))
+            }
+            Err(e) => Err(self.describe(&e)),
+        }
+    }
+
+    /// What went wrong, in the words an operator needs: which user, which
+    /// file, what to do.
+    fn describe(&self, e: &etcd_client::Error) -> String {
+        let text = e.to_string();
+        match &self.auth {
+            Some(auth) if text.contains("authentication failed") => format!(
+                "authentication failed for etcd user {:?} with the password in {} ({text}); endpoints {:?}",
+                auth.username,
+                auth.password_file.display(),
+                self.endpoints
+            ),
+            None if text.contains("user name is empty") || text.contains("invalid auth token") => format!(
+                "etcd requires authentication ({text}): set [etcd] username and password_file; endpoints {:?}",
+                self.endpoints
+            ),
+            _ => format!("{text} (endpoints {:?})", self.endpoints),
+        }
+    }
+
+    /// One line at start when this process talks to etcd anonymously.
+    fn note_anonymous(&self) {
+        static ONCE: Once = Once::new();
+        if self.auth.is_none() {
+            ONCE.call_once(|| {
+                tracing::warn!(
+                    "etcd: no [etcd] username/password_file configured; connecting to {:?} without \
+                     authentication (fine for a development etcd with auth off; anyone who can reach \
+                     that etcd can change the registry)",
+                    self.endpoints
+                )
+            });
+        }
+    }
+}
+
+#[cfg(feature = "etcd-tls")]
+fn tls_options(options: ConnectOptions, tls: &EtcdTls) -> Result<ConnectOptions, String> {
+    use etcd_client::{Certificate, Identity, TlsOptions};
+    let read = |what: &str, p: &Path| {
+        std::fs::read(p).map_err(|e| format!("[etcd] {what} {}: cannot read it: {e}", p.display()))
+    };
+    let mut t = TlsOptions::new();
+    if let Some(ca) = &tls.ca_file {
+        t = t.ca_certificate(Certificate::from_pem(read("ca_file", ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        t = t.identity(Identity::from_pem(
+            read("cert_file", cert)?,
+            read("key_file", key)?,
+        ));
+    }
+    Ok(options.with_tls(t))
+}
+
+#[cfg(not(feature = "etcd-tls"))]
+fn tls_options(_options: ConnectOptions, _tls: &EtcdTls) -> Result<ConnectOptions, String> {
+    Err(
+        "[etcd] ca_file/cert_file/key_file are set but this build has no TLS support \
+         (build the cluster crate with feature etcd-tls)"
+            .into(),
+    )
 }
 
 /// HTTP/2 keepalive ping interval towards etcd; at least etcd's default
@@ -182,6 +441,7 @@ impl Registration {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let registered = Arc::new(AtomicBool::new(false));
+        cfg.note_anonymous();
         let key = cfg.service_key(service_name, &info.addr);
         let task = RegisterTask {
             cfg,
@@ -241,15 +501,15 @@ impl RegisterTask {
         let mut backoff = Backoff::new();
         loop {
             let client = tokio::select! {
-                c = Client::connect(&self.cfg.endpoints, Some(self.cfg.connect_options())) => c,
+                c = self.cfg.connect() => c,
                 _ = &mut stop => return,
             };
             let mut client = match client {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(
-                        "Failed to connect to etcd: {e} (endpoints {:?}); retrying",
-                        self.cfg.endpoints
+                        "Failed to connect to etcd: {e}; retrying in {:.1}s",
+                        backoff.0.as_secs_f64()
                     );
                     count_reconnect();
                     tokio::select! { _ = backoff.wait() => continue, _ = &mut stop => return }
@@ -276,11 +536,8 @@ impl RegisterTask {
             Ok(l) => l.id(),
             // The client connects lazily: the first call is where an
             // unreachable etcd shows.
-            Err(e) if is_unreachable(&e) => {
-                tracing::warn!(
-                    "Failed to connect to etcd: {e} (endpoints {:?}); retrying",
-                    self.cfg.endpoints
-                );
+            Err(e) if is_unreachable(&e) || is_auth_error(&e) => {
+                tracing::warn!("Failed to connect to etcd: {}; retrying", self.cfg.describe(&e));
                 return Ended::Failed;
             }
             Err(e) => {
@@ -303,7 +560,11 @@ impl RegisterTask {
             )
             .await
         {
-            tracing::warn!("Failed to register service: {e} (put {})", self.key);
+            if is_auth_error(&e) {
+                tracing::warn!("Failed to connect to etcd: {}; retrying", self.cfg.describe(&e));
+            } else {
+                tracing::warn!("Failed to register service: {e} (put {})", self.key);
+            }
             return Ended::Failed;
         }
         let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
@@ -380,6 +641,7 @@ impl Discovery {
         let services = Arc::new(ArcSwap::from_pointee(Vec::new()));
         let (tx, rx) = watch::channel(0u64);
         let synced = Arc::new(AtomicBool::new(false));
+        cfg.note_anonymous();
         let task = DiscoverTask {
             cfg,
             services: services.clone(),
@@ -420,8 +682,9 @@ struct DiscoverTask {
 impl DiscoverTask {
     async fn run(self) {
         let mut backoff = Backoff::new();
+        let mut bad = BadEntries::default();
         loop {
-            if let Err(e) = self.list_and_watch(&mut backoff).await {
+            if let Err(e) = self.list_and_watch(&mut backoff, &mut bad).await {
                 tracing::warn!(
                     "Failed to connect to etcd: {e}; keeping the last known {} services",
                     self.services.load().len()
@@ -446,16 +709,19 @@ impl DiscoverTask {
         }
     }
 
-    async fn list_and_watch(&self, backoff: &mut Backoff) -> Result<(), etcd_client::Error> {
+    async fn list_and_watch(&self, backoff: &mut Backoff, bad: &mut BadEntries) -> Result<(), String> {
         let prefix = self.cfg.services_prefix();
-        let mut client = Client::connect(&self.cfg.endpoints, Some(self.cfg.connect_options())).await?;
+        let mut client = self.cfg.connect().await?;
+        let describe = |e: etcd_client::Error| self.cfg.describe(&e);
         let listed = client
             .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await?;
+            .await
+            .map_err(describe)?;
         let revision = listed.header().map_or(0, |h| h.revision());
         let mut map = BTreeMap::new();
+        bad.retain_listed(listed.kvs().iter().map(|kv| kv.key()));
         for kv in listed.kvs() {
-            if let Some((k, v)) = decode(kv.key(), kv.value()) {
+            if let Some((k, v)) = bad.decode(kv.key(), kv.value(), kv.mod_revision()) {
                 map.insert(k, v);
             }
         }
@@ -471,8 +737,9 @@ impl DiscoverTask {
                         .with_start_revision(revision + 1),
                 ),
             )
-            .await?;
-        while let Some(resp) = stream.message().await? {
+            .await
+            .map_err(describe)?;
+        while let Some(resp) = stream.message().await.map_err(describe)? {
             if resp.canceled() {
                 tracing::warn!("etcd watch canceled ({}); listing again", resp.cancel_reason());
                 return Ok(());
@@ -481,13 +748,18 @@ impl DiscoverTask {
                 let Some(kv) = event.kv() else { continue };
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
                 match event.event_type() {
-                    EventType::Put => {
-                        if let Some((k, v)) = decode(kv.key(), kv.value()) {
+                    EventType::Put => match bad.decode(kv.key(), kv.value(), kv.mod_revision()) {
+                        Some((k, v)) => {
                             map.insert(k, v);
                         }
-                    }
+                        // A bad value replaces a good one: the old one is gone.
+                        None => {
+                            map.remove(&key);
+                        }
+                    },
                     EventType::Delete => {
                         map.remove(&key);
+                        bad.forget(kv.key());
                     }
                 }
             }
@@ -508,14 +780,156 @@ fn is_unreachable(e: &etcd_client::Error) -> bool {
     }
 }
 
-fn decode(key: &[u8], value: &[u8]) -> Option<(String, ServiceInfo)> {
-    let key = String::from_utf8_lossy(key).into_owned();
-    match serde_json::from_slice::<ServiceInfo>(value) {
-        Ok(info) => Some((key, info)),
-        Err(e) => {
-            tracing::warn!("registry entry {key} ignored: not a service record ({e})");
-            None
+/// Whether etcd refused the credentials or the token (as opposed to being
+/// unreachable or refusing one request).
+fn is_auth_error(e: &etcd_client::Error) -> bool {
+    let text = e.to_string();
+    text.contains("authentication failed")
+        || text.contains("invalid auth token")
+        || text.contains("user name is empty")
+        || matches!(e, etcd_client::Error::GRpcStatus(s) if i32::from(s.code()) == 16)
+}
+
+/// The largest registry value believed (a service record is under 200 bytes).
+pub const MAX_VALUE_BYTES: usize = 4096;
+
+/// The longest `addr` believed: a 253-character host name, `:` and a port.
+const MAX_ADDR_LEN: usize = 261;
+
+/// How much of a bad key a log line shows.
+const LOGGED_KEY_CHARS: usize = 96;
+
+/// A registry value checked: a service record whose `addr` is a sane
+/// `host:port` and whose role is master or slave.
+pub fn validate_entry(value: &[u8]) -> Result<ServiceInfo, String> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(format!(
+            "value of {} bytes (at most {MAX_VALUE_BYTES})",
+            value.len()
+        ));
+    }
+    let info: ServiceInfo =
+        serde_json::from_slice(value).map_err(|e| format!("not a service record ({e})"))?;
+    validate_addr(&info.addr)?;
+    if info.role != "master" && info.role != "slave" {
+        return Err(format!(
+            "role {:?} is neither master nor slave",
+            shorten(&info.role)
+        ));
+    }
+    Ok(info)
+}
+
+/// `host:port`: a host name (letters, digits, `-`, dots), an IPv4 address or
+/// a bracketed IPv6 address that is neither unspecified, link-local,
+/// multicast nor broadcast; a port 1-65535.
+pub fn validate_addr(addr: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("addr {:?} {why}", shorten(addr)));
+    if addr.len() > MAX_ADDR_LEN {
+        return bad(&format!("is {} bytes long (at most {MAX_ADDR_LEN})", addr.len()));
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return bad("is not host:port");
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => {}
+        _ => return bad("has no port 1-65535"),
+    }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return match v6.parse::<Ipv6Addr>() {
+            Ok(ip) => match ip_problem(IpAddr::V6(ip)) {
+                Some(why) => bad(why),
+                None => Ok(()),
+            },
+            Err(_) => bad("has a bracketed host that is not an IPv6 address"),
+        };
+    }
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return match ip_problem(IpAddr::V4(ip)) {
+            Some(why) => bad(why),
+            None => Ok(()),
+        };
+    }
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return bad("has a host that is neither a host name nor an IP address");
+    }
+    // All-numeric dotted names that are not valid IPv4 (e.g. 999.1.1.1).
+    if host.split('.').all(|l| l.bytes().all(|b| b.is_ascii_digit())) {
+        return bad("has a host that is neither a host name nor an IP address");
+    }
+    Ok(())
+}
+
+fn ip_problem(ip: IpAddr) -> Option<&'static str> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => Some("has the unspecified address"),
+        IpAddr::V4(v4) if v4.is_link_local() => Some("has a link-local address (169.254.0.0/16)"),
+        IpAddr::V4(v4) if v4.is_broadcast() || v4.is_multicast() => {
+            Some("has a broadcast or multicast address")
         }
+        IpAddr::V6(v6) if v6.is_unspecified() => Some("has the unspecified address"),
+        IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 => {
+            Some("has a link-local address (fe80::/10)")
+        }
+        IpAddr::V6(v6) if v6.is_multicast() => Some("has a multicast address"),
+        _ => None,
+    }
+}
+
+/// At most [`LOGGED_KEY_CHARS`] characters of `s`, escaped, with the full
+/// length when cut.
+fn shorten(s: &str) -> String {
+    let cut: String = s.chars().take(LOGGED_KEY_CHARS).collect();
+    let cut = cut.escape_debug().to_string();
+    if cut.len() < s.len() || s.chars().count() > LOGGED_KEY_CHARS {
+        format!("{cut}… ({} bytes)", s.len())
+    } else {
+        cut
+    }
+}
+
+/// Bad registry keys already logged, with the revision that was logged, so
+/// each bad value is logged once per change of its key, not on every list
+/// or watch event.
+#[derive(Default)]
+struct BadEntries(HashMap<Vec<u8>, i64>);
+
+impl BadEntries {
+    fn decode(&mut self, key: &[u8], value: &[u8], revision: i64) -> Option<(String, ServiceInfo)> {
+        let text = String::from_utf8_lossy(key).into_owned();
+        match validate_entry(value) {
+            Ok(info) => {
+                self.0.remove(key);
+                Some((text, info))
+            }
+            Err(why) => {
+                if self.0.get(key) != Some(&revision) {
+                    self.0.insert(key.to_vec(), revision);
+                    tracing::warn!("registry entry {} ignored: {why}", shorten(&text));
+                }
+                None
+            }
+        }
+    }
+
+    fn forget(&mut self, key: &[u8]) {
+        self.0.remove(key);
+    }
+
+    /// Drops what is no longer in etcd.
+    fn retain_listed<'a>(&mut self, keys: impl Iterator<Item = &'a [u8]>) {
+        let listed: std::collections::HashSet<&[u8]> = keys.collect();
+        self.0.retain(|k, _| listed.contains(k.as_slice()));
     }
 }
 
@@ -541,6 +955,98 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("[etcd] ttl"));
+    }
+
+    #[test]
+    fn addresses_and_roles_are_checked() {
+        for good in [
+            "localhost:8081",
+            "127.0.0.1:1",
+            "node-1.example.com:65535",
+            "[::1]:8080",
+            "10.0.0.5:8080",
+        ] {
+            assert!(validate_addr(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "169.254.169.254:80",
+            "0.0.0.0:8080",
+            "[::]:8080",
+            "[fe80::1]:8080",
+            "localhost",
+            "localhost:0",
+            "localhost:65536",
+            "localhost:+80",
+            ":8080",
+            "bad host:80",
+            "-x:80",
+            "999.1.1.1:80",
+            "a..b:80",
+            "[::ffff:169.254.1.1]:80",
+            "http://x:80",
+        ] {
+            assert!(validate_addr(bad).is_err(), "{bad}");
+        }
+        let long = format!("{}:80", "a".repeat(300));
+        assert!(validate_addr(&long).unwrap_err().len() < 200);
+        let ok = br#"{"addr":"localhost:8081","role":"slave","started_at":1}"#;
+        assert!(validate_entry(ok).is_ok());
+        let role = br#"{"addr":"localhost:8081","role":"gateway","started_at":1}"#;
+        assert!(validate_entry(role).unwrap_err().contains("role"));
+        let big = format!(
+            r#"{{"addr":"localhost:8081","role":"slave","started_at":1,"x":"{}"}}"#,
+            "y".repeat(5000)
+        );
+        assert!(validate_entry(big.as_bytes())
+            .unwrap_err()
+            .contains("at most 4096"));
+    }
+
+    #[test]
+    fn credentials_and_tls_are_parsed_with_clear_errors() {
+        let dir = std::env::temp_dir().join(format!("kmt-etcd-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("etcd.password");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let ini = IniFile::parse(
+            "n.ini",
+            &format!(
+                "[etcd]\nusername = kamaitachi\npassword_file = {}\n",
+                pw.display()
+            ),
+        )
+        .unwrap();
+        let cfg = EtcdConfig::from_ini(&ini).unwrap();
+        let auth = cfg.auth.clone().unwrap();
+        assert_eq!(auth.username, "kamaitachi");
+        assert_eq!(auth.password(), "s3cret");
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+        let missing =
+            IniFile::parse("n.ini", "[etcd]\nusername = k\npassword_file = /nonexistent/pw\n").unwrap();
+        let msg = EtcdConfig::from_ini(&missing).unwrap_err().to_string();
+        assert!(
+            msg.contains("n.ini") && msg.contains("[etcd] password_file") && msg.contains("/nonexistent/pw"),
+            "{msg}"
+        );
+        let half = IniFile::parse("n.ini", "[etcd]\nusername = k\n").unwrap();
+        assert!(EtcdConfig::from_ini(&half)
+            .unwrap_err()
+            .to_string()
+            .contains("[etcd] password_file"));
+        let cert_only = IniFile::parse("n.ini", &format!("[etcd]\ncert_file = {}\n", pw.display())).unwrap();
+        assert!(EtcdConfig::from_ini(&cert_only)
+            .unwrap_err()
+            .to_string()
+            .contains("[etcd] key_file"));
+        let tls = IniFile::parse(
+            "n.ini",
+            &format!("[etcd]\nendpoints = h:2379\nca_file = {}\n", pw.display()),
+        )
+        .unwrap();
+        let cfg = EtcdConfig::from_ini(&tls).unwrap();
+        assert_eq!(cfg.endpoints, vec!["https://h:2379"]);
+        assert!(cfg.tls.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

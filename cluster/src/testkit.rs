@@ -78,6 +78,23 @@ pub struct Etcd {
     pub data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// With auth on: the users made at start (see [`Etcd::start_with_auth`]).
+    pub auth: Option<EtcdTestAuth>,
+    /// `--auth-token-ttl` in seconds.
+    token_ttl: Option<u64>,
+}
+
+/// The users of an etcd started with auth, as `make cluster` makes them:
+/// `root` (role root) and `kamaitachi`, whose role may read and write only
+/// under `prefix`.
+#[derive(Debug, Clone)]
+pub struct EtcdTestAuth {
+    pub root_password: String,
+    pub user: String,
+    pub password: String,
+    /// Holds `password` (mode 600).
+    pub password_file: PathBuf,
+    pub prefix: String,
 }
 
 impl Etcd {
@@ -89,9 +106,152 @@ impl Etcd {
             data_dir: dir.join("etcd-data"),
             log: dir.join("etcd.log"),
             child: None,
+            auth: None,
+            token_ttl: None,
         };
         etcd.launch();
         etcd
+    }
+
+    /// Starts etcd with auth enabled: a `root` user and a `kamaitachi` user
+    /// whose role may read/write only under `prefix` (e.g. `/kmt-gw/`);
+    /// `token_ttl`: etcd's `--auth-token-ttl` in seconds (default 300).
+    /// [`Etcd::etcdctl`] then runs as root; [`Etcd::etcdctl_anonymous`] as
+    /// nobody.
+    pub fn start_with_auth(dir: &std::path::Path, prefix: &str, token_ttl: Option<u64>) -> Etcd {
+        let password_file = dir.join("etcd-kamaitachi.password");
+        let password = format!("pw-{:x}", nanos());
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&password_file)
+                .expect("write etcd password file");
+            f.write_all(format!("{password}\n").as_bytes())
+                .expect("write etcd password file");
+        }
+        let mut etcd = Etcd {
+            client_port: free_port(),
+            peer_port: free_port(),
+            data_dir: dir.join("etcd-data"),
+            log: dir.join("etcd.log"),
+            child: None,
+            auth: Some(EtcdTestAuth {
+                root_password: format!("root-{:x}", nanos()),
+                user: "kamaitachi".into(),
+                password,
+                password_file,
+                prefix: prefix.to_string(),
+            }),
+            token_ttl,
+        };
+        etcd.launch();
+        etcd
+    }
+
+    /// `username = …` and `password_file = …` lines for an `[etcd]` section
+    /// (empty without auth).
+    pub fn ini_auth(&self) -> String {
+        match &self.auth {
+            Some(a) => format!(
+                "username = {}\npassword_file = {}\n",
+                a.user,
+                a.password_file.display()
+            ),
+            None => String::new(),
+        }
+    }
+
+    /// Turns auth on, as `make cluster` does: root first (etcd 3.4 enables
+    /// auth only once root exists), then the prefix-limited role and user.
+    /// Idempotent: on an etcd that has auth on already every anonymous step
+    /// is refused and nothing changes.
+    fn enable_auth(&self) {
+        let Some(a) = &self.auth else { return };
+        let steps: Vec<Vec<String>> = vec![
+            vec![
+                "user".into(),
+                "add".into(),
+                "root".into(),
+                format!("--new-user-password={}", a.root_password),
+            ],
+            vec!["user".into(), "grant-role".into(), "root".into(), "root".into()],
+            vec!["role".into(), "add".into(), a.user.clone()],
+            vec![
+                "role".into(),
+                "grant-permission".into(),
+                a.user.clone(),
+                "readwrite".into(),
+                "--prefix=true".into(),
+                a.prefix.clone(),
+            ],
+            vec![
+                "user".into(),
+                "add".into(),
+                a.user.clone(),
+                format!("--new-user-password={}", a.password),
+            ],
+            vec!["user".into(), "grant-role".into(), a.user.clone(), a.user.clone()],
+            vec!["auth".into(), "enable".into()],
+        ];
+        for step in steps {
+            let args: Vec<&str> = step.iter().map(String::as_str).collect();
+            let _ = self.etcdctl_as(None, &args, None);
+        }
+    }
+
+    /// Runs `etcdctl` as `user` (`(name, password)`) or anonymously, with
+    /// `stdin` as its input: (success, stdout, stderr).
+    pub fn etcdctl_as(
+        &self,
+        user: Option<(&str, &str)>,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> (bool, String, String) {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .env_remove("ETCDCTL_USER")
+            .args([
+                "--endpoints",
+                &self.endpoint(),
+                "--dial-timeout",
+                "1s",
+                "--command-timeout",
+                "5s",
+            ])
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some((name, pw)) = user {
+            cmd.env("ETCDCTL_USER", format!("{name}:{pw}"));
+        }
+        let Ok(mut child) = cmd.spawn() else {
+            return (false, String::new(), "cannot run etcdctl".into());
+        };
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            let _ = pipe.write_all(input);
+        }
+        match child.wait_with_output() {
+            Ok(o) => (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            ),
+            Err(e) => (false, String::new(), e.to_string()),
+        }
+    }
+
+    /// Runs `etcdctl` with no credentials: (success, stdout, stderr).
+    pub fn etcdctl_anonymous(&self, args: &[&str]) -> (bool, String, String) {
+        self.etcdctl_as(None, args, None)
     }
 
     /// `127.0.0.1:PORT`, as an `[etcd] endpoints` value.
@@ -107,7 +267,11 @@ impl Etcd {
             .append(true)
             .open(&self.log)
             .expect("etcd log");
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        if let Some(ttl) = self.token_ttl {
+            cmd.arg(format!("--auth-token-ttl={ttl}"));
+        }
+        let child = cmd
             .args(["--name", "test"])
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -131,7 +295,11 @@ impl Etcd {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if self.etcdctl(&["endpoint", "health"]).0 {
+            // With auth on, an anonymous health check is refused.
+            if self.etcdctl_anonymous(&["endpoint", "health"]).0
+                || (self.auth.is_some() && self.etcdctl(&["endpoint", "health"]).0)
+            {
+                self.enable_auth();
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -142,27 +310,12 @@ impl Etcd {
         );
     }
 
-    /// Runs `etcdctl` against this etcd: (success, stdout).
+    /// Runs `etcdctl` against this etcd (as root when auth is on):
+    /// (success, stdout).
     pub fn etcdctl(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args([
-                "--endpoints",
-                &self.endpoint(),
-                "--dial-timeout",
-                "1s",
-                "--command-timeout",
-                "2s",
-            ])
-            .args(args)
-            .output();
-        match out {
-            Ok(o) => (
-                o.status.success(),
-                String::from_utf8_lossy(&o.stdout).into_owned(),
-            ),
-            Err(_) => (false, String::new()),
-        }
+        let root = self.auth.as_ref().map(|a| ("root", a.root_password.as_str()));
+        let (ok, out, _) = self.etcdctl_as(root, args, None);
+        (ok, out)
     }
 
     /// Keys under `prefix`.

@@ -106,6 +106,51 @@ fn make_cluster_serves_the_readme_examples_and_make_stop_cleans_up() {
     );
     let (gw, master, slave1, slave2) = (ports[3].1, ports[0].1, ports[1].1, ports[2].1);
 
+    // etcd auth: anonymous writes under the prefix are refused; the
+    // passwords are in run/, mode 600; every process connects as kamaitachi.
+    let (ok, _, err) = etcd.etcdctl_anonymous(&[
+        "put",
+        "/kamaitachi/services/a-rogue/127.0.0.1:28001",
+        r#"{"addr":"127.0.0.1:28001","role":"master","started_at":0}"#,
+    ]);
+    assert!(!ok, "anonymous put accepted by the etcd make cluster set up");
+    assert!(!err.is_empty());
+    let mut secrets = Vec::new();
+    for file in ["etcd-root.password", "etcd-kamaitachi.password"] {
+        use std::os::unix::fs::PermissionsExt;
+        let path = checkout.join("run").join(file);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+        let secret = std::fs::read_to_string(&path).unwrap().trim().to_string();
+        assert!(secret.len() >= 32, "{file}");
+        secrets.push(secret);
+    }
+    let root_keys = |prefix: &str| -> Vec<String> {
+        let (_, out, _) = etcd.etcdctl_as(
+            Some(("root", secrets[0].as_str())),
+            &["get", "--prefix", "--keys-only", prefix],
+            None,
+        );
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        root_keys("/kamaitachi/services/").len(),
+        3,
+        "{:?}",
+        root_keys("/kamaitachi")
+    );
+    for conf in ["master", "slave1", "slave2", "gateway"] {
+        let ini = std::fs::read_to_string(checkout.join(format!("run/conf/{conf}.ini"))).unwrap();
+        assert!(
+            ini.contains("username = kamaitachi")
+                && ini.contains("password_file = ./run/etcd-kamaitachi.password"),
+            "{conf}.ini:\n{ini}"
+        );
+    }
+
     let readme = std::fs::read_to_string(checkout.join("README.md")).unwrap();
     let examples = readme_examples(&readme);
     assert!(examples.len() >= 8, "{examples:?}");
@@ -202,9 +247,9 @@ fn make_cluster_serves_the_readme_examples_and_make_stop_cleans_up() {
         assert!(gone, "process {pid} still runs after make stop");
     }
     assert!(
-        etcd.keys("/kamaitachi").is_empty(),
+        root_keys("/kamaitachi").is_empty(),
         "registry not empty: {:?}",
-        etcd.keys("/kamaitachi")
+        root_keys("/kamaitachi")
     );
     assert!(std::fs::read_dir(checkout.join("run")).unwrap().all(|e| !e
         .unwrap()
