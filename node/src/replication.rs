@@ -155,8 +155,7 @@ impl Follower {
         // while; warned about at most once per UNPROVEN_WARN_EVERY.
         let mut unproven: std::collections::HashMap<String, Instant> = Default::default();
         let mut warned: std::collections::HashMap<String, Instant> = Default::default();
-        let mut sync_failed_at: Option<Instant> = None;
-        let mut sync_backoff = Duration::from_secs(1);
+        let mut sync_backoff = SyncBackoff::new();
         loop {
             unproven.retain(|_, at| at.elapsed() < UNPROVEN_SKIP);
             let candidates = self.locator.candidates();
@@ -171,22 +170,16 @@ impl Follower {
             let step = match self.pull(&poll, &master) {
                 Ok(Pull::Changes { master_seq, changes }) => self.apply(master_seq, changes),
                 Ok(Pull::NeedImage(why)) => {
-                    if let Some(at) = sync_failed_at {
-                        let wait = sync_backoff.saturating_sub(at.elapsed());
-                        if !wait.is_zero() {
-                            std::thread::sleep(wait);
-                        }
+                    let wait = sync_backoff.wait();
+                    if !wait.is_zero() {
+                        std::thread::sleep(wait);
                     }
                     tracing::info!(master = %master, "replication: copying the database from {master} ({why})");
                     let r = self.full_sync(&master);
                     if r.is_err() {
-                        if sync_failed_at.is_some() {
-                            sync_backoff = (sync_backoff * 2).min(SYNC_BACKOFF_MAX);
-                        }
-                        sync_failed_at = Some(Instant::now());
+                        sync_backoff.failed();
                     } else {
-                        sync_failed_at = None;
-                        sync_backoff = Duration::from_secs(1);
+                        sync_backoff = SyncBackoff::new();
                     }
                     r
                 }
@@ -477,6 +470,36 @@ impl Follower {
     }
 }
 
+/// When the next full sync may start: 1 s after a failed one, doubling
+/// with each further failure, at most [`SYNC_BACKOFF_MAX`]; reset by a
+/// successful one.
+struct SyncBackoff {
+    failed_at: Option<Instant>,
+    delay: Duration,
+}
+
+impl SyncBackoff {
+    fn new() -> Self {
+        SyncBackoff {
+            failed_at: None,
+            delay: Duration::from_secs(1),
+        }
+    }
+
+    /// How long to wait before the next attempt.
+    fn wait(&self) -> Duration {
+        self.failed_at
+            .map_or(Duration::ZERO, |at| self.delay.saturating_sub(at.elapsed()))
+    }
+
+    fn failed(&mut self) {
+        if self.failed_at.is_some() {
+            self.delay = (self.delay * 2).min(SYNC_BACKOFF_MAX);
+        }
+        self.failed_at = Some(Instant::now());
+    }
+}
+
 /// This process's peak resident memory (VmHWM), for the sync's log lines.
 fn peak_rss_mib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -522,4 +545,24 @@ fn receive_image(
     // No fsync: the file is read back at once and removed; the restore
     // into the database is what is made durable (by SQLite).
     Ok((len, hasher.finalize(), mac))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_sync_retries_back_off_exponentially_up_to_the_cap() {
+        let mut b = SyncBackoff::new();
+        assert_eq!(b.wait(), Duration::ZERO, "the first attempt waits for nothing");
+        let mut delays = Vec::new();
+        for _ in 0..9 {
+            b.failed();
+            delays.push(b.delay.as_secs());
+            assert!(b.wait() > b.delay - Duration::from_millis(100));
+        }
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        let b = SyncBackoff::new();
+        assert_eq!(b.wait(), Duration::ZERO);
+    }
 }
