@@ -176,6 +176,11 @@ start() {
   if [ ! -s "$RUN/admin.token" ]; then
     (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/admin.token")
   fi
+  # The cluster secret (nodes and gateways prove it to each other): another
+  # file than the admin token, so a client's token cannot pose as a node.
+  if [ ! -s "$RUN/cluster.secret" ]; then
+    (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/cluster.secret")
+  fi
   # Clean up what an earlier run left behind (by pid file only).
   stop_all quiet
   rm -f "$RUN/extra-nodes"

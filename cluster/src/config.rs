@@ -166,6 +166,50 @@ pub fn default_admin_token(config: &Path, default_file: &Path) -> Result<AdminTo
     }
 }
 
+/// Makes `file` (mode 600) holding `bytes` random bytes in hex unless it
+/// exists; written aside and hard-linked into place, so racing processes
+/// all end up reading one whole file. Returns whether this call made it.
+pub fn create_secret_file(file: &Path, bytes: usize, what: &str) -> Result<bool, String> {
+    if file.exists() {
+        return Ok(false);
+    }
+    let fail = |e: std::io::Error| format!("cannot create the {what} file {}: {e}", file.display());
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let secret = random_hex(bytes).map_err(fail)?;
+    let mut aside = file.as_os_str().to_owned();
+    aside.push(format!(".tmp-{}", std::process::id()));
+    let aside = PathBuf::from(aside);
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&aside)
+            .map_err(fail)?;
+        f.write_all(format!("{secret}\n").as_bytes()).map_err(fail)?;
+        f.sync_all().map_err(fail)?;
+    }
+    let linked = std::fs::hard_link(&aside, file);
+    let _ = std::fs::remove_file(&aside);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(fail(e)),
+    }
+}
+
+fn random_hex(n: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// 32 hex characters from the kernel's random source.
 fn random_token() -> std::io::Result<String> {
     use std::io::Read;

@@ -2,6 +2,7 @@
 //! on — the INI configuration (`config`), logging (`logging`), the etcd
 //! registry (`registry`) and the `X-Request-Id` rules (`request_id`).
 
+pub mod auth;
 pub mod config;
 pub mod logging;
 pub mod registry;

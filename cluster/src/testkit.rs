@@ -13,6 +13,28 @@ pub const PERIOD: &str = "/kamaitachi/api/data/v1/period";
 pub const STATS: &str = "/kamaitachi/api/data/v1/stats";
 pub const RESET: &str = "/kamaitachi/api/data/v1/cache/reset";
 pub const TOKEN: &str = "test-admin-token-0123456789abcdef";
+/// The cluster secret every test node and gateway shares (distinct from
+/// [`TOKEN`]).
+pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789abcdef0123456789";
+
+/// The headers a slave signs a replication GET of `target` (path and
+/// query) to the node `localhost:{port}` with.
+pub fn replication_headers(port: u16, target: &str) -> Vec<(&'static str, String)> {
+    let key = crate::auth::ClusterKey::from_secret(CLUSTER_SECRET.as_bytes());
+    let s = key.sign_request("repl-request", "GET", &format!("localhost:{port}"), target);
+    vec![
+        (crate::auth::NONCE_HEADER, s.nonce),
+        (crate::auth::TIME_HEADER, s.time),
+        (crate::auth::PROOF_HEADER, s.mac),
+    ]
+}
+
+/// Writes [`CLUSTER_SECRET`] into `dir/cluster.secret`; returns the path.
+pub fn write_cluster_secret(dir: &Path) -> PathBuf {
+    let file = dir.join("cluster.secret");
+    std::fs::write(&file, CLUSTER_SECRET).expect("write cluster secret");
+    file
+}
 
 /// A binary of this workspace next to the running test (target/<profile>/),
 /// built by `cargo build --workspace` (which `make test` runs first).
@@ -392,6 +414,7 @@ impl Node {
         let port = free_port();
         let token = dir.join("admin.token");
         std::fs::write(&token, TOKEN).expect("write token");
+        let secret = write_cluster_secret(&dir);
         let dump = opts
             .dump
             .as_ref()
@@ -402,11 +425,12 @@ impl Node {
             "[server]\nport = {port}\nmode = {}\nbind = 127.0.0.1\nservice_addr = localhost:{port}\n\
              [database]\npath = {}\n\
              [cache]\nmax_bytes = {}\n{dump}\
-             [security]\nadmin_token_file = {}\n{}",
+             [security]\nadmin_token_file = {}\ncluster_secret_file = {}\n{}",
             opts.mode,
             opts.db.display(),
             opts.max_bytes,
             token.display(),
+            secret.display(),
             opts.extra
         );
         std::fs::write(&config, ini).expect("write config");

@@ -104,6 +104,26 @@ fn make_cluster_serves_the_readme_examples_and_make_stop_cleans_up() {
         out.contains("curl -s -X POST http://localhost:"),
         "no examples printed:\n{out}"
     );
+    // Issue 11: a cluster secret of its own (mode 600), not the admin token,
+    // named by every config.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let secret = checkout.join("run/cluster.secret");
+        let meta = std::fs::metadata(&secret).expect("run/cluster.secret");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let (secret, token) = (
+            std::fs::read_to_string(&secret).unwrap(),
+            std::fs::read_to_string(checkout.join("run/admin.token")).unwrap(),
+        );
+        assert!(secret.trim().len() >= 32 && secret.trim() != token.trim());
+        for conf in ["master", "slave", "slave2", "gateway"] {
+            let text = std::fs::read_to_string(checkout.join(format!("conf/{conf}.ini"))).unwrap();
+            assert!(
+                text.contains("cluster_secret_file = ./run/cluster.secret"),
+                "{conf}"
+            );
+        }
+    }
     let (gw, master, slave1, slave2) = (ports[3].1, ports[0].1, ports[1].1, ports[2].1);
 
     // etcd auth: anonymous writes under the prefix are refused; the

@@ -46,6 +46,8 @@ pub struct GatewayConfig {
     pub qps: u32,
     pub burst: u32,
     pub admin_token_file: Option<PathBuf>,
+    /// `[security] cluster_secret_file` (default `./data/cluster.secret`).
+    pub cluster_secret_file: Option<PathBuf>,
     /// `[log]`: format, level, slow request threshold.
     pub log: LogConfig,
 }
@@ -135,6 +137,7 @@ impl GatewayConfig {
             qps: ini.get_or("limits", "qps", 0, "requests per second (0 = unlimited)")?,
             burst: ini.get_or("limits", "burst", 0, "requests (0 = same as qps)")?,
             admin_token_file: ini.get_str("security", "admin_token_file").map(PathBuf::from),
+            cluster_secret_file: ini.get_str("security", "cluster_secret_file").map(PathBuf::from),
             log: LogConfig::from_ini(ini)?,
         })
     }

@@ -28,8 +28,6 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use cluster::Discovery;
-use pingora::http::RequestHeader;
-use pingora::lb::health_check::HttpHealthCheck;
 use pingora::lb::selection::Consistent;
 use pingora::lb::{Backends, LoadBalancer};
 use pingora::proxy::http_proxy;
@@ -87,6 +85,16 @@ fn run(config: &Path) -> anyhow::Result<()> {
         tracing::info!("{note}");
     }
     let admin_token = Some(admin_token.token);
+    let cluster_secret = cluster::auth::ClusterSecret::resolve(
+        &cfg.file,
+        cfg.cluster_secret_file.as_deref(),
+        Path::new(cluster::auth::DEFAULT_CLUSTER_SECRET_FILE),
+    )
+    .map_err(|e| anyhow!(e))?;
+    if let Some(note) = cluster_secret.note(&cfg.file) {
+        tracing::info!("{note}");
+    }
+    let cluster_key = cluster_secret.key;
 
     // Discovery runs on its own runtime, independent of pingora's.
     let registry_rt = cluster::registry::runtime().context("cannot start the registry runtime")?;
@@ -110,12 +118,15 @@ fn run(config: &Path) -> anyhow::Result<()> {
 
     let node_discovery = upstreams::NodeDiscovery::new(discovery.clone(), cfg.static_upstreams.clone());
     let mut backends = Backends::new(Box::new(node_discovery));
-    let mut check = HttpHealthCheck::new("localhost", false);
-    check.req = RequestHeader::build("GET", b"/health", None)?;
-    check.req.insert_header("Host", "localhost")?;
-    check.peer_template.options.connection_timeout = Some(cfg.connect_timeout);
-    check.peer_template.options.read_timeout = Some(Duration::from_secs(1));
-    check.reuse_connection = true;
+    let check = upstreams::ProofHealthCheck {
+        key: cluster_key.clone(),
+        client: reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(cfg.connect_timeout)
+            .timeout(Duration::from_secs(1))
+            .build()
+            .context("cannot build the health-check client")?,
+    };
     backends.set_health_check(Box::new(check));
     let mut lb = LoadBalancer::<Consistent>::from_backends(backends);
     lb.health_check_frequency = Some(cfg.health_interval);
@@ -132,6 +143,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
         limits: limits.clone(),
         metrics: metrics.clone(),
         admin_token,
+        cluster_key,
         service_addr: cfg.service_addr.clone(),
         registry: discovery,
         slow: Duration::from_millis(cfg.log.slow_ms),

@@ -76,16 +76,20 @@ pub(crate) async fn fan_out(
     nodes: &[NodeView],
     method: reqwest::Method,
     path: &str,
-    auth: Option<&str>,
+    key: &cluster::auth::ClusterKey,
     timeout: Duration,
 ) -> Vec<(NodeView, Result<(u16, Value), String>)> {
-    let calls = nodes.iter().map(|n| {
-        let mut req = client
+    // Only nodes that proved they hold the cluster secret; each call is
+    // signed with the cluster key (never the caller's token), bound to the
+    // node's registered address, the method and path, a nonce and the time.
+    let calls = nodes.iter().filter(|n| n.proven).map(|n| {
+        let signed = key.sign_request("fanout", method.as_str(), &n.identity, path);
+        let req = client
             .request(method.clone(), format!("http://{}{path}", n.addr))
-            .timeout(timeout);
-        if let Some(a) = auth {
-            req = req.header("Authorization", a);
-        }
+            .timeout(timeout)
+            .header(cluster::auth::NONCE_HEADER, signed.nonce)
+            .header(cluster::auth::TIME_HEADER, signed.time)
+            .header(cluster::auth::PROOF_HEADER, signed.mac);
         let node = n.clone();
         async move {
             let result = match req.send().await {
@@ -105,13 +109,13 @@ pub(crate) async fn fan_out(
 }
 
 /// `GET /kamaitachi/api/data/v1/stats`.
-pub async fn stats(client: &reqwest::Client, nodes: &[NodeView]) -> Local {
+pub async fn stats(client: &reqwest::Client, nodes: &[NodeView], key: &cluster::auth::ClusterKey) -> Local {
     let results = fan_out(
         client,
         nodes,
         reqwest::Method::GET,
         &format!("{API}/stats"),
-        None,
+        key,
         FAN_OUT_TIMEOUT,
     )
     .await;
@@ -150,15 +154,19 @@ pub async fn stats(client: &reqwest::Client, nodes: &[NodeView]) -> Local {
     Local::json(200, envelope(0, "success", &data))
 }
 
-/// `POST /kamaitachi/api/data/v1/cache/reset`: every node, with the caller's
-/// token (each node checks it too).
-pub async fn cache_reset(client: &reqwest::Client, nodes: &[NodeView], auth: &str) -> Local {
+/// `POST /kamaitachi/api/data/v1/cache/reset`: the gateway checked the
+/// caller's token; every proven node gets a call signed with the cluster key.
+pub async fn cache_reset(
+    client: &reqwest::Client,
+    nodes: &[NodeView],
+    key: &cluster::auth::ClusterKey,
+) -> Local {
     let results = fan_out(
         client,
         nodes,
         reqwest::Method::POST,
         &format!("{API}/cache/reset"),
-        Some(auth),
+        key,
         FAN_OUT_TIMEOUT,
     )
     .await;

@@ -76,6 +76,8 @@ pub struct Gateway {
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     pub admin_token: Option<String>,
+    /// Key derived from the cluster secret: fan-out calls are signed with it.
+    pub cluster_key: cluster::auth::ClusterKey,
     /// This gateway's address as others reach it (`[server] service_addr`).
     pub service_addr: String,
     /// The registry, when the gateway watches etcd (for the status page).
@@ -155,7 +157,7 @@ impl Gateway {
                 content_type: "text/plain; version=0.0.4",
                 body: Bytes::from(self.metrics.render(&self.upstreams.nodes())),
             },
-            Route::Stats => own_routes::stats(&self.client, &self.upstreams.nodes()).await,
+            Route::Stats => own_routes::stats(&self.client, &self.upstreams.nodes(), &self.cluster_key).await,
             Route::PrometheusTargets => {
                 own_routes::prometheus_targets(&self.upstreams.nodes(), &self.service_addr)
             }
@@ -165,6 +167,7 @@ impl Gateway {
                     &self.upstreams.nodes(),
                     self.registry.as_ref(),
                     &self.service_addr,
+                    &self.cluster_key,
                 )
                 .await;
                 if route == Route::Status {
@@ -175,7 +178,9 @@ impl Gateway {
             }
             Route::CacheReset => match self.authorize(session.req_header()) {
                 Err(e) => Local::error(&e),
-                Ok(auth) => own_routes::cache_reset(&self.client, &self.upstreams.nodes(), &auth).await,
+                Ok(_) => {
+                    own_routes::cache_reset(&self.client, &self.upstreams.nodes(), &self.cluster_key).await
+                }
             },
             _ => Local::error(&GatewayError::NotFound { method, path }),
         }

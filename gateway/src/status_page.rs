@@ -34,13 +34,14 @@ pub async fn report(
     nodes: &[NodeView],
     registry: Option<&Discovery>,
     gateway_addr: &str,
+    key: &cluster::auth::ClusterKey,
 ) -> Value {
     let stats = fan_out(
         client,
         nodes,
         reqwest::Method::GET,
         &format!("{API}/stats"),
-        None,
+        key,
         STATS_TIMEOUT,
     )
     .await;

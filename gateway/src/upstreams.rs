@@ -38,6 +38,104 @@ pub struct NodeState {
     ejected_until: AtomicU64,
     /// Requests this node answered through this gateway, and how fast.
     pub traffic: Traffic,
+    /// It answered the last health challenge with the right MAC (bound to
+    /// its registered address and role). Until then it gets nothing.
+    pub proven: std::sync::atomic::AtomicBool,
+    /// When an unproven answer was last warned about.
+    warned_at: Mutex<Option<Instant>>,
+    /// Registered in etcd (its proof must name this very address), not
+    /// from the operator's static list (its proof may name the node's own
+    /// registered address, e.g. `localhost:8081` for `127.0.0.1:8081`).
+    pub from_registry: bool,
+    /// The address the node proved (what fan-out calls are signed for).
+    pub identity: Mutex<String>,
+}
+
+/// At most one warning per unproven node in this time.
+const UNPROVEN_WARN_EVERY: Duration = Duration::from_secs(600);
+
+/// The active health check: `GET /health` with a fresh challenge; healthy
+/// only on a 200 whose `X-Kamaitachi-Proof` is the MAC of the challenge,
+/// the registered address and role under the cluster key.
+pub struct ProofHealthCheck {
+    pub key: cluster::auth::ClusterKey,
+    pub client: reqwest::Client,
+}
+
+#[async_trait]
+impl pingora::lb::health_check::HealthCheck for ProofHealthCheck {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        let fail =
+            |why: String| pingora::Error::explain(pingora::ErrorType::Custom("health check failed"), why);
+        let Some(state) = Upstreams::state(target) else {
+            return Err(fail("unknown backend".into()));
+        };
+        let challenge = cluster::auth::challenge();
+        let resp = self
+            .client
+            .get(format!("http://{}/health", target.addr))
+            .header(cluster::auth::CHALLENGE_HEADER, &challenge)
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let (proof, claimed) = (
+            header(cluster::auth::PROOF_HEADER),
+            header(cluster::auth::NODE_HEADER),
+        );
+        // Bound to the registered address (etcd) and role: a copied entry
+        // naming another address or role for a real node proves nothing.
+        let identity = if state.from_registry || claimed.is_empty() {
+            state.addr.clone()
+        } else {
+            claimed
+        };
+        let proven = self.key.verify(
+            "health",
+            &[challenge.as_bytes(), identity.as_bytes(), state.role.as_bytes()],
+            &proof,
+        );
+        if proven {
+            if let Ok(mut id) = state.identity.lock() {
+                *id = identity;
+            }
+        }
+        state.proven.store(proven, Ordering::Relaxed);
+        if !proven {
+            let warn = match state.warned_at.lock() {
+                Ok(mut at) if at.is_none_or(|t| t.elapsed() >= UNPROVEN_WARN_EVERY) => {
+                    *at = Some(Instant::now());
+                    true
+                }
+                _ => false,
+            };
+            if warn {
+                tracing::warn!(
+                    addr = %state.addr,
+                    role = %state.role,
+                    "node {} (registered as {}) ignored: it did not prove it holds the cluster secret",
+                    state.addr,
+                    state.role
+                );
+            }
+            return Err(fail("no valid proof of the cluster secret".into()));
+        }
+        if status != 200 {
+            return Err(fail(format!("/health answered {status}")));
+        }
+        Ok(())
+    }
+
+    fn health_threshold(&self, _success: bool) -> usize {
+        1
+    }
 }
 
 /// Upper bounds (ms) of the latency buckets of [`Traffic`]; the last catches
@@ -124,16 +222,17 @@ impl NodeDiscovery {
         }
     }
 
-    fn entries(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = self
+    /// `(addr, role, from the registry)`.
+    fn entries(&self) -> Vec<(String, String, bool)> {
+        let mut out: Vec<(String, String, bool)> = self
             .statics
             .iter()
-            .map(|s| (s.addr.clone(), s.role.clone()))
+            .map(|s| (s.addr.clone(), s.role.clone(), false))
             .collect();
         if let Some(d) = &self.discovery {
             for e in d.services().iter() {
-                out.retain(|(a, _)| a != &e.info.addr);
-                out.push((e.info.addr.clone(), e.info.role.clone()));
+                out.retain(|(a, _, _)| a != &e.info.addr);
+                out.push((e.info.addr.clone(), e.info.role.clone(), true));
             }
         }
         out
@@ -148,9 +247,11 @@ impl ServiceDiscovery for NodeDiscovery {
         let Ok(mut known) = self.known.lock() else {
             return Ok((set, HashMap::new()));
         };
-        for (addr, role) in entries {
+        for (addr, role, from_registry) in entries {
             let resolved = match known.get(&addr) {
-                Some((sock, state)) if state.role == role => Some((*sock, state.clone())),
+                Some((sock, state)) if state.role == role && state.from_registry == from_registry => {
+                    Some((*sock, state.clone()))
+                }
                 _ => addr
                     .to_socket_addrs()
                     .ok()
@@ -164,6 +265,10 @@ impl ServiceDiscovery for NodeDiscovery {
                             role: role.clone(),
                             ejected_until: AtomicU64::new(0),
                             traffic: Traffic::default(),
+                            proven: Default::default(),
+                            warned_at: Mutex::new(None),
+                            from_registry,
+                            identity: Mutex::new(addr.clone()),
                         });
                         known.insert(addr.clone(), (sock, state.clone()));
                         (sock, state)
@@ -194,6 +299,11 @@ pub struct NodeView {
     pub socket: String,
     pub role: String,
     pub healthy: bool,
+    /// It proved it holds the cluster secret (last health check).
+    pub proven: bool,
+    /// The address it proved (fan-out calls are signed for it).
+    #[serde(skip)]
+    pub identity: String,
     pub ejected: bool,
     /// Answers relayed from it since the gateway started.
     pub answered: u64,
@@ -232,7 +342,9 @@ impl Upstreams {
     fn usable(&self, b: &Backend, healthy: bool, tried: &[SocketAddr]) -> bool {
         healthy
             && !tried.contains(&b.addr)
-            && Self::state(b).is_none_or(|s| s.ejected_until.load(Ordering::Relaxed) <= self.now_ms())
+            && Self::state(b).is_some_and(|s| {
+                s.proven.load(Ordering::Relaxed) && s.ejected_until.load(Ordering::Relaxed) <= self.now_ms()
+            })
     }
 
     /// A read: the owner of `key` on the ring, or the next usable node.
@@ -302,7 +414,12 @@ impl Upstreams {
                     addr: state.map_or_else(|| b.addr.to_string(), |s| s.addr.clone()),
                     socket: b.addr.to_string(),
                     role: state.map_or_else(|| "unknown".into(), |s| s.role.clone()),
-                    healthy: self.lb.backends().ready(b),
+                    healthy: self.lb.backends().ready(b)
+                        && state.is_some_and(|s| s.proven.load(Ordering::Relaxed)),
+                    proven: state.is_some_and(|s| s.proven.load(Ordering::Relaxed)),
+                    identity: state
+                        .and_then(|s| s.identity.lock().ok().map(|i| i.clone()))
+                        .unwrap_or_default(),
                     ejected: state.is_some_and(|s| s.ejected_until.load(Ordering::Relaxed) > now),
                     answered: state.map_or(0, |s| s.traffic.answered()),
                     p99_ms: state.and_then(|s| s.traffic.p99_ms()),

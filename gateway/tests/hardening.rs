@@ -178,7 +178,14 @@ fn stray_answer_node() -> u16 {
                         out
                     };
                     if head.starts_with("get /health") {
-                        if conn.write_all(&answer(b"{\"status\":\"ok\"}")).is_err() {
+                        let body = b"{\"status\":\"ok\"}";
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{}Content-Length: {}\r\n\r\n{}",
+                            health_proof_headers(&head, port, "master"),
+                            body.len(),
+                            String::from_utf8_lossy(body)
+                        );
+                        if conn.write_all(reply.as_bytes()).is_err() {
                             return;
                         }
                         continue;

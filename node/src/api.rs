@@ -8,8 +8,8 @@
 //! | `POST /kamaitachi/api/data/v1/cache/reset` | admin: empty the cache |
 //! | `POST /kamaitachi/api/data/v1/ingest` | admin, master: upsert rows (`write.rs`) |
 //! | `POST /kamaitachi/api/data/v1/delete` | admin, master: delete rows |
-//! | `GET /kamaitachi/api/data/v1/replication/changes` | admin: change feed (`replication.rs`) |
-//! | `GET /kamaitachi/api/data/v1/replication/image` | admin: database image |
+//! | `GET /kamaitachi/api/data/v1/replication/changes` | cluster MAC: change feed (`replication.rs`) |
+//! | `GET /kamaitachi/api/data/v1/replication/image` | cluster MAC: database image |
 //! | `GET /health` | readiness for the gateway |
 //! | `GET /metrics` | Prometheus text |
 //!
@@ -46,6 +46,8 @@ pub struct Api {
     pub metrics: Metrics,
     /// Admin bearer token; admin routes are refused when none is configured.
     pub admin_token: Option<String>,
+    /// Key derived from the cluster secret: health proofs, replication.
+    pub cluster_key: cluster::auth::ClusterKey,
     pub state: Arc<DataState>,
     /// The single writer (master: writes; slave: applying changes).
     pub writer: WritePool,
@@ -107,16 +109,23 @@ impl Api {
             RouteLabel::Snapshot => self.engine.snapshot(req.body).map(ok_shared),
             RouteLabel::Period => self.engine.period(req.body).map(ok_shared),
             RouteLabel::Stats => Ok(self.stats()),
-            RouteLabel::CacheReset => self.authorize(req).map(|()| {
+            RouteLabel::CacheReset => self.authorize_admin_or_fanout(req).map(|()| {
                 self.engine.cache().reset();
                 ok_json(&serde_json::json!({"reset": true}))
             }),
             RouteLabel::Ingest | RouteLabel::Delete => {
                 self.authorize(req).and_then(|()| self.write(req, label))
             }
-            RouteLabel::Changes => self.authorize(req).and_then(|()| self.changes(req)),
-            RouteLabel::Image => self.authorize(req).and_then(|()| self.image()),
-            RouteLabel::Health => Ok(self.health()),
+            RouteLabel::Changes => self
+                .authorize_peer(req, "repl-request")
+                .and_then(|nonce| self.changes(req, &nonce)),
+            // A slave (signed with the cluster key; the answer is MACed), or
+            // an operator's `kamaitachi-node backup` (admin token).
+            RouteLabel::Image if req.header(cluster::auth::PROOF_HEADER).is_some() => self
+                .authorize_peer(req, "repl-request")
+                .and_then(|nonce| self.image(Some(&nonce))),
+            RouteLabel::Image => self.authorize(req).and_then(|()| self.image(None)),
+            RouteLabel::Health => Ok(self.health(req)),
             RouteLabel::Metrics => Ok(self.metrics()),
             RouteLabel::Other => unreachable_route(),
         };
@@ -139,6 +148,59 @@ impl Api {
         } else {
             Err(ApiError::Forbidden)
         }
+    }
+
+    /// A request from a peer (replication): signed with the cluster key,
+    /// bound to this node's registered address, the method, the path and
+    /// query, a nonce and the time. Returns the nonce, which the answer's
+    /// MAC covers. A bearer token is not accepted here.
+    fn authorize_peer(&self, req: &Request<'_>, label: &str) -> Result<String, ApiError> {
+        use cluster::auth::{NONCE_HEADER, PROOF_HEADER, TIME_HEADER};
+        let get = |name: &str| -> Result<&str, ApiError> {
+            req.header(name)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .filter(|v| v.len() <= 256)
+                .ok_or(ApiError::Unauthorized)
+        };
+        let (nonce, time, mac) = (get(NONCE_HEADER)?, get(TIME_HEADER)?, get(PROOF_HEADER)?);
+        let target = if req.query.is_empty() {
+            req.path.to_string()
+        } else {
+            format!("{}?{}", req.path, req.query)
+        };
+        if self.cluster_key.verify_request(
+            label,
+            req.method,
+            &self.identity.addr,
+            &target,
+            (nonce, time, mac),
+        ) {
+            Ok(nonce.to_string())
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+
+    /// The admin token (a client), or a gateway's fan-out call signed with
+    /// the cluster key.
+    fn authorize_admin_or_fanout(&self, req: &Request<'_>) -> Result<(), ApiError> {
+        if req.header(cluster::auth::PROOF_HEADER).is_some() {
+            return self.authorize_peer(req, "fanout").map(|_| ());
+        }
+        self.authorize(req)
+    }
+
+    /// The parts every replication answer's MAC starts with: the slave's
+    /// nonce (freshness), this node's address and role.
+    fn answer_mac(&self, label: &str, nonce: &str) -> cluster::auth::StreamMac {
+        self.cluster_key.begin(
+            label,
+            &[
+                nonce.as_bytes(),
+                self.identity.addr.as_bytes(),
+                self.identity.mode.as_str().as_bytes(),
+            ],
+        )
     }
 
     /// `POST …/ingest` and `…/delete` (master only): validate the whole
@@ -179,7 +241,7 @@ impl Api {
     }
 
     /// `GET …/replication/changes?from=S&wait_ms=W&dataset=D`.
-    fn changes(&self, req: &Request<'_>) -> Result<Response, ApiError> {
+    fn changes(&self, req: &Request<'_>, nonce: &str) -> Result<Response, ApiError> {
         // Every number has a range: `from` must fit SQLite's signed 64-bit
         // integer with room for `from + 1`; a wait is at most MAX_WAIT.
         let param = |name: &'static str, max: u64| -> Result<Option<u64>, ApiError> {
@@ -204,12 +266,33 @@ impl Api {
                 )));
             }
         }
+        // The slave's running digest of its history at `from`: if it is not
+        // this master's, the slave diverged (same sequence, other content)
+        // and must copy the image instead of going on.
+        let theirs = match query_param(req.query, "digest") {
+            Some(d) if d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()) => Some(d.to_string()),
+            Some(d) => {
+                return Err(ApiError::field(
+                    "digest",
+                    format!("expected 64 hex digits, got {:?}", truncate(d, 80)),
+                ))
+            }
+            None => None,
+        };
+        if let (Some(theirs), true) = (&theirs, from > 0) {
+            let ours = store::read(self.engine.readers(), move |s| s.digest_at(from))?;
+            if ours.as_ref().is_some_and(|o| o != theirs) {
+                return Err(ApiError::Gone(format!(
+                    "history diverges at change {from}: the slave's differs from the master's"
+                )));
+            }
+        }
         let deadline = Instant::now() + wait;
         while self.state.applied() <= from && Instant::now() < deadline {
             may::coroutine::sleep(Duration::from_millis(5));
         }
         let (floor, changes) = store::read(self.engine.readers(), move |s| {
-            Ok((s.log_floor()?, s.changes_since(from, CHANGES_PER_PULL)?))
+            Ok((s.log_floor()?, s.changes_with_digests(from, CHANGES_PER_PULL)?))
         })?;
         if from + 1 < floor {
             return Err(ApiError::Gone(format!(
@@ -224,25 +307,34 @@ impl Api {
         data.extend_from_slice(b",\"dataset_id\":");
         response::push_i64(&mut data, dataset as i64);
         data.extend_from_slice(b",\"changes\":[");
-        for (n, (seq, batch)) in changes.iter().enumerate() {
+        for (n, (seq, batch, digest)) in changes.iter().enumerate() {
             if n > 0 {
                 data.push(b',');
             }
             data.extend_from_slice(b"{\"seq\":");
             response::push_i64(&mut data, *seq as i64);
+            if let Some(d) = digest {
+                data.extend_from_slice(b",\"digest\":\"");
+                data.extend_from_slice(d.as_bytes());
+                data.push(b'"');
+            }
             data.extend_from_slice(b",\"batch\":");
             data.extend_from_slice(batch.as_bytes());
             data.push(b'}');
         }
         data.extend_from_slice(b"]}");
-        Ok(Response::json(
-            200,
-            Body::Owned(response::envelope(0, "success", &data)),
-        ))
+        let body = response::envelope(0, "success", &data);
+        let mut mac = self.answer_mac("repl-changes", nonce);
+        mac.update(&body);
+        let mut resp = Response::json(200, Body::Owned(body));
+        resp.headers.push((cluster::auth::PROOF_HEADER, mac.finish_hex()));
+        Ok(resp)
     }
 
     /// `GET …/replication/image`: a consistent copy of the database.
-    fn image(&self) -> Result<Response, ApiError> {
+    fn image(&self, nonce: Option<&str>) -> Result<Response, ApiError> {
+        let signed = nonce.is_some();
+        let nonce = nonce.unwrap_or("");
         let dir = self
             .db_path
             .parent()
@@ -256,20 +348,39 @@ impl Api {
         // (a pass over the file with a 1 MiB buffer), then streamed from
         // the file in chunks: memory does not grow with the database.
         let path = tmp.clone();
+        let (addr, role, nonce) = (
+            self.identity.addr.clone(),
+            self.identity.mode.as_str(),
+            nonce.to_string(),
+        );
+        let key = self.cluster_key.clone();
         let made = store::read(self.engine.readers(), move |s| {
             s.image_to(&path)?;
             // SQLite's quick check runs once, on the slave that receives
             // the image (it must check what arrived anyway): checking here
             // too cost a third of a full sync's time.
             let v = store::Store::open_ro(&path)?.data_version()?;
-            let (len, crc) = store::file_crc(&path)?;
-            Ok((v, len, crc))
+            // The MAC covers the answer's nonce, this node, its sequence
+            // and dataset, and every byte of the image (same pass as the CRC).
+            let (seq, dataset) = (v.version.to_string(), v.dataset_id.to_string());
+            let mut mac = key.begin(
+                "repl-image",
+                &[
+                    nonce.as_bytes(),
+                    addr.as_bytes(),
+                    role.as_bytes(),
+                    seq.as_bytes(),
+                    dataset.as_bytes(),
+                ],
+            );
+            let (len, crc) = store::file_crc(&path, |chunk| mac.update(chunk))?;
+            Ok((v, len, crc, mac.finish_hex()))
         });
         let opened = made.and_then(|m| {
             let file = std::fs::File::open(&tmp).map_err(|e| StoreError::BadImage(e.to_string()))?;
             Ok((m, file))
         });
-        let ((version, len, crc), file) = match opened {
+        let ((version, len, crc, proof), file) = match opened {
             Ok(x) => x,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -278,7 +389,7 @@ impl Api {
         };
         tracing::info!("replication: image of {len} bytes made; streaming it");
         let body = store::ImageStream::new(file, tmp, len, self.engine.readers().clone());
-        Ok(Response {
+        let mut resp = Response {
             status: 200,
             content_type: "application/vnd.sqlite3",
             body: Body::Stream(Box::new(body)),
@@ -287,7 +398,11 @@ impl Api {
                 ("X-Kamaitachi-Dataset", version.dataset_id.to_string()),
                 ("X-Kamaitachi-Crc32", crc.to_string()),
             ],
-        })
+        };
+        if signed {
+            resp.headers.push((cluster::auth::PROOF_HEADER, proof));
+        }
+        Ok(resp)
     }
 
     fn replication_json(&self) -> serde_json::Value {
@@ -300,7 +415,7 @@ impl Api {
         })
     }
 
-    fn health(&self) -> Response {
+    fn health(&self, req: &Request<'_>) -> Response {
         let ready = self.state.is_ready();
         let mut body = serde_json::json!({
             "status": if ready { "ok" } else { "unavailable" },
@@ -320,10 +435,27 @@ impl Api {
                 _ => "node is starting or stopping".into(),
             };
         }
-        Response::json(
+        let mut resp = Response::json(
             if ready { 200 } else { 503 },
             Body::Owned(body.to_string().into_bytes()),
-        )
+        );
+        // A challenge gets the proof that this node holds the cluster
+        // secret, bound to the challenge, its registered address and role.
+        let challenge = req
+            .header(cluster::auth::CHALLENGE_HEADER)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .filter(|c| (16..=128).contains(&c.len()));
+        if let Some(c) = challenge {
+            let role = self.identity.mode.as_str();
+            resp.headers.push((
+                cluster::auth::PROOF_HEADER,
+                self.cluster_key.health_proof(c, &self.identity.addr, role),
+            ));
+            resp.headers
+                .push((cluster::auth::NODE_HEADER, self.identity.addr.clone()));
+            resp.headers.push((cluster::auth::ROLE_HEADER, role.to_string()));
+        }
+        resp
     }
 
     fn stats(&self) -> Response {

@@ -805,7 +805,7 @@ mod tests {
             let mut batch = seed;
             for round in 0..60 {
                 let (_, seq) = master.write_batch(&mut batch, 1000).unwrap();
-                slave.apply_replicated(&mut batch.clone(), seq).unwrap();
+                slave.apply_replicated(&mut batch.clone(), seq, None).unwrap();
                 check_all(&mut master, &format!("master after round {round}"));
                 check_all(&mut slave, &format!("slave after round {round}"));
                 batch = random_batch(&mut rng, round, &mut codes);

@@ -35,6 +35,9 @@ pub struct NodeConfig {
     /// and after a full sync.
     pub preload: bool,
     pub admin_token_file: Option<PathBuf>,
+    /// `[security] cluster_secret_file`: what nodes and gateways prove to
+    /// each other (never the admin token).
+    pub cluster_secret_file: Option<PathBuf>,
     /// The registry; `None` when the file has no `[etcd]` section.
     pub etcd: Option<EtcdConfig>,
     /// `[replication] master`: where a slave finds the master when etcd
@@ -113,6 +116,7 @@ impl NodeConfig {
             Some(other) => return Err(ini.invalid("cache", "preload", other, "all or off")),
         };
         let admin_token_file = ini.get_str("security", "admin_token_file").map(PathBuf::from);
+        let cluster_secret_file = ini.get_str("security", "cluster_secret_file").map(PathBuf::from);
         let max_body_bytes: usize = ini.get_or("limits", "max_body_bytes", 1 << 20, "a byte count")?;
         let idle: u64 = ini.get_or("limits", "idle_timeout_secs", 60, "seconds")?;
         let request_secs: u64 = ini.get_or("limits", "request_timeout_secs", 10, "seconds")?;
@@ -151,6 +155,7 @@ impl NodeConfig {
             snapshot_interval: Duration::from_secs(minutes * 60),
             preload,
             admin_token_file,
+            cluster_secret_file,
             etcd,
             master,
             log_retain: log_retain.max(1),
@@ -191,6 +196,14 @@ pub fn default_db_path(service_name: &str, port: u16) -> PathBuf {
 /// The admin token of a node whose file names none: `admin.token` beside
 /// its database (`./data/admin.token` for the default database), where a
 /// master and the slaves started from the same directory find the same one.
+pub fn default_cluster_secret_file(db_path: &Path) -> PathBuf {
+    match db_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir.join("cluster.secret"),
+        None => PathBuf::from("cluster.secret"),
+    }
+}
+
+/// The admin token of a node whose file names none (see above).
 pub fn default_admin_token_file(db_path: &Path) -> PathBuf {
     match db_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         Some(dir) => dir.join("admin.token"),

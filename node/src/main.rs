@@ -326,6 +326,16 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
         tracing::info!("{note}");
     }
     let admin_token = Some(admin_token.token);
+    let cluster_secret = cluster::auth::ClusterSecret::resolve(
+        &cfg.file,
+        cfg.cluster_secret_file.as_deref(),
+        &config::default_cluster_secret_file(&cfg.db_path),
+    )
+    .map_err(|e| anyhow!(e))?;
+    if let Some(note) = cluster_secret.note(&cfg.file) {
+        tracing::info!("{note}");
+    }
+    let cluster_key = cluster_secret.key;
 
     // The writer comes first: it creates the database (and any table an
     // older file lacks); a slave starts from an empty one and copies the
@@ -405,7 +415,8 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
             addr: cfg.service_addr.clone(),
         },
         metrics: metrics::Metrics::new().map_err(|e| anyhow!("metrics: {e}"))?,
-        admin_token: admin_token.clone(),
+        admin_token,
+        cluster_key: cluster_key.clone(),
         state: state.clone(),
         writer: writer.clone(),
         log_retain: cfg.log_retain,
@@ -435,7 +446,7 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
             state: state.clone(),
             writer,
             locator,
-            token: admin_token,
+            key: cluster_key,
             db_path: cfg.db_path.clone(),
             preloader: preloader.clone(),
         }

@@ -46,16 +46,36 @@ pub struct MasterLocator {
 }
 
 impl MasterLocator {
-    pub fn master(&self) -> Option<String> {
-        let from_registry = self.registry.as_ref().and_then(|d| {
-            d.services()
-                .iter()
-                .find(|e| e.info.role == "master")
-                .map(|e| e.info.addr.clone())
-        });
-        from_registry.or_else(|| self.fallback.clone())
+    /// Every candidate: `(registry key or "[replication] master", addr)`,
+    /// registry entries with role `master` first. None is believed until
+    /// it proves it holds the cluster secret (see [`Follower`]).
+    pub fn candidates(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .registry
+            .as_ref()
+            .map(|d| {
+                d.services()
+                    .iter()
+                    .filter(|e| e.info.role == "master")
+                    .map(|e| (e.key.clone(), e.info.addr.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if out.is_empty() {
+            if let Some(f) = &self.fallback {
+                out.push(("[replication] master".to_string(), f.clone()));
+            }
+        }
+        out
     }
 }
+
+/// How long a master that failed to prove itself is skipped.
+const UNPROVEN_SKIP: Duration = Duration::from_secs(30);
+/// At most one warning per unproven address in this time.
+const UNPROVEN_WARN_EVERY: Duration = Duration::from_secs(600);
+/// Full-sync retries after failures: from 1 s, doubling, at most this.
+const SYNC_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 #[derive(Deserialize)]
 struct ChangesEnvelope {
@@ -71,6 +91,9 @@ struct ChangesData {
 #[derive(Deserialize)]
 struct Change {
     seq: u64,
+    /// The master's running digest of its history after this change.
+    #[serde(default)]
+    digest: Option<String>,
     batch: Batch,
 }
 
@@ -89,6 +112,9 @@ enum FollowError {
     Store(#[from] StoreError),
     #[error("image rejected: {0}")]
     Image(String),
+    /// The answer's MAC is missing or wrong: not a holder of the secret.
+    #[error("the answer is not proven by the cluster secret ({0})")]
+    Unproven(String),
 }
 
 pub struct Follower {
@@ -96,7 +122,9 @@ pub struct Follower {
     pub state: Arc<DataState>,
     pub writer: WritePool,
     pub locator: MasterLocator,
-    pub token: Option<String>,
+    /// Key derived from the cluster secret: requests are signed with it and
+    /// every answer is checked against it before anything is applied.
+    pub key: cluster::auth::ClusterKey,
     pub db_path: PathBuf,
     /// Warms the cache again after a full sync (`[cache] preload = all`).
     pub preloader: Option<Arc<crate::preload::Preloader>>,
@@ -123,28 +151,60 @@ impl Follower {
         let poll = Self::agent(Duration::from_millis(POLL_WAIT_MS + 5000));
         let mut backoff = Duration::from_millis(200);
         let mut last_error = String::new();
+        // Addresses that answered without the right MAC: skipped for a
+        // while; warned about at most once per UNPROVEN_WARN_EVERY.
+        let mut unproven: std::collections::HashMap<String, Instant> = Default::default();
+        let mut warned: std::collections::HashMap<String, Instant> = Default::default();
+        let mut sync_backoff = SyncBackoff::new();
         loop {
-            let Some(master) = self.locator.master() else {
+            unproven.retain(|_, at| at.elapsed() < UNPROVEN_SKIP);
+            let candidates = self.locator.candidates();
+            let Some((key, master)) = candidates.into_iter().find(|(_, a)| !unproven.contains_key(a)) else {
                 if last_error != "no master" {
-                    tracing::warn!("replication: no master known yet (etcd entry with role master, or [replication] master)");
+                    tracing::warn!("replication: no proven master known yet (etcd entry with role master, or [replication] master)");
                     last_error = "no master".into();
                 }
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
             };
-            if let Ok(mut m) = self.state.master_addr.lock() {
-                *m = Some(master.clone());
-            }
             let step = match self.pull(&poll, &master) {
                 Ok(Pull::Changes { master_seq, changes }) => self.apply(master_seq, changes),
                 Ok(Pull::NeedImage(why)) => {
+                    let wait = sync_backoff.wait();
+                    if !wait.is_zero() {
+                        std::thread::sleep(wait);
+                    }
                     tracing::info!(master = %master, "replication: copying the database from {master} ({why})");
-                    self.full_sync(&master)
+                    let r = self.full_sync(&master);
+                    if r.is_err() {
+                        sync_backoff.failed();
+                    } else {
+                        sync_backoff = SyncBackoff::new();
+                    }
+                    r
                 }
                 Err(e) => Err(e),
             };
+            if let Err(FollowError::Unproven(why)) = &step {
+                unproven.insert(master.clone(), Instant::now());
+                if warned
+                    .get(&master)
+                    .is_none_or(|at| at.elapsed() >= UNPROVEN_WARN_EVERY)
+                {
+                    warned.insert(master.clone(), Instant::now());
+                    tracing::warn!(
+                        key = %key,
+                        addr = %master,
+                        "replication: ignoring master candidate {key} at {master}: it did not prove it holds the cluster secret ({why})"
+                    );
+                }
+                continue;
+            }
             match step {
                 Ok(()) => {
+                    if let Ok(mut m) = self.state.master_addr.lock() {
+                        *m = Some(master.clone());
+                    }
                     backoff = Duration::from_millis(200);
                     last_error.clear();
                 }
@@ -161,21 +221,46 @@ impl Follower {
         }
     }
 
-    fn auth(&self) -> String {
-        format!("Bearer {}", self.token.as_deref().unwrap_or(""))
+    /// A signed GET of `target` (path and query) on `master`; returns the
+    /// answer and the nonce its MAC must cover.
+    fn signed_get(
+        &self,
+        agent: &ureq::Agent,
+        master: &str,
+        target: &str,
+    ) -> Result<(ureq::http::Response<ureq::Body>, String), FollowError> {
+        let signed = self.key.sign_request("repl-request", "GET", master, target);
+        let resp = agent
+            .get(&format!("http://{master}{target}"))
+            .header(cluster::auth::NONCE_HEADER, &signed.nonce)
+            .header(cluster::auth::TIME_HEADER, &signed.time)
+            .header(cluster::auth::PROOF_HEADER, &signed.mac)
+            .call()
+            .map_err(|e| FollowError::Http(e.to_string()))?;
+        Ok((resp, signed.nonce))
     }
 
     fn pull(&self, agent: &ureq::Agent, master: &str) -> Result<Pull, FollowError> {
-        let url = format!(
-            "http://{master}{API}/changes?from={}&wait_ms={POLL_WAIT_MS}&dataset={}",
+        // This node's running digest at its applied sequence: the master
+        // answers 410 (copy the image) when its own differs.
+        let digest = self
+            .writer
+            .call(|s| s.meta("log_digest"))
+            .map_err(StoreError::Worker)??
+            .filter(|d| d.len() == 64)
+            .map(|d| format!("&digest={d}"))
+            .unwrap_or_default();
+        let target = format!(
+            "{API}/changes?from={}&wait_ms={POLL_WAIT_MS}&dataset={}{digest}",
             self.state.applied(),
             self.state.dataset_id.load(Ordering::Acquire)
         );
-        let mut resp = agent
-            .get(&url)
-            .header("Authorization", &self.auth())
-            .call()
-            .map_err(|e| FollowError::Http(e.to_string()))?;
+        let (mut resp, nonce) = self.signed_get(agent, master, &target)?;
+        let proof = resp
+            .headers()
+            .get(cluster::auth::PROOF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let status = resp.status().as_u16();
         let body = resp
             .body_mut()
@@ -185,6 +270,18 @@ impl Follower {
             .map_err(|e| FollowError::Http(e.to_string()))?;
         match status {
             200 => {
+                // Nothing is decoded, let alone applied, before the MAC over
+                // the whole answer is checked.
+                let Some(proof) = proof else {
+                    return Err(FollowError::Unproven("changes without a MAC".into()));
+                };
+                let mut mac = self
+                    .key
+                    .begin("repl-changes", &[nonce.as_bytes(), master.as_bytes(), b"master"]);
+                mac.update(&body);
+                if !mac.verify_hex(&proof) {
+                    return Err(FollowError::Unproven("changes with a wrong MAC".into()));
+                }
                 let env: ChangesEnvelope = serde_json::from_slice(&body)
                     .map_err(|e| FollowError::Http(format!("changes do not decode: {e}")))?;
                 Ok(Pull::Changes {
@@ -192,7 +289,12 @@ impl Follower {
                     changes: env.data.changes,
                 })
             }
-            410 => Ok(Pull::NeedImage(String::from_utf8_lossy(&body).into_owned())),
+            410 => Ok(Pull::NeedImage(
+                String::from_utf8_lossy(&body).chars().take(300).collect(),
+            )),
+            401 | 403 => Err(FollowError::Unproven(format!(
+                "it refused this node's signed request ({status})"
+            ))),
             _ => Err(FollowError::Status {
                 status,
                 body: String::from_utf8_lossy(&body).chars().take(300).collect(),
@@ -204,10 +306,14 @@ impl Follower {
         for change in changes {
             let engine = self.engine.clone();
             let state = self.state.clone();
-            let Change { seq, mut batch } = change;
+            let Change {
+                seq,
+                digest,
+                mut batch,
+            } = change;
             self.writer
                 .call(move |store| {
-                    let applied = store.apply_replicated(&mut batch, seq)?;
+                    let applied = store.apply_replicated(&mut batch, seq, digest.as_deref())?;
                     let catalog = if applied.catalog_changed {
                         Some(store.load_catalog()?)
                     } else {
@@ -234,11 +340,12 @@ impl Follower {
     fn full_sync(&self, master: &str) -> Result<(), FollowError> {
         let started = Instant::now();
         let agent = Self::agent(Duration::from_secs(600));
-        let mut resp = agent
-            .get(&format!("http://{master}{API}/image"))
-            .header("Authorization", &self.auth())
-            .call()
-            .map_err(|e| FollowError::Http(e.to_string()))?;
+        let (mut resp, nonce) = self.signed_get(&agent, master, &format!("{API}/image"))?;
+        let proof = resp
+            .headers()
+            .get(cluster::auth::PROOF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let status = resp.status().as_u16();
         let header = |name: &str| -> Option<u64> {
             resp.headers()
@@ -265,6 +372,20 @@ impl Follower {
                 "missing sequence, dataset or checksum headers".into(),
             ));
         };
+        let Some(proof) = proof else {
+            return Err(FollowError::Unproven("an image without a MAC".into()));
+        };
+        let (seq_s, dataset_s) = (seq.to_string(), dataset.to_string());
+        let mac = self.key.begin(
+            "repl-image",
+            &[
+                nonce.as_bytes(),
+                master.as_bytes(),
+                b"master",
+                seq_s.as_bytes(),
+                dataset_s.as_bytes(),
+            ],
+        );
         if declared.is_some_and(|n| n > MAX_IMAGE_BYTES) {
             return Err(FollowError::Image(format!(
                 "image of {} bytes is over the {MAX_IMAGE_BYTES} byte limit",
@@ -276,9 +397,14 @@ impl Follower {
         let tmp = PathBuf::from(tmp);
         // Streamed to a temporary file in 1 MiB chunks, checksummed on the
         // way: memory does not grow with the database.
-        let received = receive_image(resp.body_mut().as_reader(), &tmp);
+        let received = receive_image(resp.body_mut().as_reader(), &tmp, mac);
         let result = (|| {
-            let (len, computed) = received?;
+            let (len, computed, mac) = received?;
+            // The MAC over the whole streamed image is checked before
+            // anything else looks at the file, let alone installs it.
+            if !mac.verify_hex(&proof) {
+                return Err(FollowError::Unproven("an image with a wrong MAC".into()));
+            }
             tracing::info!(
                 "replication: image of {len} bytes received in {:.1}s (peak RSS {} MiB)",
                 started.elapsed().as_secs_f64(),
@@ -344,6 +470,36 @@ impl Follower {
     }
 }
 
+/// When the next full sync may start: 1 s after a failed one, doubling
+/// with each further failure, at most [`SYNC_BACKOFF_MAX`]; reset by a
+/// successful one.
+struct SyncBackoff {
+    failed_at: Option<Instant>,
+    delay: Duration,
+}
+
+impl SyncBackoff {
+    fn new() -> Self {
+        SyncBackoff {
+            failed_at: None,
+            delay: Duration::from_secs(1),
+        }
+    }
+
+    /// How long to wait before the next attempt.
+    fn wait(&self) -> Duration {
+        self.failed_at
+            .map_or(Duration::ZERO, |at| self.delay.saturating_sub(at.elapsed()))
+    }
+
+    fn failed(&mut self) {
+        if self.failed_at.is_some() {
+            self.delay = (self.delay * 2).min(SYNC_BACKOFF_MAX);
+        }
+        self.failed_at = Some(Instant::now());
+    }
+}
+
 /// This process's peak resident memory (VmHWM), for the sync's log lines.
 fn peak_rss_mib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -358,7 +514,11 @@ fn peak_rss_mib() -> u64 {
 
 /// Copies an image from `body` to the file `tmp` (created afresh),
 /// at most [`MAX_IMAGE_BYTES`]; returns its length and CRC-32.
-fn receive_image(mut body: impl Read, tmp: &std::path::Path) -> Result<(u64, u32), FollowError> {
+fn receive_image(
+    mut body: impl Read,
+    tmp: &std::path::Path,
+    mut mac: cluster::auth::StreamMac,
+) -> Result<(u64, u32, cluster::auth::StreamMac), FollowError> {
     use std::io::Write;
     let io = |e: std::io::Error| FollowError::Image(format!("{}: {e}", tmp.display()));
     let mut file = std::fs::File::create(tmp).map_err(io)?;
@@ -379,9 +539,30 @@ fn receive_image(mut body: impl Read, tmp: &std::path::Path) -> Result<(u64, u32
             )));
         }
         hasher.update(&buf[..n]);
+        mac.update(&buf[..n]);
         file.write_all(&buf[..n]).map_err(io)?;
     }
     // No fsync: the file is read back at once and removed; the restore
     // into the database is what is made durable (by SQLite).
-    Ok((len, hasher.finalize()))
+    Ok((len, hasher.finalize(), mac))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_sync_retries_back_off_exponentially_up_to_the_cap() {
+        let mut b = SyncBackoff::new();
+        assert_eq!(b.wait(), Duration::ZERO, "the first attempt waits for nothing");
+        let mut delays = Vec::new();
+        for _ in 0..9 {
+            b.failed();
+            delays.push(b.delay.as_secs());
+            assert!(b.wait() > b.delay - Duration::from_millis(100));
+        }
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        let b = SyncBackoff::new();
+        assert_eq!(b.wait(), Duration::ZERO);
+    }
 }

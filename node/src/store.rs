@@ -73,6 +73,10 @@ CREATE TABLE IF NOT EXISTS changelog (
     batch      TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS changelog_digest (
+    seq    INTEGER PRIMARY KEY,
+    digest TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS report_values (
     subject     TEXT NOT NULL,
     report_date INTEGER NOT NULL,
@@ -415,6 +419,19 @@ impl Store {
             "DELETE FROM changelog WHERE seq <= ?1",
             params![seq.saturating_sub(retain.max(1)) as i64],
         )?;
+        // The running digest of the history (issue 11): a slave whose
+        // history differs at the same sequence is told to copy the image.
+        let previous = meta_in(&tx, "log_digest")?.unwrap_or_default();
+        let digest = cluster::auth::chain_digest(&previous, seq, json.as_bytes());
+        tx.execute(
+            "INSERT OR REPLACE INTO changelog_digest (seq, digest) VALUES (?1, ?2)",
+            params![seq as i64, digest],
+        )?;
+        tx.execute(
+            "DELETE FROM changelog_digest WHERE seq <= ?1",
+            params![seq.saturating_sub(retain.max(1)) as i64],
+        )?;
+        set_meta(&tx, "log_digest", &digest)?;
         set_version(&tx, seq)?;
         blob::advance(&tx, current, seq)?;
         tx.commit()?;
@@ -422,7 +439,14 @@ impl Store {
     }
 
     /// Slave: applies change `seq` from the master; it must be the next one.
-    pub fn apply_replicated(&mut self, batch: &mut Batch, seq: u64) -> Result<Applied, StoreError> {
+    /// `digest`: the master's running digest after this change, kept so the
+    /// master can tell whether this node's history is its own.
+    pub fn apply_replicated(
+        &mut self,
+        batch: &mut Batch,
+        seq: u64,
+        digest: Option<&str>,
+    ) -> Result<Applied, StoreError> {
         let tx = self.write_transaction()?;
         let have: u64 = tx
             .query_row("SELECT value FROM meta WHERE key = 'data_version'", [], |r| {
@@ -435,10 +459,56 @@ impl Store {
             return Err(StoreError::OutOfOrder { have, got: seq });
         }
         let applied = write::apply(&tx, batch, false)?;
+        match digest {
+            Some(d) => set_meta(&tx, "log_digest", d)?,
+            None => {
+                tx.execute("DELETE FROM meta WHERE key = 'log_digest'", [])?;
+            }
+        }
         set_version(&tx, seq)?;
         blob::advance(&tx, have, seq)?;
         tx.commit()?;
         Ok(applied)
+    }
+
+    /// The running digest of the history after change `seq`, when known:
+    /// from the digest log, or this node's current one at its version.
+    pub fn digest_at(&self, seq: u64) -> Result<Option<String>, StoreError> {
+        let logged: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT digest FROM changelog_digest WHERE seq = ?1",
+                [seq as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if logged.is_some() {
+            return Ok(logged);
+        }
+        if self.data_version()?.version == seq {
+            return self.meta("log_digest");
+        }
+        Ok(None)
+    }
+
+    /// Changes after `from` with the digest after each (when known).
+    pub fn changes_with_digests(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, Option<String>)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT c.seq, c.batch, d.digest FROM changelog c LEFT JOIN changelog_digest d ON d.seq = c.seq
+             WHERE c.seq > ?1 ORDER BY c.seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![from as i64, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     /// The oldest sequence still in the change log (one past the data
@@ -451,18 +521,6 @@ impl Store {
             Some(m) => Ok(m as u64),
             None => Ok(self.data_version()?.version + 1),
         }
-    }
-
-    /// Changes after `from`, oldest first, at most `limit`; each batch is
-    /// the JSON text stored in the log.
-    pub fn changes_since(&self, from: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT seq, batch FROM changelog WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-        let rows = stmt.query_map(params![from as i64, limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Writes a consistent image of the database to `path` (SQLite backup
@@ -560,6 +618,21 @@ impl Store {
     }
 }
 
+fn meta_in(tx: &rusqlite::Transaction<'_>, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(tx
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
+}
+
+fn set_meta(tx: &rusqlite::Transaction<'_>, key: &str, value: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
 fn set_version(tx: &rusqlite::Transaction<'_>, seq: u64) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('data_version', ?1)
@@ -573,7 +646,7 @@ fn set_version(tx: &rusqlite::Transaction<'_>, seq: u64) -> Result<(), StoreErro
 pub const IMAGE_CHUNK: usize = 1 << 20;
 
 /// Length and CRC-32 of a file, read in [`IMAGE_CHUNK`]s.
-pub fn file_crc(path: &Path) -> Result<(u64, u32), StoreError> {
+pub fn file_crc(path: &Path, mut also: impl FnMut(&[u8])) -> Result<(u64, u32), StoreError> {
     use std::io::Read;
     let io = |e: std::io::Error| StoreError::BadImage(format!("{}: {e}", path.display()));
     let mut file = std::fs::File::open(path).map_err(io)?;
@@ -586,6 +659,7 @@ pub fn file_crc(path: &Path) -> Result<(u64, u32), StoreError> {
             return Ok((len, hasher.finalize()));
         }
         hasher.update(&buf[..n]);
+        also(&buf[..n]);
         len += n as u64;
     }
 }

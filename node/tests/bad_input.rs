@@ -454,15 +454,11 @@ fn a_panicking_worker_is_replaced_and_its_request_gets_500() {
 #[test]
 fn numeric_query_parameters_are_range_checked() {
     let n = node();
-    let auth = format!("Bearer {TOKEN}");
     let get = |query: &str| {
-        request(
-            n.port,
-            "GET",
-            &format!("/kamaitachi/api/data/v1/replication/changes?{query}"),
-            b"",
-            &[("Authorization", &auth)],
-        )
+        let target = format!("/kamaitachi/api/data/v1/replication/changes?{query}");
+        let signed = cluster::testkit::replication_headers(n.port, &target);
+        let headers: Vec<(&str, &str)> = signed.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        request(n.port, "GET", &target, b"", &headers)
     };
     let cases = [
         ("from=18446744073709551615", "from"),

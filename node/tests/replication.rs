@@ -432,3 +432,40 @@ fn full_sync_memory_does_not_grow_with_the_database() {
         cluster::testkit::db_fingerprint(&db)
     );
 }
+
+/// Issue 11: a slave whose history differs from the master's at the same
+/// sequence (it followed another node of the same dataset) is told so by
+/// the running digest in the change feed, copies the master's image and
+/// converges to it, instead of applying the master's later changes on top
+/// of a history that is not the master's.
+#[test]
+fn a_slave_whose_history_diverges_copies_the_master_again() {
+    let db_a = master_db("diverge-a");
+    let db_b = temp_dir("diverge-b").join("master.db");
+    std::fs::copy(&db_a, &db_b).unwrap();
+    let a = master(&db_a, "");
+    let b = master(&db_b, "");
+    let q = r#"{"ids":"net_profit","subjects":"33:000001"}"#;
+    // Same dataset, same sequence 1, different content.
+    let base = applied(&a);
+    assert_eq!(applied(&b), base);
+    assert_eq!(ingest(&b, vec![record("33:000001", true, 666.0)]), base + 1);
+    assert_eq!(ingest(&a, vec![record("33:000001", false, 1.0)]), base + 1);
+    assert_eq!(ingest(&a, vec![record("33:000001", false, 2.0)]), base + 2);
+    let slave_db = temp_dir("diverge-slave").join("slave.db");
+    let mut s = slave_of(&b, &slave_db);
+    wait_caught_up(&s, base + 1);
+    assert_eq!(s.post(SNAPSHOT, q).json()["data"][0]["data"]["net_profit"], 666.0);
+    s.stop();
+    let s = slave_of(&a, &slave_db);
+    let want = a.post(SNAPSHOT, q).json();
+    assert_eq!(want["data"][0]["data"]["net_profit"], 2.0, "{want}");
+    assert!(
+        eventually(Duration::from_secs(20), || applied(&s) == base + 2
+            && s.post(SNAPSHOT, q).json() == want),
+        "the slave kept its own history: {} (master: {want})\n{}",
+        s.post(SNAPSHOT, q).json(),
+        s.log_text()
+    );
+    assert!(s.log_text().contains("history diverges"), "{}", s.log_text());
+}

@@ -95,10 +95,12 @@ impl Gateway {
         let config = dir.join("gateway.ini");
         let token = dir.join("admin.token");
         std::fs::write(&token, TOKEN).unwrap();
+        let secret = cluster::testkit::write_cluster_secret(&dir);
         let ini = format!(
             "[server]\nport = {port}\nmode = gateway\nthreads = 2\n\
-             [security]\nadmin_token_file = {}\n{extra}",
-            token.display()
+             [security]\nadmin_token_file = {}\ncluster_secret_file = {}\n{extra}",
+            token.display(),
+            secret.display()
         );
         let ini = if ini.contains("[gateway]") {
             ini.replace("[gateway]\n", "[gateway]\nhealth_interval_ms = 300\n")
@@ -194,6 +196,30 @@ impl Drop for Gateway {
 /// Each request the recorder saw: its head and its body.
 pub type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
+/// The proof headers (each ending in CRLF) a fake node holding the cluster
+/// secret answers the health check in `head` with, as `127.0.0.1:{port}`
+/// in `role`; "" when the request carries no challenge.
+pub fn health_proof_headers(head: &str, port: u16, role: &str) -> String {
+    let key = cluster::auth::ClusterKey::from_secret(CLUSTER_SECRET.as_bytes());
+    let challenge = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case(cluster::auth::CHALLENGE_HEADER)
+            .then(|| value.trim().to_string())
+    });
+    challenge
+        .map(|c| {
+            let me = format!("127.0.0.1:{port}");
+            format!(
+                "{}: {}\r\n{}: {me}\r\n",
+                cluster::auth::PROOF_HEADER,
+                key.health_proof(&c, &me, role),
+                cluster::auth::NODE_HEADER
+            )
+        })
+        .unwrap_or_default()
+}
+
 pub struct Recorder {
     pub port: u16,
     pub seen: Seen,
@@ -214,24 +240,27 @@ impl Recorder {
     /// (no `Connection: close`): a keep-alive connection the gateway holds
     /// for reuse goes stale under it.
     pub fn closing_after(per_conn: usize) -> Recorder {
-        Recorder::spawn(per_conn, false, 0)
+        Recorder::spawn(per_conn, false, 0, "master")
     }
 
     /// Answers its health checks but never a data request (it keeps the
     /// connection open, silent): a node that hangs.
     pub fn hanging() -> Recorder {
-        Recorder::spawn(10_000, true, 0)
+        Recorder::spawn(10_000, true, 0, "slave")
     }
 
     /// Answers each data request with a body of `len` bytes (the answer
     /// to request n is `answer_of(n, len)`).
     pub fn answering(len: usize) -> Recorder {
-        Recorder::spawn(10_000, false, len)
+        Recorder::spawn(10_000, false, len, "master")
     }
 
-    fn spawn(per_conn: usize, hang: bool, answer_len: usize) -> Recorder {
+    /// It holds the cluster secret: it answers health challenges with the
+    /// proof for `127.0.0.1:{port}` as `role` (a fake *node*, not a rogue).
+    fn spawn(per_conn: usize, hang: bool, answer_len: usize, role: &'static str) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let key = cluster::auth::ClusterKey::from_secret(CLUSTER_SECRET.as_bytes());
         let seen: Seen = Arc::new(Mutex::new(Vec::new()));
         let data_requests = Arc::new(AtomicUsize::new(0));
         let (s, d) = (seen.clone(), data_requests.clone());
@@ -244,6 +273,7 @@ impl Recorder {
                 }
                 let Ok(mut conn) = conn else { continue };
                 let (s, d) = (s.clone(), d.clone());
+                let key = key.clone();
                 std::thread::spawn(move || {
                     conn.set_read_timeout(Some(Duration::from_secs(30))).ok();
                     let mut buf = Vec::new();
@@ -289,8 +319,24 @@ impl Recorder {
                         let large = (answer_len > 0 && !request_line.starts_with("GET /health "))
                             .then(|| answer_of(d.load(Ordering::SeqCst), answer_len));
                         let reply: &[u8] = large.as_deref().unwrap_or(small);
+                        let challenge = head.lines().find_map(|l| {
+                            let (name, value) = l.split_once(':')?;
+                            name.eq_ignore_ascii_case(cluster::auth::CHALLENGE_HEADER)
+                                .then(|| value.trim().to_string())
+                        });
+                        let proof = challenge
+                            .map(|c| {
+                                let me = format!("127.0.0.1:{port}");
+                                format!(
+                                    "{}: {}\r\n{}: {me}\r\n",
+                                    cluster::auth::PROOF_HEADER,
+                                    key.health_proof(&c, &me, role),
+                                    cluster::auth::NODE_HEADER
+                                )
+                            })
+                            .unwrap_or_default();
                         let resp = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{proof}Content-Length: {}\r\n\r\n",
                             reply.len()
                         );
                         if conn
