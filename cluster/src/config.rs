@@ -112,58 +112,13 @@ impl AdminToken {
 /// all (written aside, then hard-linked into place), and the loser reads the
 /// winner's.
 pub fn default_admin_token(config: &Path, default_file: &Path) -> Result<AdminToken, String> {
-    if default_file.exists() {
-        return read_admin_token(config, default_file).map(|token| AdminToken {
-            token,
-            file: default_file.to_path_buf(),
-            created: false,
-            defaulted: true,
-        });
-    }
-    let fail = |e: std::io::Error| {
-        format!(
-            "cannot create the admin token file {}: {e}",
-            default_file.display()
-        )
-    };
-    if let Some(dir) = default_file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(fail)?;
-    }
-    let token = random_token().map_err(fail)?;
-    let mut aside = default_file.as_os_str().to_owned();
-    aside.push(format!(".tmp-{}", std::process::id()));
-    let aside = PathBuf::from(aside);
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&aside)
-            .map_err(fail)?;
-        f.write_all(format!("{token}\n").as_bytes()).map_err(fail)?;
-        f.sync_all().map_err(fail)?;
-    }
-    let linked = std::fs::hard_link(&aside, default_file);
-    let _ = std::fs::remove_file(&aside);
-    match linked {
-        Ok(()) => Ok(AdminToken {
-            token,
-            file: default_file.to_path_buf(),
-            created: true,
-            defaulted: true,
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_admin_token(config, default_file)
-            .map(|token| AdminToken {
-                token,
-                file: default_file.to_path_buf(),
-                created: false,
-                defaulted: true,
-            }),
-        Err(e) => Err(fail(e)),
-    }
+    let created = create_secret_file(default_file, 16, "admin token")?;
+    read_admin_token(config, default_file).map(|token| AdminToken {
+        token,
+        file: default_file.to_path_buf(),
+        created,
+        defaulted: true,
+    })
 }
 
 /// Makes `file` (mode 600) holding `bytes` random bytes in hex unless it
@@ -206,14 +161,6 @@ pub fn create_secret_file(file: &Path, bytes: usize, what: &str) -> Result<bool,
 fn random_hex(n: usize) -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// 32 hex characters from the kernel's random source.
-fn random_token() -> std::io::Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
