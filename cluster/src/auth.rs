@@ -272,6 +272,30 @@ impl ClusterSecret {
     }
 }
 
+/// Where a process's two credentials come from: each configured file, or
+/// its default when the config names none.
+pub struct CredentialFiles<'a> {
+    pub admin_token: Option<&'a Path>,
+    pub admin_token_default: &'a Path,
+    pub cluster_secret: Option<&'a Path>,
+    pub cluster_secret_default: &'a Path,
+}
+
+/// The admin token and the cluster key of a process (node or gateway), each
+/// from its configured file or its default, with one log line for a
+/// defaulted one. Both processes start this way.
+pub fn load_credentials(config: &Path, files: &CredentialFiles<'_>) -> Result<(String, ClusterKey), String> {
+    let admin = crate::config::AdminToken::resolve(config, files.admin_token, files.admin_token_default)?;
+    if let Some(note) = admin.note(config) {
+        tracing::info!("{note}");
+    }
+    let secret = ClusterSecret::resolve(config, files.cluster_secret, files.cluster_secret_default)?;
+    if let Some(note) = secret.note(config) {
+        tracing::info!("{note}");
+    }
+    Ok((admin.token, secret.key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,26 +75,17 @@ fn run(config: &Path) -> anyhow::Result<()> {
     // A clear message for the most common start-up failure.
     std::net::TcpListener::bind(&listen)
         .map_err(|e| anyhow!(cluster::config::listen_error(&listen, cfg.port, &cfg.file, &e)))?;
-    let admin_token = cluster::config::AdminToken::resolve(
+    let (admin_token, cluster_key) = cluster::auth::load_credentials(
         &cfg.file,
-        cfg.admin_token_file.as_deref(),
-        Path::new(cluster::config::DEFAULT_ADMIN_TOKEN_FILE),
+        &cluster::auth::CredentialFiles {
+            admin_token: cfg.admin_token_file.as_deref(),
+            admin_token_default: Path::new(cluster::config::DEFAULT_ADMIN_TOKEN_FILE),
+            cluster_secret: cfg.cluster_secret_file.as_deref(),
+            cluster_secret_default: Path::new(cluster::auth::DEFAULT_CLUSTER_SECRET_FILE),
+        },
     )
     .map_err(|e| anyhow!(e))?;
-    if let Some(note) = admin_token.note(&cfg.file) {
-        tracing::info!("{note}");
-    }
-    let admin_token = Some(admin_token.token);
-    let cluster_secret = cluster::auth::ClusterSecret::resolve(
-        &cfg.file,
-        cfg.cluster_secret_file.as_deref(),
-        Path::new(cluster::auth::DEFAULT_CLUSTER_SECRET_FILE),
-    )
-    .map_err(|e| anyhow!(e))?;
-    if let Some(note) = cluster_secret.note(&cfg.file) {
-        tracing::info!("{note}");
-    }
-    let cluster_key = cluster_secret.key;
+    let admin_token = Some(admin_token);
 
     // Discovery runs on its own runtime, independent of pingora's.
     let registry_rt = cluster::registry::runtime().context("cannot start the registry runtime")?;

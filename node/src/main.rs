@@ -316,26 +316,17 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
         .set_stack_size(COROUTINE_STACK_WORDS);
     may::config().set_worker_pin(false);
 
-    let admin_token = cluster::config::AdminToken::resolve(
+    let (admin_token, cluster_key) = cluster::auth::load_credentials(
         &cfg.file,
-        cfg.admin_token_file.as_deref(),
-        &config::default_admin_token_file(&cfg.db_path),
+        &cluster::auth::CredentialFiles {
+            admin_token: cfg.admin_token_file.as_deref(),
+            admin_token_default: &config::default_admin_token_file(&cfg.db_path),
+            cluster_secret: cfg.cluster_secret_file.as_deref(),
+            cluster_secret_default: &config::default_cluster_secret_file(&cfg.db_path),
+        },
     )
     .map_err(|e| anyhow!(e))?;
-    if let Some(note) = admin_token.note(&cfg.file) {
-        tracing::info!("{note}");
-    }
-    let admin_token = Some(admin_token.token);
-    let cluster_secret = cluster::auth::ClusterSecret::resolve(
-        &cfg.file,
-        cfg.cluster_secret_file.as_deref(),
-        &config::default_cluster_secret_file(&cfg.db_path),
-    )
-    .map_err(|e| anyhow!(e))?;
-    if let Some(note) = cluster_secret.note(&cfg.file) {
-        tracing::info!("{note}");
-    }
-    let cluster_key = cluster_secret.key;
+    let admin_token = Some(admin_token);
 
     // The writer comes first: it creates the database (and any table an
     // older file lacks); a slave starts from an empty one and copies the
