@@ -9,8 +9,11 @@
 //! period and shutdown timeout (seconds, not pingora's default minutes).
 
 mod config;
+mod coupling;
 mod error;
+mod failover;
 mod limits;
+mod local;
 mod metrics;
 mod own_routes;
 mod proxy;
@@ -114,7 +117,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
         client: reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(cfg.connect_timeout)
-            .timeout(Duration::from_secs(1))
+            .timeout(coupling::HEALTH_CHECK_TIMEOUT)
             .build()
             .context("cannot build the health-check client")?,
     };
@@ -161,7 +164,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
             metrics,
             pool: upstream_pool::UpstreamPool {
                 per_node: (cfg.keepalive_pool / cfg.threads).max(1),
-                max_idle: Duration::from_secs(50),
+                max_idle: coupling::UPSTREAM_IDLE,
             },
             max_tries: cfg.max_tries,
             connect_timeout: cfg.connect_timeout,
