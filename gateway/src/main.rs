@@ -3,10 +3,13 @@
 //! Start-up: read the config; start the registry discovery on a small tokio
 //! runtime of its own; build pingora's load balancer over the discovered
 //! nodes with active health checks on `/health`; serve. Every connection
-//! enters at `read_path.rs`, which proxies reads itself and hands every
+//! enters at `read_path/`, which proxies reads itself and hands every
 //! other request to pingora's proxy (`proxy.rs`); where a request goes is
-//! decided in `routing.rs` and `upstreams.rs`. SIGTERM stops the gateway within the configured grace
-//! period and shutdown timeout (seconds, not pingora's default minutes).
+//! decided in `routing.rs` and `upstreams.rs`, and what happens when a node
+//! fails in `failover.rs`, for both paths. Numbers that must stay in step
+//! with the nodes' or etcd's settings are named in `coupling.rs`. SIGTERM
+//! stops the gateway within the configured grace period and shutdown
+//! timeout (seconds, not pingora's default minutes).
 
 mod config;
 mod coupling;
