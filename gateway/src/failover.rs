@@ -97,6 +97,31 @@ pub enum Failure {
     },
 }
 
+impl Failure {
+    /// The policy's decision, as `(eject the node, retry)`, given whether
+    /// the request may go to one more node (`max_tries`).
+    pub fn decide(self, tries_left: bool) -> (bool, Retry) {
+        match self {
+            Failure::Node => (true, if tries_left { Retry::NextNode } else { Retry::No }),
+            Failure::MidProxy {
+                reused,
+                replayable,
+                read,
+                idempotent,
+            } => {
+                if replayable && tries_left {
+                    // A fresh connection failed: the node is in trouble.
+                    (!reused, Retry::NextNode)
+                } else if read || !idempotent {
+                    (false, Retry::No)
+                } else {
+                    (false, Retry::IfReused)
+                }
+            }
+        }
+    }
+}
+
 /// Whether the request is sent again after a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
@@ -207,36 +232,15 @@ impl Failover<'_> {
         }
     }
 
-    /// The attempt at `addr` failed as `failure`: ejects the node when the
-    /// failure is its fault and worth another node, and says whether the
-    /// request is sent again.
+    /// The attempt at `addr` failed as `failure`: ejects the node when
+    /// [`Failure::decide`] says so, and says whether the request is sent
+    /// again.
     pub fn failed(&self, addr: &SocketAddr, failure: Failure, tries: &Tries) -> Retry {
-        let next = |yes: bool| if yes { Retry::NextNode } else { Retry::No };
-        match failure {
-            Failure::Node => {
-                self.upstreams.eject(addr);
-                next(self.tries_left(tries))
-            }
-            Failure::MidProxy {
-                reused,
-                replayable,
-                read,
-                idempotent,
-            } => {
-                let again = replayable && self.tries_left(tries);
-                // A fresh connection failed: the node is in trouble.
-                if again && !reused {
-                    self.upstreams.eject(addr);
-                }
-                if again {
-                    Retry::NextNode
-                } else if read || !idempotent {
-                    Retry::No
-                } else {
-                    Retry::IfReused
-                }
-            }
+        let (eject, retry) = failure.decide(self.tries_left(tries));
+        if eject {
+            self.upstreams.eject(addr);
         }
+        retry
     }
 
     /// The answer when the request ends without one from a node: the last
@@ -274,6 +278,32 @@ mod tests {
         for t in [Target::Master, Target::Read(Some(b"k"))] {
             assert_eq!(Failover::no_node(t, &tries), "every node tried failed");
         }
+    }
+
+    #[test]
+    fn decisions_after_a_failure() {
+        use Retry::*;
+        // Nothing sent, or known to be the node: eject, next node while
+        // tries are left (on the read path, even on the last try).
+        assert_eq!(Failure::Node.decide(true), (true, NextNode));
+        assert_eq!(Failure::Node.decide(false), (true, No));
+        let mid = |reused, replayable, read, idempotent| Failure::MidProxy {
+            reused,
+            replayable,
+            read,
+            idempotent,
+        };
+        // A replayable read: the next node; ejected unless the connection
+        // was a pooled one.
+        assert_eq!(mid(false, true, true, true).decide(true), (true, NextNode));
+        assert_eq!(mid(true, true, true, true).decide(true), (false, NextNode));
+        // Out of tries, or not replayable: no retry, no ejection.
+        assert_eq!(mid(false, true, true, true).decide(false), (false, No));
+        assert_eq!(mid(false, false, true, true).decide(true), (false, No));
+        // A write is never sent again; an idempotent non-read only when
+        // pingora finds its pooled connection was stale.
+        assert_eq!(mid(true, false, false, false).decide(true), (false, No));
+        assert_eq!(mid(true, false, false, true).decide(true), (false, IfReused));
     }
 
     struct Timeout;
