@@ -1,6 +1,11 @@
 //! Handing a connection to pingora's HTTP proxy (`proxy.rs`) for every
 //! request the read path does not take, with the bytes already read, and
 //! taking it back afterwards.
+//!
+//! A file of its own because it is the one place the read path relies on
+//! pingora's session internals (pipelined bytes carried between sessions,
+//! read from the settings' `Debug` form on the pinned pingora version): a
+//! pingora upgrade is checked here.
 
 use bytes::BytesMut;
 use pingora::apps::HttpServerApp;

@@ -47,6 +47,8 @@ impl UpstreamError {
     }
 }
 
+/// As on pingora's path: a timeout (connecting or answering) is a 504,
+/// every other failure a 502.
 impl Cause for UpstreamError {
     fn class(&self) -> Unanswered {
         match self {
