@@ -33,7 +33,7 @@ pub struct GatewayConfig {
     pub read_timeout: Duration,
     pub eject_for: Duration,
     pub keepalive_pool: usize,
-    /// Reads are proxied by the read path (`read_path.rs`); off: every
+    /// Reads are proxied by the read path (`read_path/`); off: every
     /// request goes through pingora's proxy.
     pub read_fast_path: bool,
     pub grace_period_secs: u64,

@@ -3,14 +3,20 @@
 //! Start-up: read the config; start the registry discovery on a small tokio
 //! runtime of its own; build pingora's load balancer over the discovered
 //! nodes with active health checks on `/health`; serve. Every connection
-//! enters at `read_path.rs`, which proxies reads itself and hands every
+//! enters at `read_path/`, which proxies reads itself and hands every
 //! other request to pingora's proxy (`proxy.rs`); where a request goes is
-//! decided in `routing.rs` and `upstreams.rs`. SIGTERM stops the gateway within the configured grace
-//! period and shutdown timeout (seconds, not pingora's default minutes).
+//! decided in `routing.rs` and `upstreams.rs`, and what happens when a node
+//! fails in `failover.rs`, for both paths. Numbers that must stay in step
+//! with the nodes' or etcd's settings are named in `coupling.rs`. SIGTERM
+//! stops the gateway within the configured grace period and shutdown
+//! timeout (seconds, not pingora's default minutes).
 
 mod config;
+mod coupling;
 mod error;
+mod failover;
 mod limits;
+mod local;
 mod metrics;
 mod own_routes;
 mod proxy;
@@ -114,7 +120,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
         client: reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(cfg.connect_timeout)
-            .timeout(Duration::from_secs(1))
+            .timeout(coupling::HEALTH_CHECK_TIMEOUT)
             .build()
             .context("cannot build the health-check client")?,
     };
@@ -161,7 +167,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
             metrics,
             pool: upstream_pool::UpstreamPool {
                 per_node: (cfg.keepalive_pool / cfg.threads).max(1),
-                max_idle: Duration::from_secs(50),
+                max_idle: coupling::UPSTREAM_IDLE,
             },
             max_tries: cfg.max_tries,
             connect_timeout: cfg.connect_timeout,

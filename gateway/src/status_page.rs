@@ -21,7 +21,8 @@ use bytes::Bytes;
 use cluster::Discovery;
 use serde_json::{json, Value};
 
-use crate::own_routes::{fan_out, Local};
+use crate::local::Local;
+use crate::own_routes::fan_out;
 use crate::routing::API;
 use crate::upstreams::NodeView;
 
