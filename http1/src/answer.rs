@@ -38,6 +38,7 @@ pub struct AnswerHead<'b, 'h> {
 
 /// Parses the answer head at the start of `buf` into `headers`: `Ok(None)`
 /// while it is incomplete.
+#[inline]
 pub fn parse_answer<'b, 'h>(
     buf: &'b [u8],
     headers: &'h mut Headers<'b>,

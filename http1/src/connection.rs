@@ -21,6 +21,7 @@ pub struct Connection {
 }
 
 /// Reads the `Connection` headers of a message of HTTP/1.`version`.
+#[inline]
 pub fn connection(version: u8, headers: &[Header<'_>]) -> Connection {
     let mut close = false;
     let mut keep_alive_option = false;

@@ -35,6 +35,7 @@ pub enum FramingError {
 }
 
 /// The declared `Content-Length`, `None` when there is none.
+#[inline]
 pub fn content_length(headers: &[Header<'_>]) -> Result<Option<u64>, FramingError> {
     if headers
         .iter()
@@ -59,6 +60,7 @@ pub fn content_length(headers: &[Header<'_>]) -> Result<Option<u64>, FramingErro
 
 /// A request body's length: its `Content-Length`, 0 without one, at most
 /// `limit`.
+#[inline]
 pub fn body_length(headers: &[Header<'_>], limit: u64) -> Result<u64, FramingError> {
     let n = content_length(headers)?.unwrap_or(0);
     if n > limit {
@@ -69,6 +71,7 @@ pub fn body_length(headers: &[Header<'_>], limit: u64) -> Result<u64, FramingErr
 
 /// A `Content-Length` value: blanks around 1 to [`MAX_LENGTH_DIGITS`] ASCII
 /// digits.
+#[inline]
 fn decimal(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > MAX_LENGTH_DIGITS || !v.iter().all(u8::is_ascii_digit) {

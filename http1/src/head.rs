@@ -50,6 +50,7 @@ pub struct RequestHead<'b, 'h> {
 
 impl<'b> RequestHead<'b, '_> {
     /// The first value of header `name` (case-insensitive).
+    #[inline]
     pub fn header(&self, name: &str) -> Option<&'b [u8]> {
         header(self.headers, name)
     }
@@ -57,6 +58,7 @@ impl<'b> RequestHead<'b, '_> {
 
 /// Parses the request head at the start of `buf` into `headers`:
 /// `Ok(None)` while it is incomplete and still within the limits.
+#[inline]
 pub fn parse_request<'b, 'h>(
     buf: &'b [u8],
     headers: &'h mut Headers<'b>,
@@ -96,6 +98,7 @@ pub fn parse_request<'b, 'h>(
 }
 
 /// The first value of header `name` (case-insensitive).
+#[inline]
 pub fn header<'b>(headers: &[Header<'b>], name: &str) -> Option<&'b [u8]> {
     headers
         .iter()
@@ -104,6 +107,7 @@ pub fn header<'b>(headers: &[Header<'b>], name: &str) -> Option<&'b [u8]> {
 }
 
 /// Whether the client waits for `100 Continue` before sending the body.
+#[inline]
 pub fn expects_continue(headers: &[Header<'_>]) -> bool {
     headers
         .iter()
@@ -206,10 +210,18 @@ mod tests {
             parse(b"GET /\0 HTTP/1.1\r\n\r\n", LIMITS),
             Err(HeadError::Malformed(_))
         ));
-        assert_eq!(
-            HeadError::Malformed("invalid token").to_string(),
-            httparse::Error::Token.to_string()
-        );
+        // The same words as httparse's own `Display`.
+        for e in [
+            httparse::Error::HeaderName,
+            httparse::Error::HeaderValue,
+            httparse::Error::NewLine,
+            httparse::Error::Status,
+            httparse::Error::Token,
+            httparse::Error::TooManyHeaders,
+            httparse::Error::Version,
+        ] {
+            assert_eq!(describe(e), e.to_string());
+        }
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! - [`answer`]: an answer (response) head and its framing.
 //!
 //! The codec only reads: it borrows the caller's buffer and header array
-//! and never allocates, so the node's hot path costs what it did. What a
+//! and never allocates, so the node's hot path costs what it did; the small
+//! per-request helpers are `#[inline]` so that, across the crate boundary,
+//! they still inline as the node's and gateway's private copies did. What a
 //! failure means to a client (a status, a JSON body, a hand-over to another
 //! proxy) is each caller's policy; the codec's errors only say what is
 //! wrong. This is the only crate that names `httparse`; [`Header`] is its
@@ -45,6 +47,7 @@ pub const MAX_HEADERS: usize = 64;
 pub type Headers<'b> = [Header<'b>; MAX_HEADERS];
 
 /// A fresh header array for one parse.
+#[inline]
 pub fn headers<'b>() -> Headers<'b> {
     [EMPTY_HEADER; MAX_HEADERS]
 }
