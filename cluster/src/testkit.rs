@@ -695,42 +695,65 @@ pub fn send_raw(port: u16, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Splits a byte stream into the responses it holds.
+/// Splits a byte stream into the whole responses it holds, framed by the
+/// shared HTTP/1 codec (`http1`), the rules the node and the gateway frame
+/// with: a test client that read answers its own way could disagree with
+/// them unnoticed. An answer whose body has not all arrived is left out (a
+/// caller reading in a loop until it sees `n` answers gets `n` whole ones,
+/// not a head whose body is still on the way); an answer without a length
+/// runs to the end of the bytes; one the codec refuses ends the list as a
+/// `status: 0` answer holding the rest, so the test sees it.
 pub fn parse_responses(mut data: &[u8]) -> Vec<Resp> {
     let mut out = Vec::new();
     while !data.is_empty() {
-        let Some(end) = find(data, b"\r\n\r\n") else { break };
-        let head = String::from_utf8_lossy(&data[..end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or("");
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-            .collect();
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let body_start = end + 4;
-        let body_end = (body_start + len).min(data.len());
+        let mut headers = http1::headers();
+        let head = match http1::parse_answer(data, &mut headers) {
+            Ok(Some(head)) => head,
+            Ok(None) => break,
+            Err(_) => {
+                out.push(Resp {
+                    status: 0,
+                    headers: Vec::new(),
+                    body: data.to_vec(),
+                });
+                break;
+            }
+        };
+        let body_end = match head.body_len {
+            Some(n) => usize::try_from(n).map_or(usize::MAX, |n| head.len.saturating_add(n)),
+            None => data.len(),
+        };
+        if body_end > data.len() {
+            break;
+        }
         out.push(Resp {
-            status,
-            headers,
-            body: data[body_start..body_end].to_vec(),
+            status: head.status,
+            headers: head
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        String::from_utf8_lossy(h.value).trim().to_string(),
+                    )
+                })
+                .collect(),
+            body: data[head.len..body_end].to_vec(),
         });
         data = &data[body_end..];
     }
     out
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// How many bytes the first answer in `buf` takes: `None` while its head is
+/// incomplete (or unusable), `Some(None)` when it runs until the close.
+fn answer_len(buf: &[u8]) -> Option<Option<usize>> {
+    let mut headers = http1::headers();
+    let head = http1::parse_answer(buf, &mut headers).ok()??;
+    Some(
+        head.body_len
+            .map(|n| usize::try_from(n).map_or(usize::MAX, |n| head.len.saturating_add(n))),
+    )
 }
 
 /// A keep-alive connection for load loops: one request, one response.
@@ -759,15 +782,9 @@ impl KeepAlive {
         self.buf.clear();
         let mut chunk = [0u8; 65536];
         loop {
-            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                if self.buf.len() >= end + 4 + len {
-                    let resp = parse_responses(&self.buf[..end + 4 + len]);
+            if let Some(Some(len)) = answer_len(&self.buf) {
+                if self.buf.len() >= len {
+                    let resp = parse_responses(&self.buf[..len]);
                     return resp
                         .into_iter()
                         .next()
@@ -776,6 +793,13 @@ impl KeepAlive {
             }
             let n = self.stream.read(&mut chunk)?;
             if n == 0 {
+                if let Some(None) = answer_len(&self.buf) {
+                    // An answer without a length ends at the close.
+                    return parse_responses(&self.buf)
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| std::io::Error::other("bad response"));
+                }
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "connection closed",

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use cluster::Mode;
 
 use crate::error::ApiError;
-use crate::http::{Body, Request, Response, Service};
+use crate::http::{Body, Request, Response, Service, TransportError};
 use crate::metrics::{Metrics, RouteLabel};
 use crate::query::QueryEngine;
 use crate::response;
@@ -564,7 +564,8 @@ impl Service for Api {
         response
     }
 
-    fn reject(&self, err: &ApiError) -> Response {
+    fn reject(&self, err: &TransportError) -> Response {
+        let err = &ApiError::from(err.clone());
         if err.status() >= 500 {
             tracing::warn!("answering {}: {err}", err.status());
         }

@@ -3,7 +3,13 @@
 //! Handlers return [`ApiError`]; `api.rs` renders it as the contract's JSON
 //! envelope with the status from [`ApiError::status`]. Every message says
 //! what was wrong and, for bad input, with which field.
+//!
+//! Lower layers keep their own error types and know nothing of statuses:
+//! each comes in through a `From` here (the connection loop's
+//! [`TransportError`] as [`ApiError::Transport`]), so [`ApiError::status`]
+//! is the only place a failure of any layer becomes an HTTP status.
 
+use crate::http::TransportError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,14 +35,10 @@ pub enum ApiError {
         path: String,
         allowed: &'static str,
     },
-    #[error("request body is {got} bytes; the limit is {limit} bytes")]
-    PayloadTooLarge { got: u64, limit: u64 },
-    #[error("request header section is larger than {limit} bytes or has more than {max_headers} headers")]
-    HeadersTooLarge { limit: usize, max_headers: usize },
-    #[error("request not received in time")]
-    RequestTimeout,
-    #[error("Transfer-Encoding is not supported; send the body with a Content-Length")]
-    TransferEncodingUnsupported,
+    /// Refused by the connection loop before routing (framing, limits,
+    /// timeouts).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
     #[error("{0}")]
     Unavailable(String),
     /// The replication request cannot be served incrementally.
@@ -63,10 +65,14 @@ impl ApiError {
             ApiError::Forbidden => 403,
             ApiError::NotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
-            ApiError::RequestTimeout => 408,
-            ApiError::PayloadTooLarge { .. } => 413,
-            ApiError::HeadersTooLarge { .. } => 431,
-            ApiError::TransferEncodingUnsupported => 501,
+            ApiError::Transport(t) => match t {
+                TransportError::Malformed(_) | TransportError::BadLength(_) => 400,
+                TransportError::RequestTimeout => 408,
+                TransportError::PayloadTooLarge { .. } => 413,
+                TransportError::HeadersTooLarge { .. } => 431,
+                TransportError::TransferEncodingUnsupported => 501,
+                TransportError::TooManyConnections => 503,
+            },
             ApiError::Unavailable(_) => 503,
             ApiError::Gone(_) => 410,
             ApiError::Internal(_) => 500,

@@ -1,11 +1,10 @@
-//! The read path's HTTP/1 framing: which requests it takes and how it
-//! rewrites them for the node (`parse_request`), how it frames a node's
-//! answer (`parse_answer`), and the Content-Length rule both use
-//! (`decimal`). Pure functions over bytes, tested here; the sockets are in
-//! `client.rs` and `upstream.rs`.
-//!
-//! Kept in one file because these are the rules a shared HTTP/1 codec
-//! takes over: this is the file that changes when it does.
+//! The read path's HTTP/1 policy: which requests it takes and how it
+//! rewrites them for the node (`parse_request`), and how it frames a node's
+//! answer (`parse_answer`). The HTTP/1 rules themselves (head limits,
+//! Content-Length, Connection) are the shared `http1` codec's, the same the
+//! nodes apply; this file only decides what the fast path accepts. Pure
+//! functions over bytes, tested here; the sockets are in `client.rs` and
+//! `upstream.rs`.
 
 use crate::routing::{self, Route};
 use cluster::request_id::{self, RequestId};
@@ -16,7 +15,7 @@ use cluster::request_id::{self, RequestId};
 /// takes is one the node takes; it must not rise above it.
 pub(super) const MAX_HEAD: usize = 16 * 1024;
 /// Like the node's `MAX_HEADERS`; must not rise above it either.
-pub(super) const MAX_HEADERS: usize = 64;
+pub(super) const MAX_HEADERS: usize = http1::MAX_HEADERS;
 /// Read bodies up to this size are held whole, as on the general path.
 pub(super) const MAX_READ_BODY: u64 = crate::proxy::RETRY_BUFFER;
 
@@ -61,63 +60,52 @@ pub(super) struct Answer {
 /// Parses a client request head; for a read, writes the head it goes
 /// upstream with (`/data` stripped, hop-by-hop headers dropped) into
 /// `upstream`.
+///
+/// The HTTP/1 rules (head limits, `Content-Length`, `Connection`) are the
+/// shared codec's (`http1`), the same the nodes apply, so the gateway and a
+/// node never frame one request two ways; what this path takes is its own
+/// policy. A head over `MAX_HEAD` bytes is refused whether or not it
+/// arrived whole, so the answer does not depend on how the client's bytes
+/// were split into reads.
 pub(super) fn parse_request(buf: &[u8], max_body: u64, upstream: &mut Vec<u8>) -> Head {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Head::Partial,
-        Ok(httparse::Status::Partial) => return Head::TooLarge,
-        // Too large, too many headers, or malformed: the general path
-        // answers it as pingora does.
-        _ => return Head::General(None),
+    let mut headers = http1::headers();
+    let limits = http1::HeadLimits {
+        max_bytes: MAX_HEAD,
+        max_headers: MAX_HEADERS,
     };
-    let mut body_len = None;
-    let mut framed = true;
-    let mut close = false;
-    let mut plain = true;
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            match (body_len, decimal(h.value)) {
-                (None, Some(n)) => body_len = Some(n),
-                _ => framed = false,
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            framed = false;
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|b| *b == b',') {
-                match token.trim_ascii() {
-                    t if t.eq_ignore_ascii_case(b"close") => close = true,
-                    t if t.eq_ignore_ascii_case(b"keep-alive") || t.is_empty() => {}
-                    _ => plain = false,
-                }
-            }
-        } else if ["expect", "upgrade", "te", "trailer"]
-            .iter()
-            .any(|n| name.eq_ignore_ascii_case(n))
-        {
-            plain = false;
-        }
-    }
+    let req = match http1::parse_request(buf, &mut headers, limits) {
+        Ok(Some(req)) => req,
+        Ok(None) => return Head::Partial,
+        Err(http1::HeadError::TooLarge) => return Head::TooLarge,
+        // Too many headers, or malformed: the general path answers it as
+        // pingora does.
+        Err(http1::HeadError::TooManyHeaders | http1::HeadError::Malformed(_)) => return Head::General(None),
+    };
+    let head_len = req.len;
+    // Unframed (chunked, a bad or conflicting length): its length is unknown.
+    let (body_len, framed) = match http1::content_length(req.headers) {
+        Ok(n) => (n, true),
+        Err(_) => (None, false),
+    };
+    let connection = http1::connection(req.version, req.headers);
+    let close = !connection.keep_alive;
+    let plain = !connection.other_options
+        && !req.headers.iter().any(|h| {
+            ["expect", "upgrade", "te", "trailer"]
+                .iter()
+                .any(|n| h.name.eq_ignore_ascii_case(n))
+        });
     let general = Head::General(
         framed
             .then(|| usize::try_from(body_len.unwrap_or(0)).ok())
             .flatten()
             .and_then(|b| head_len.checked_add(b)),
     );
-    let route = match req.path {
-        Some(target) => routing::classify(target.split('?').next().unwrap_or(target)),
-        None => Route::NotFound,
-    };
-    let (Some(target), Route::Read(_), Some(body_len), true, Some(1), Some("POST")) = (
-        req.path,
-        route,
-        body_len,
-        framed && plain,
-        req.version,
-        req.method,
-    ) else {
+    let target = req.target;
+    let route = routing::classify(target.split('?').next().unwrap_or(target));
+    let (Route::Read(_), Some(body_len), true, 1, "POST") =
+        (route, body_len, framed && plain, req.version, req.method)
+    else {
         return general;
     };
     if body_len > MAX_READ_BODY || body_len > max_body {
@@ -157,54 +145,36 @@ pub(super) fn parse_request(buf: &[u8], max_body: u64, upstream: &mut Vec<u8>) -
     })
 }
 
-/// Parses an answer head: `Ok(None)` while incomplete.
+/// Parses an answer head: `Ok(None)` while incomplete. Framing and
+/// persistence are the codec's rules; refusing an interim (1xx) answer is
+/// this path's (it sends no `Expect`, so a node never owes one).
 pub(super) fn parse_answer(buf: &[u8]) -> Result<Option<Answer>, &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err("malformed answer head"),
+    let mut headers = http1::headers();
+    let head = match http1::parse_answer(buf, &mut headers) {
+        Ok(Some(head)) => head,
+        Ok(None) => return Ok(None),
+        Err(http1::AnswerError::Malformed(_) | http1::AnswerError::TooManyHeaders) => {
+            return Err("malformed answer head")
+        }
+        Err(http1::AnswerError::Framing(http1::FramingError::TransferEncoding)) => {
+            return Err("Transfer-Encoding (the nodes send Content-Length)")
+        }
+        Err(http1::AnswerError::Framing(_)) => return Err("bad Content-Length"),
     };
-    let status = resp.code.unwrap_or(0);
-    if status < 200 {
+    if head.status < 200 {
         return Err("interim (1xx) answer");
     }
-    let mut close = resp.version != Some(1);
-    let mut body_len = None;
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            match (body_len, decimal(h.value)) {
-                (None, Some(n)) => body_len = Some(n as usize),
-                _ => return Err("bad Content-Length"),
-            }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err("Transfer-Encoding (the nodes send Content-Length)");
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            close |= h
-                .value
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-        }
-    }
-    if status == 204 || status == 304 {
-        body_len = Some(0);
-    }
+    let body_len = head
+        .body_len
+        .map(usize::try_from)
+        .transpose()
+        .map_err(|_| "bad Content-Length")?;
     Ok(Some(Answer {
-        status,
-        head_len,
+        status: head.status,
+        head_len: head.len,
         body_len,
-        close: close || body_len.is_none(),
+        close: head.close,
     }))
-}
-
-/// A Content-Length value: ASCII digits only.
-fn decimal(v: &[u8]) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 #[cfg(test)]

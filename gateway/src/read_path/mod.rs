@@ -1,7 +1,7 @@
 //! The front door of every client connection, and the hot path for reads.
 //!
 //! This pingora `ServerApp` owns each accepted connection. It parses each
-//! request head once (httparse) and decides:
+//! request head once (the shared `http1` codec) and decides:
 //!
 //! - A read (`POST /data/…/snapshot|period`, HTTP/1.1, a `Content-Length`
 //!   body of at most 64 KiB, no `Expect`, no `Transfer-Encoding`, no
