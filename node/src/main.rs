@@ -11,30 +11,15 @@
 //! stops accepting, lets the requests in progress finish (bounded), writes
 //! its cache dump and exits.
 
-mod api;
 mod backup;
-mod blob;
-mod cache;
-mod catalog;
 mod config;
-mod dates;
-mod db_file;
-mod dump;
-mod error;
+mod engine;
 mod gendata;
-mod http;
 mod import;
-mod metrics;
-mod pool;
-mod preload;
-mod query;
+mod model;
 mod replication;
-mod request;
-mod response;
-mod series;
-mod state;
-mod store;
-mod write;
+mod server;
+mod storage;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -46,12 +31,16 @@ use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use cluster::{Discovery, Mode, Registration, ServiceInfo};
 
-use crate::api::{Api, NodeIdentity};
-use crate::cache::DataCache;
 use crate::config::NodeConfig;
-use crate::pool::WorkerPool;
-use crate::state::DataState;
-use crate::store::{DataVersion, Store};
+use crate::engine::cache::DataCache;
+use crate::engine::{preload, query};
+use crate::model::catalog;
+use crate::server::api::{Api, NodeIdentity};
+use crate::server::{http, metrics};
+use crate::storage::pool::WorkerPool;
+use crate::storage::state::DataState;
+use crate::storage::store::{DataVersion, Store};
+use crate::storage::{dump, store};
 
 /// Coroutine stack, in words (may's unit): 256 KiB, room for serde_json's
 /// 128 levels of nesting with margin.

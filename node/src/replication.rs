@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 use cluster::Discovery;
 use serde::Deserialize;
 
-use crate::query::QueryEngine;
-use crate::state::DataState;
-use crate::store::{self, StoreError, WritePool};
-use crate::write::Batch;
+use crate::engine::query::QueryEngine;
+use crate::storage::state::DataState;
+use crate::storage::store::{self, StoreError, WritePool};
+use crate::storage::write::Batch;
 
 pub const API: &str = "/kamaitachi/api/data/v1/replication";
 /// How long a slave's long-poll waits on the master.
@@ -127,7 +127,7 @@ pub struct Follower {
     pub key: cluster::auth::ClusterKey,
     pub db_path: PathBuf,
     /// Warms the cache again after a full sync (`[cache] preload = all`).
-    pub preloader: Option<Arc<crate::preload::Preloader>>,
+    pub preloader: Option<Arc<crate::engine::preload::Preloader>>,
 }
 
 impl Follower {

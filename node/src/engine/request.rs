@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::catalog::{Catalog, SubjectInfo};
-use crate::error::ApiError;
+use crate::model::catalog::{Catalog, SubjectInfo};
+use crate::server::error::ApiError;
 
 pub const MAX_LIMIT: i64 = 1000;
 pub const MAX_SUBJECTS: usize = 1000;
@@ -370,7 +370,7 @@ fn int_field(obj: &Map<String, Value>, key: &'static str, default: i64) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Indicator;
+    use crate::model::catalog::Indicator;
 
     fn catalog() -> Catalog {
         let indicators = ["operating_income", "net_profit", "total_profit"]

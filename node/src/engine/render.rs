@@ -5,9 +5,9 @@
 //! copied from their pre-rendered JSON — so a response is built without an
 //! intermediate `serde_json::Value`, and once built it can be cached as is.
 
-use crate::catalog::SubjectInfo;
-use crate::request::IdRef;
-use crate::series::Report;
+use crate::engine::request::IdRef;
+use crate::model::catalog::SubjectInfo;
+use crate::model::series::Report;
 
 /// Appends `s` as a JSON string literal.
 pub fn push_str(buf: &mut Vec<u8>, s: &str) {

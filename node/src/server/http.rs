@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use may::net::{TcpListener, TcpStream};
 
-use crate::error::ApiError;
+use crate::server::error::ApiError;
 
 #[derive(Debug, Clone)]
 pub struct Limits {

@@ -7,8 +7,8 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::query::QueryEngine;
-use crate::write::Applied;
+use crate::engine::query::QueryEngine;
+use crate::storage::write::Applied;
 
 #[derive(Debug, Default)]
 pub struct DataState {
@@ -52,7 +52,7 @@ impl DataState {
         engine: &QueryEngine,
         applied: Applied,
         seq: u64,
-        catalog: Option<crate::catalog::Catalog>,
+        catalog: Option<crate::model::catalog::Catalog>,
     ) {
         engine.after_write(applied.touched, catalog);
         self.total_records

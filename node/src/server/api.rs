@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 
 use cluster::Mode;
 
-use crate::error::ApiError;
-use crate::http::{Body, Request, Response, Service};
-use crate::metrics::{Metrics, RouteLabel};
-use crate::query::QueryEngine;
-use crate::response;
-use crate::state::DataState;
-use crate::store::{self, StoreError, WritePool};
-use crate::write::Batch;
+use crate::engine::query::QueryEngine;
+use crate::engine::render as response;
+use crate::server::error::ApiError;
+use crate::server::http::{Body, Request, Response, Service};
+use crate::server::metrics::{Metrics, RouteLabel};
+use crate::storage::state::DataState;
+use crate::storage::store::{self, StoreError, WritePool};
+use crate::storage::write::Batch;
 
 const PREFIX: &str = "/kamaitachi/api/data/v1";
 
@@ -59,7 +59,7 @@ pub struct Api {
     /// (`[log] slow_ms`).
     pub slow: Duration,
     /// The background warm-up, when `[cache] preload = all`.
-    pub preloader: Option<Arc<crate::preload::Preloader>>,
+    pub preloader: Option<Arc<crate::engine::preload::Preloader>>,
 }
 
 /// Longest a change-feed request may wait for a change.

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::response;
+use crate::engine::render as response;
 
 /// The pool every subject joins, the one the original's clients ask for.
 /// It exists even while empty, so a new database answers it with no rows.

@@ -23,12 +23,12 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::blob;
-use crate::catalog::{Catalog, LISTING_POOL};
-use crate::dates;
-use crate::error::ApiError;
-use crate::request::{parse_object, valid_subject};
-use crate::store::StoreError;
+use crate::engine::request::{parse_object, valid_subject};
+use crate::model::catalog::{Catalog, LISTING_POOL};
+use crate::model::dates;
+use crate::server::error::ApiError;
+use crate::storage::blob;
+use crate::storage::store::StoreError;
 
 pub const MAX_ROWS: usize = 10_000;
 /// The pool every subject belongs to.

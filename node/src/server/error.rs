@@ -4,7 +4,7 @@
 //! envelope with the status from [`ApiError::status`]. Every message says
 //! what was wrong and, for bad input, with which field.
 
-use crate::store::StoreError;
+use crate::storage::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -74,11 +74,11 @@ impl ApiError {
     }
 }
 
-impl From<crate::pool::PoolError> for ApiError {
-    fn from(e: crate::pool::PoolError) -> Self {
+impl From<crate::storage::pool::PoolError> for ApiError {
+    fn from(e: crate::storage::pool::PoolError) -> Self {
         match e {
-            crate::pool::PoolError::Gone => ApiError::Unavailable(e.to_string()),
-            crate::pool::PoolError::Panicked(_) => ApiError::Internal(e.to_string()),
+            crate::storage::pool::PoolError::Gone => ApiError::Unavailable(e.to_string()),
+            crate::storage::pool::PoolError::Panicked(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

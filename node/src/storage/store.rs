@@ -24,11 +24,11 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use crate::blob;
-use crate::catalog::{Catalog, Indicator, SubjectInfo};
-use crate::pool::WorkerPool;
-use crate::series::{Report, Series};
-use crate::write::{self, Applied, Batch};
+use crate::model::catalog::{Catalog, Indicator, SubjectInfo};
+use crate::model::series::{Report, Series};
+use crate::storage::blob;
+use crate::storage::pool::WorkerPool;
+use crate::storage::write::{self, Applied, Batch};
 
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -97,7 +97,7 @@ pub enum StoreError {
     #[error("database {path}: {reason}")]
     Open { path: PathBuf, reason: String },
     #[error("database thread: {0}")]
-    Worker(#[from] crate::pool::PoolError),
+    Worker(#[from] crate::storage::pool::PoolError),
     #[error("replication out of order: at version {have}, change {got} arrived")]
     OutOfOrder { have: u64, got: u64 },
     #[error("{0}")]
@@ -687,7 +687,7 @@ impl ImageStream {
     }
 }
 
-impl crate::http::BodyStream for ImageStream {
+impl crate::server::http::BodyStream for ImageStream {
     fn len(&self) -> u64 {
         self.len
     }

@@ -33,14 +33,14 @@ use may::sync::mpsc;
 
 use arc_swap::ArcSwap;
 
-use crate::cache::{DataCache, Route};
-use crate::catalog::{Catalog, SubjectInfo};
-use crate::error::ApiError;
-use crate::pool::WorkerPool;
-use crate::request::{PeriodQuery, SnapshotQuery, SortKey};
-use crate::response;
-use crate::series::{Report, Series};
-use crate::store::{self, ReadPool, StoreError};
+use crate::engine::cache::{DataCache, Route};
+use crate::engine::render as response;
+use crate::engine::request::{PeriodQuery, SnapshotQuery, SortKey};
+use crate::model::catalog::{Catalog, SubjectInfo};
+use crate::model::series::{Report, Series};
+use crate::server::error::ApiError;
+use crate::storage::pool::WorkerPool;
+use crate::storage::store::{self, ReadPool, StoreError};
 
 /// Questions over more subjects than this are answered on the compute pool.
 const HEAVY_SUBJECTS: usize = 64;
@@ -452,7 +452,7 @@ impl QueryEngine {
             // closed channel means the pool is gone.
             let done = job
                 .recv()
-                .map_err(|_| StoreError::Worker(crate::pool::PoolError::Gone))?;
+                .map_err(|_| StoreError::Worker(crate::storage::pool::PoolError::Gone))?;
             out.extend(done??);
         }
         Ok(out)

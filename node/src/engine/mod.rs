@@ -1,0 +1,6 @@
+//! Engine: request parsing, queries, rendering, the cache.
+pub mod cache;
+pub mod preload;
+pub mod query;
+pub mod render;
+pub mod request;

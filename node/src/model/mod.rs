@@ -1,0 +1,4 @@
+//! Model: what the data is — the catalog, a subject's series, dates.
+pub mod catalog;
+pub mod dates;
+pub mod series;
