@@ -16,6 +16,7 @@ mod config;
 mod engine;
 mod gendata;
 mod import;
+mod json;
 mod model;
 mod replication;
 mod server;
@@ -40,6 +41,7 @@ use crate::server::{http, metrics};
 use crate::storage::pool::WorkerPool;
 use crate::storage::state::DataState;
 use crate::storage::store::{DataVersion, Store};
+use crate::storage::writer::Writer;
 use crate::storage::{dump, store};
 
 /// Coroutine stack, in words (may's unit): 256 KiB, room for serde_json's
@@ -387,6 +389,7 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
     state.dataset_id.store(version.dataset_id, Ordering::Release);
     state.total_records.store(total_records as i64, Ordering::Release);
     let engine = Arc::new(query::QueryEngine::new(catalog, cache.clone(), readers, compute));
+    let writer = Writer::new(writer, state.clone(), engine.clone());
     let preloader = cfg.preload.then(|| preload::Preloader::new(engine.clone()));
     let api = Arc::new(Api {
         engine: engine.clone(),
@@ -422,7 +425,6 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
             fallback: cfg.master.clone(),
         };
         replication::Follower {
-            engine,
             state: state.clone(),
             writer,
             locator,
@@ -445,9 +447,8 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
             std::thread::Builder::new()
                 .name("register".into())
                 .spawn(move || {
-                    while !state.is_ready() {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
+                    // Woken by `set_ready` (a slave: after its first sync).
+                    state.wait_ready();
                     if let Ok(mut slot) = slot.lock() {
                         *slot = Some(Registration::spawn(&handle, etcd, &name, info));
                     }
@@ -490,7 +491,7 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
     };
     // A master serves at once; a slave once it has caught up (replication.rs).
     if cfg.mode == Mode::Master {
-        state.ready.store(true, Ordering::Release);
+        state.set_ready(true);
     }
     tracing::info!(
         "kamaitachi-node {} listening on {addr} (db {}, data version {}, cache max {} bytes)",
@@ -604,7 +605,7 @@ fn spawn_signal_thread(
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
                 tracing::info!("signal {sig}: stopping");
-                api.state.ready.store(false, Ordering::Release);
+                api.state.set_ready(false);
                 if let Some(reg) = registration.lock().ok().and_then(|mut r| r.take()) {
                     // Leave the registry at once rather than after the lease.
                     reg.shutdown_blocking(Duration::from_secs(2));

@@ -25,7 +25,7 @@
 //! from SQLite (`/metrics`: `kamaitachi_store_loads_total`).
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -34,13 +34,15 @@ use may::sync::mpsc;
 use arc_swap::ArcSwap;
 
 use crate::engine::cache::{DataCache, Route};
-use crate::engine::render as response;
+use crate::engine::error::EngineError;
+use crate::engine::render;
 use crate::engine::request::{PeriodQuery, SnapshotQuery, SortKey};
+use crate::json;
 use crate::model::catalog::{Catalog, SubjectInfo};
 use crate::model::series::{Report, Series};
-use crate::server::error::ApiError;
 use crate::storage::pool::WorkerPool;
 use crate::storage::store::{self, ReadPool, StoreError};
+use crate::storage::writer::Publish;
 
 /// Questions over more subjects than this are answered on the compute pool.
 const HEAVY_SUBJECTS: usize = 64;
@@ -166,7 +168,7 @@ impl QueryEngine {
     }
 
     /// `POST …/snapshot`: the full response body.
-    pub fn snapshot(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, ApiError> {
+    pub fn snapshot(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, EngineError> {
         let e0 = self.epoch();
         if let Some(hit) = self.cache.response(Route::Snapshot, e0, body) {
             self.cache.record_hit();
@@ -180,7 +182,7 @@ impl QueryEngine {
             return self
                 .compute
                 .call(move |_| engine.answer_snapshot(e0, &q, &body, &catalog))
-                .map_err(ApiError::from)?;
+                .map_err(EngineError::from)?;
         }
         self.answer_snapshot(e0, &q, body, &catalog)
     }
@@ -191,7 +193,7 @@ impl QueryEngine {
         q: &SnapshotQuery,
         body: &[u8],
         catalog: &Catalog,
-    ) -> Result<Arc<[u8]>, ApiError> {
+    ) -> Result<Arc<[u8]>, EngineError> {
         let series = self.series_for(e0, &q.subjects, Need::LatestAt(q.as_of), catalog)?;
 
         let key = |r: Option<&Report>| -> Option<f64> {
@@ -217,16 +219,16 @@ impl QueryEngine {
 
         let page = rows.iter().skip(q.offset).take(q.limit);
         let mut buf = Vec::with_capacity(256 + q.limit.min(rows.len()) * 256);
-        response::begin_envelope(&mut buf, 0, &response::success_msg(&q.unknown));
+        json::begin_envelope(&mut buf, 0, &render::success_msg(&q.unknown));
         buf.push(b'[');
         for (n, (info, report, _)) in page.enumerate() {
             if n > 0 {
                 buf.push(b',');
             }
-            response::push_snapshot_row(&mut buf, info, &q.ids, *report);
+            render::push_snapshot_row(&mut buf, info, &q.ids, *report);
         }
         buf.push(b']');
-        response::end_envelope(&mut buf);
+        json::end_envelope(&mut buf);
         let bytes: Arc<[u8]> = buf.into();
         self.cache
             .insert_response(Route::Snapshot, e0, body, bytes.clone());
@@ -234,7 +236,7 @@ impl QueryEngine {
     }
 
     /// `POST …/period`: the full response body.
-    pub fn period(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, ApiError> {
+    pub fn period(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, EngineError> {
         let e0 = self.epoch();
         if let Some(hit) = self.cache.response(Route::Period, e0, body) {
             self.cache.record_hit();
@@ -248,7 +250,7 @@ impl QueryEngine {
             return self
                 .compute
                 .call(move |_| engine.answer_period(e0, &q, &body, &catalog))
-                .map_err(ApiError::from)?;
+                .map_err(EngineError::from)?;
         }
         self.answer_period(e0, &q, body, &catalog)
     }
@@ -259,19 +261,19 @@ impl QueryEngine {
         q: &PeriodQuery,
         body: &[u8],
         catalog: &Catalog,
-    ) -> Result<Arc<[u8]>, ApiError> {
+    ) -> Result<Arc<[u8]>, EngineError> {
         let series = self.series_for(e0, &q.subjects, Need::Range(q.from, q.to), catalog)?;
         let mut buf = Vec::with_capacity(256 + q.subjects.len() * 1024);
-        response::begin_envelope(&mut buf, 0, &response::success_msg(&q.unknown));
+        json::begin_envelope(&mut buf, 0, &render::success_msg(&q.unknown));
         buf.push(b'[');
         for (n, (info, s)) in q.subjects.iter().zip(series.iter()).enumerate() {
             if n > 0 {
                 buf.push(b',');
             }
-            response::push_period_entry(&mut buf, info, &q.ids, s.range(q.from, q.to));
+            render::push_period_entry(&mut buf, info, &q.ids, s.range(q.from, q.to));
         }
         buf.push(b']');
-        response::end_envelope(&mut buf);
+        json::end_envelope(&mut buf);
         let bytes: Arc<[u8]> = buf.into();
         self.cache.insert_response(Route::Period, e0, body, bytes.clone());
         Ok(bytes)
@@ -285,7 +287,7 @@ impl QueryEngine {
         subjects: &[Arc<SubjectInfo>],
         need: Need,
         catalog: &Catalog,
-    ) -> Result<Vec<Arc<Series>>, ApiError> {
+    ) -> Result<Vec<Arc<Series>>, EngineError> {
         let width = catalog.value_width();
         if !self.cache.enabled() {
             self.cache.record_miss();
@@ -325,7 +327,7 @@ impl QueryEngine {
 
     /// Loads into the cache those of `names` it does not hold (the
     /// preloader's entry point); returns how many it read.
-    pub fn warm(&self, names: &[Arc<str>]) -> Result<usize, ApiError> {
+    pub fn warm(&self, names: &[Arc<str>]) -> Result<usize, EngineError> {
         let e0 = self.epoch();
         let missing: Vec<Arc<str>> = names
             .iter()
@@ -343,7 +345,7 @@ impl QueryEngine {
     /// The series of `names` (none of them cached when the caller looked),
     /// each read once however many requests ask for it at the same time,
     /// and cached.
-    fn load(&self, e0: u64, names: Vec<Arc<str>>, width: usize) -> Result<Vec<Arc<Series>>, ApiError> {
+    fn load(&self, e0: u64, names: Vec<Arc<str>>, width: usize) -> Result<Vec<Arc<Series>>, EngineError> {
         let mut slots = Vec::with_capacity(names.len());
         {
             let mut map = self.inflight();
@@ -497,6 +499,18 @@ impl Drop for Flights<'_> {
         for name in self.led.drain(..) {
             map.remove(&name);
         }
+    }
+}
+
+/// The writer publishes every committed change here, on its thread and in
+/// commit order (`storage/writer.rs`).
+impl Publish for QueryEngine {
+    fn after_write(&self, touched: BTreeSet<String>, catalog: Option<Catalog>) {
+        QueryEngine::after_write(self, touched, catalog);
+    }
+
+    fn after_restore(&self, catalog: Catalog) {
+        QueryEngine::after_restore(self, catalog);
     }
 }
 

@@ -4,6 +4,7 @@
 //! envelope with the status from [`ApiError::status`]. Every message says
 //! what was wrong and, for bad input, with which field.
 
+use crate::engine::error::EngineError;
 use crate::storage::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -86,5 +87,17 @@ impl From<crate::storage::pool::PoolError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::BadField { field, reason } => ApiError::BadField { field, reason },
+            EngineError::BadRecord { field, reason } => ApiError::BadRecord { field, reason },
+            EngineError::BadRequest(m) => ApiError::BadRequest(m),
+            EngineError::Pool(e) => ApiError::from(e),
+            EngineError::Store(e) => ApiError::from(e),
+        }
     }
 }

@@ -2,4 +2,5 @@
 pub mod api;
 pub mod error;
 pub mod http;
+pub mod image_stream;
 pub mod metrics;

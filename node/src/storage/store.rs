@@ -24,11 +24,12 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use crate::model::batch::{Applied, Batch};
 use crate::model::catalog::{Catalog, Indicator, SubjectInfo};
 use crate::model::series::{Report, Series};
+use crate::storage::apply;
 use crate::storage::blob;
 use crate::storage::pool::WorkerPool;
-use crate::storage::write::{self, Applied, Batch};
 
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -402,7 +403,7 @@ impl Store {
         let current = self.data_version()?.version;
         let seq = current + 1;
         let tx = self.write_transaction()?;
-        let applied = write::apply(&tx, batch, true)?;
+        let applied = apply::apply(&tx, batch, true)?;
         for row in &batch.upserts {
             // Inside the open transaction: a panic here must roll it back.
             injected_panic(&row.subject);
@@ -458,7 +459,7 @@ impl Store {
         if seq != have + 1 {
             return Err(StoreError::OutOfOrder { have, got: seq });
         }
-        let applied = write::apply(&tx, batch, false)?;
+        let applied = apply::apply(&tx, batch, false)?;
         match digest {
             Some(d) => set_meta(&tx, "log_digest", d)?,
             None => {
@@ -661,59 +662,6 @@ pub fn file_crc(path: &Path, mut also: impl FnMut(&[u8])) -> Result<(u64, u32), 
         hasher.update(&buf[..n]);
         also(&buf[..n]);
         len += n as u64;
-    }
-}
-
-/// A database image streamed from its temporary file, chunk by chunk; each
-/// chunk is read on a pool thread (file I/O must not block a coroutine's
-/// worker). The file is removed when the stream is dropped.
-pub struct ImageStream {
-    file: std::sync::Arc<std::fs::File>,
-    path: PathBuf,
-    len: u64,
-    offset: u64,
-    pool: ReadPool,
-}
-
-impl ImageStream {
-    pub fn new(file: std::fs::File, path: PathBuf, len: u64, pool: ReadPool) -> Self {
-        ImageStream {
-            file: std::sync::Arc::new(file),
-            path,
-            len,
-            offset: 0,
-            pool,
-        }
-    }
-}
-
-impl crate::server::http::BodyStream for ImageStream {
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    fn next_chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
-        use std::os::unix::fs::FileExt;
-        if self.offset >= self.len {
-            return Ok(None);
-        }
-        let n = (self.len - self.offset).min(IMAGE_CHUNK as u64) as usize;
-        let (file, at) = (self.file.clone(), self.offset);
-        let chunk = self
-            .pool
-            .call(move |_| {
-                let mut buf = vec![0u8; n];
-                file.read_exact_at(&mut buf, at).map(|()| buf)
-            })
-            .map_err(std::io::Error::other)??;
-        self.offset += n as u64;
-        Ok(Some(chunk))
-    }
-}
-
-impl Drop for ImageStream {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
