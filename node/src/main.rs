@@ -4,8 +4,21 @@
 //! the signal thread (plain OS threads, created before any coroutine so may's
 //! core pinning does not catch them); load the catalog; warm the cache from
 //! its dump if the dump is intact and current; listen. A request then flows
-//! `http.rs` (framing, limits) → `api.rs` (route) → `query.rs` (cache, then
-//! SQLite via `store.rs`) → `response.rs` (bytes).
+//! `server/http.rs` (framing, limits) → `server/api.rs` (route) →
+//! `engine/query.rs` (cache, then SQLite via `storage/store.rs`) →
+//! `engine/render.rs` + `json.rs` (bytes).
+//!
+//! The modules form layers whose imports point one way, down (checked by
+//! `tests/layers.rs`):
+//!
+//! ```text
+//! app      main.rs, config.rs, replication.rs, backup.rs, import.rs, gendata.rs
+//! server   server/   http framing, api routing, the one ApiError, metrics
+//! engine   engine/   request parsing, query, render, cache, preload
+//! storage  storage/  store, the one writer, apply, blob, pools, data state
+//! model    model/    catalog, series, batch types, dates
+//! json     json.rs   the leaf JSON writer
+//! ```
 //!
 //! Stop (SIGINT/SIGTERM): the node reports unready, leaves the registry,
 //! stops accepting, lets the requests in progress finish (bounded), writes

@@ -4,9 +4,14 @@
 //! 1. the response cache, keyed by the exact body — a hit is a copy of bytes;
 //! 2. parse and validate against the catalog (`request.rs`);
 //! 3. each subject's [`Series`] from the cache, or — for the ones missing —
-//!    from SQLite (`store.rs`: one `subject_blob` read each), then cached;
-//!    with the cache disabled, only the reports the question needs are read;
-//! 4. select, sort, page and render (`response.rs`), and cache the bytes.
+//!    from SQLite (`storage/store.rs`: one `subject_blob` read each), then
+//!    cached; with the cache disabled, only the reports the question needs
+//!    are read;
+//! 4. select, sort, page and render (`render.rs`), and cache the bytes.
+//!
+//! Snapshot and period go through the same steps; what differs between
+//! them (route, parser, renderer) is the [`Question`] trait, so the path is
+//! written once (`serve`).
 //!
 //! Steps 3–4 for a question over many subjects (a topic pool) take
 //! milliseconds of CPU; they run on the compute pool rather than on the
@@ -169,31 +174,50 @@ impl QueryEngine {
 
     /// `POST …/snapshot`: the full response body.
     pub fn snapshot(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, EngineError> {
+        self.serve::<SnapshotQuery>(body)
+    }
+
+    /// `POST …/period`: the full response body.
+    pub fn period(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, EngineError> {
+        self.serve::<PeriodQuery>(body)
+    }
+
+    /// Steps 1–4 of the module comment for either kind of question: the
+    /// cached answer if there is one (no parse, no lock, no allocation
+    /// beyond the cache's own lookup), else parse, answer — on the compute
+    /// pool when the question is heavy — and cache the bytes.
+    fn serve<Q: Question>(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, EngineError> {
         let e0 = self.epoch();
-        if let Some(hit) = self.cache.response(Route::Snapshot, e0, body) {
+        if let Some(hit) = self.cache.response(Q::ROUTE, e0, body) {
             self.cache.record_hit();
             return Ok(hit);
         }
         let catalog = self.catalog.load_full();
-        let q = SnapshotQuery::parse(body, &catalog)?;
-        if q.subjects.len() > HEAVY_SUBJECTS {
+        let q = Q::parse(body, &catalog)?;
+        if q.subject_count() > HEAVY_SUBJECTS {
             let engine = self.clone();
             let body = body.to_vec();
             return self
                 .compute
-                .call(move |_| engine.answer_snapshot(e0, &q, &body, &catalog))
+                .call(move |_| engine.answer(e0, &q, &body, &catalog))
                 .map_err(EngineError::from)?;
         }
-        self.answer_snapshot(e0, &q, body, &catalog)
+        self.answer(e0, &q, body, &catalog)
     }
 
-    fn answer_snapshot(
+    fn answer<Q: Question>(
         &self,
         e0: u64,
-        q: &SnapshotQuery,
+        q: &Q,
         body: &[u8],
         catalog: &Catalog,
     ) -> Result<Arc<[u8]>, EngineError> {
+        let bytes: Arc<[u8]> = q.render(self, e0, catalog)?.into();
+        self.cache.insert_response(Q::ROUTE, e0, body, bytes.clone());
+        Ok(bytes)
+    }
+
+    fn render_snapshot(&self, e0: u64, q: &SnapshotQuery, catalog: &Catalog) -> Result<Vec<u8>, EngineError> {
         let series = self.series_for(e0, &q.subjects, Need::LatestAt(q.as_of), catalog)?;
 
         let key = |r: Option<&Report>| -> Option<f64> {
@@ -229,39 +253,10 @@ impl QueryEngine {
         }
         buf.push(b']');
         json::end_envelope(&mut buf);
-        let bytes: Arc<[u8]> = buf.into();
-        self.cache
-            .insert_response(Route::Snapshot, e0, body, bytes.clone());
-        Ok(bytes)
+        Ok(buf)
     }
 
-    /// `POST …/period`: the full response body.
-    pub fn period(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, EngineError> {
-        let e0 = self.epoch();
-        if let Some(hit) = self.cache.response(Route::Period, e0, body) {
-            self.cache.record_hit();
-            return Ok(hit);
-        }
-        let catalog = self.catalog.load_full();
-        let q = PeriodQuery::parse(body, &catalog)?;
-        if q.subjects.len() > HEAVY_SUBJECTS {
-            let engine = self.clone();
-            let body = body.to_vec();
-            return self
-                .compute
-                .call(move |_| engine.answer_period(e0, &q, &body, &catalog))
-                .map_err(EngineError::from)?;
-        }
-        self.answer_period(e0, &q, body, &catalog)
-    }
-
-    fn answer_period(
-        &self,
-        e0: u64,
-        q: &PeriodQuery,
-        body: &[u8],
-        catalog: &Catalog,
-    ) -> Result<Arc<[u8]>, EngineError> {
+    fn render_period(&self, e0: u64, q: &PeriodQuery, catalog: &Catalog) -> Result<Vec<u8>, EngineError> {
         let series = self.series_for(e0, &q.subjects, Need::Range(q.from, q.to), catalog)?;
         let mut buf = Vec::with_capacity(256 + q.subjects.len() * 1024);
         json::begin_envelope(&mut buf, 0, &render::success_msg(&q.unknown));
@@ -274,9 +269,7 @@ impl QueryEngine {
         }
         buf.push(b']');
         json::end_envelope(&mut buf);
-        let bytes: Arc<[u8]> = buf.into();
-        self.cache.insert_response(Route::Period, e0, body, bytes.clone());
-        Ok(bytes)
+        Ok(buf)
     }
 
     /// The series of every subject, in order: from the cache where present,
@@ -499,6 +492,50 @@ impl Drop for Flights<'_> {
         for name in self.led.drain(..) {
             map.remove(&name);
         }
+    }
+}
+
+/// A kind of question the engine answers (snapshot, period): what differs
+/// between them, so [`QueryEngine::serve`] is written once. Static dispatch:
+/// the cache-hit path is the same code it was for each route.
+trait Question: Sized + Send + 'static {
+    /// The response cache's route for this kind.
+    const ROUTE: Route;
+    fn parse(body: &[u8], catalog: &Catalog) -> Result<Self, EngineError>;
+    fn subject_count(&self) -> usize;
+    /// The whole response envelope.
+    fn render(&self, engine: &QueryEngine, e0: u64, catalog: &Catalog) -> Result<Vec<u8>, EngineError>;
+}
+
+impl Question for SnapshotQuery {
+    const ROUTE: Route = Route::Snapshot;
+
+    fn parse(body: &[u8], catalog: &Catalog) -> Result<Self, EngineError> {
+        SnapshotQuery::parse(body, catalog)
+    }
+
+    fn subject_count(&self) -> usize {
+        self.subjects.len()
+    }
+
+    fn render(&self, engine: &QueryEngine, e0: u64, catalog: &Catalog) -> Result<Vec<u8>, EngineError> {
+        engine.render_snapshot(e0, self, catalog)
+    }
+}
+
+impl Question for PeriodQuery {
+    const ROUTE: Route = Route::Period;
+
+    fn parse(body: &[u8], catalog: &Catalog) -> Result<Self, EngineError> {
+        PeriodQuery::parse(body, catalog)
+    }
+
+    fn subject_count(&self) -> usize {
+        self.subjects.len()
+    }
+
+    fn render(&self, engine: &QueryEngine, e0: u64, catalog: &Catalog) -> Result<Vec<u8>, EngineError> {
+        engine.render_period(e0, self, catalog)
     }
 }
 

@@ -6,7 +6,7 @@
 //! | `POST /kamaitachi/api/data/v1/period` | [`QueryEngine::period`] |
 //! | `GET /kamaitachi/api/data/v1/stats` | counts, cache, replication |
 //! | `POST /kamaitachi/api/data/v1/cache/reset` | admin: empty the cache |
-//! | `POST /kamaitachi/api/data/v1/ingest` | admin, master: upsert rows (`write.rs`) |
+//! | `POST /kamaitachi/api/data/v1/ingest` | admin, master: upsert rows (`engine/write_request.rs`, `storage/writer.rs`) |
 //! | `POST /kamaitachi/api/data/v1/delete` | admin, master: delete rows |
 //! | `GET /kamaitachi/api/data/v1/replication/changes` | cluster MAC: change feed (`replication.rs`) |
 //! | `GET /kamaitachi/api/data/v1/replication/image` | cluster MAC: database image |

@@ -3,6 +3,11 @@
 //! Handlers return [`ApiError`]; `api.rs` renders it as the contract's JSON
 //! envelope with the status from [`ApiError::status`]. Every message says
 //! what was wrong and, for bad input, with which field.
+//!
+//! Each lower layer has its own error (`EngineError`, `StoreError`,
+//! `PoolError`); the `From` impls at the end of this file are the only
+//! place they become an `ApiError`, so a status is decided here and nowhere
+//! else.
 
 use crate::engine::error::EngineError;
 use crate::storage::store::StoreError;

@@ -10,10 +10,13 @@
 //! of the version or of readiness wakes the waiters. A waiter registers a
 //! one-shot `may::sync::mpsc` channel and blocks on it: in a coroutine that
 //! parks the coroutine, not its worker thread (PITFALLS: may), and a plain
-//! thread (the registration thread) can wait the same way. may's own
-//! `Condvar::wait_timeout` was tried first and never returned inside a
-//! coroutine (see the `a_coroutine_wait_is_bounded` test), so it is not
-//! used. The list's `std` mutex is held only to push, remove or take
+//! thread (the registration thread) can wait the same way. The bound on a
+//! wait is a timer coroutine (`may::coroutine::sleep`, then a send on the
+//! same channel), not a timed park: may's `Condvar::wait_timeout` and
+//! `mpsc::Receiver::recv_timeout` were both tried first and, inside a
+//! coroutine, did not come back (a 30 ms `wait_timeout` and a 1 ms
+//! `recv_timeout` each hung for over a minute in the tests below), while an untimed `recv` woken by a send is what the
+//! query engine's cold-load flights already rely on. The list's `std` mutex is held only to push, remove or take
 //! senders — never across a yield. A waiter registers and then checks again,
 //! so a change between its first check and its registration is not missed.
 //! Nothing on the cache-hit path touches any of this.
@@ -101,23 +104,37 @@ impl DataState {
             };
             let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = mpsc::channel();
+            if let Some(left) = left {
+                // The deadline is a second sender: a timer coroutine that
+                // sleeps (may's sleep parks it, not a thread) and then
+                // wakes this waiter. Not `recv_timeout`: see the module
+                // comment.
+                let timer = tx.clone();
+                // SAFETY: the coroutine owns what it captures (a sender and
+                // a duration), uses no thread-local state and holds no lock.
+                let spawned = unsafe {
+                    may::coroutine::Builder::new().spawn(move || {
+                        may::coroutine::sleep(left);
+                        let _ = timer.send(());
+                    })
+                };
+                if spawned.is_err() {
+                    // No timer, no bounded wait: answer now, as a zero wait
+                    // does; the caller asks again.
+                    return;
+                }
+            }
             self.waiters
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push((id, tx));
-            if done() {
-                self.forget_waiter(id);
-                return;
+            if !done() {
+                // Woken by a change or by the timer; the loop tells which.
+                let _ = rx.recv();
             }
-            let woken = match left {
-                None => rx.recv().is_ok(),
-                Some(left) => rx.recv_timeout(left).is_ok(),
-            };
-            if !woken {
-                // Timed out: take this waiter off the list, or waits that
-                // never see a change would pile up on an idle master.
-                self.forget_waiter(id);
-            }
+            // Off the list, or waits that never see a change would pile up
+            // on an idle master (a no-op when `notify` took it already).
+            self.forget_waiter(id);
         }
     }
 
@@ -197,6 +214,19 @@ mod tests {
             state.waiters.lock().is_ok_and(|w| w.is_empty()),
             "a timed-out waiter stays listed"
         );
+    }
+
+    #[test]
+    fn short_coroutine_waits_return() {
+        for ms in [1, 2, 3, 0] {
+            let state = Arc::new(DataState::default());
+            let waiter = state.clone();
+            // SAFETY: the coroutine touches only `Arc`-shared state and returns.
+            let h = unsafe {
+                may::coroutine::spawn(move || waiter.wait_applied_past(0, Duration::from_millis(ms)))
+            };
+            h.join().expect("coroutine");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! report_date, indicator)` holds one row per non-null value, so the indicator
 //! set is data (`indicators`), not columns. `meta` carries the dataset id and
 //! the data version a cache dump is checked against. `changelog` holds the
-//! master's recent writes, by sequence, for the slaves (see `write.rs`,
+//! master's recent writes, by sequence, for the slaves (see `writer.rs`,
 //! `replication.rs`); the data version is the sequence of the last write.
 //! `subject_blob` holds each subject's whole series packed in one row, kept
 //! equal to the normalized rows by the writer (`blob.rs`), so a cold load of
