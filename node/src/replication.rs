@@ -29,8 +29,9 @@ use cluster::Discovery;
 use serde::Deserialize;
 
 use crate::model::batch::Batch;
+use crate::storage::error::StoreError;
 use crate::storage::state::DataState;
-use crate::storage::store::{self, StoreError};
+use crate::storage::store;
 use crate::storage::writer::Writer;
 
 pub const API: &str = "/kamaitachi/api/data/v1/replication";

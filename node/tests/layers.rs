@@ -11,10 +11,13 @@
 //!
 //! This test reads every file under `node/src`, assigns it to its layer by
 //! its path, and fails on any `crate::…` path that names a module of a
-//! higher layer. It reads source text rather than asking the compiler
+//! higher layer. A second test fails on any import cycle between files,
+//! within a layer too (unit tests, after `#[cfg(test)]`, are left out:
+//! a test may use whatever it needs). It reads source text rather than asking the compiler
 //! because the rule is about the shape of the code, and a text scan is
 //! enough: every import in the node is written as a `crate::` path.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Layer of a module, by the first segment of its path under `src`.
@@ -100,5 +103,90 @@ fn imports_point_down_the_layers() {
         wrong.is_empty(),
         "imports pointing up the layers:\n{}",
         wrong.join("\n")
+    );
+}
+
+/// `storage/store.rs` → `storage::store`; `json.rs` → `json`.
+fn module_name(rel: &Path) -> String {
+    let s = rel.to_string_lossy().trim_end_matches(".rs").replace('/', "::");
+    s.strip_suffix("::mod").map(str::to_string).unwrap_or(s)
+}
+
+#[test]
+fn no_module_imports_form_a_cycle() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut text = BTreeMap::new();
+    for file in &files {
+        let rel = file.strip_prefix(&src).expect("file under src");
+        let body = std::fs::read_to_string(file).expect("source file");
+        let code = body.split("#[cfg(test)]").next().unwrap_or("").to_string();
+        text.insert(module_name(rel), code);
+    }
+    let known: BTreeSet<String> = text.keys().cloned().collect();
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (module, code) in &text {
+        let targets = edges.entry(module.clone()).or_default();
+        for line in code.lines() {
+            let code = line.split("//").next().unwrap_or("");
+            let mut rest = code;
+            while let Some(at) = rest.find("crate::") {
+                let after = &rest[at + "crate::".len()..];
+                let path: String = after
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+                    .collect();
+                let segs: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
+                // The longest known module the path starts with.
+                let target = (1..=segs.len())
+                    .rev()
+                    .map(|n| segs[..n].join("::"))
+                    .find(|m| known.contains(m));
+                if let Some(t) = target.filter(|t| t != module) {
+                    targets.insert(t);
+                }
+                rest = after;
+            }
+        }
+    }
+    // Depth-first search; a module met again while still on the path
+    // closes a cycle.
+    fn visit(
+        m: &str,
+        edges: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|p| p == m) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(m.to_string());
+            return Some(cycle);
+        }
+        if done.contains(m) {
+            return None;
+        }
+        path.push(m.to_string());
+        for next in edges.get(m).into_iter().flatten() {
+            if let Some(cycle) = visit(next, edges, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(m.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    for m in edges.keys() {
+        if let Some(cycle) = visit(m, &edges, &mut Vec::new(), &mut done) {
+            panic!("import cycle: {}", cycle.join(" → "));
+        }
+    }
+    // The scan sees imports at all (a known edge), or the test proves nothing.
+    assert!(
+        edges
+            .get("storage::store")
+            .is_some_and(|t| t.contains("storage::apply")),
+        "the scan found no storage::store → storage::apply import"
     );
 }

@@ -7,8 +7,8 @@
 //! place that mapping lives. The messages here are the ones clients see, so
 //! they keep the wording they had when the engine returned `ApiError`.
 
+use crate::storage::error::StoreError;
 use crate::storage::pool::PoolError;
-use crate::storage::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -45,8 +45,9 @@ use crate::engine::request::{PeriodQuery, SnapshotQuery, SortKey};
 use crate::json;
 use crate::model::catalog::{Catalog, SubjectInfo};
 use crate::model::series::{Report, Series};
+use crate::storage::error::StoreError;
 use crate::storage::pool::WorkerPool;
-use crate::storage::store::{self, ReadPool, StoreError};
+use crate::storage::store::{self, ReadPool};
 use crate::storage::writer::Publish;
 
 /// Questions over more subjects than this are answered on the compute pool.

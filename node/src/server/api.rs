@@ -30,8 +30,9 @@ use crate::server::error::ApiError;
 use crate::server::http::{Body, Request, Response, Service};
 use crate::server::image_stream::ImageStream;
 use crate::server::metrics::{Metrics, RouteLabel};
+use crate::storage::error::StoreError;
 use crate::storage::state::DataState;
-use crate::storage::store::{self, StoreError};
+use crate::storage::store;
 use crate::storage::writer::Writer;
 
 const PREFIX: &str = "/kamaitachi/api/data/v1";

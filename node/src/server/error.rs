@@ -10,7 +10,7 @@
 //! else.
 
 use crate::engine::error::EngineError;
-use crate::storage::store::StoreError;
+use crate::storage::error::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -16,7 +16,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use crate::model::batch::{Applied, Batch};
 use crate::model::catalog::LISTING_POOL;
 use crate::storage::blob;
-use crate::storage::store::StoreError;
+use crate::storage::error::StoreError;
 
 /// Applies `batch` in the open transaction. On the master, call with
 /// `assign_ids` so new indicators get their ids (recorded in the batch for

@@ -13,6 +13,7 @@ pub mod apply;
 pub mod blob;
 pub mod db_file;
 pub mod dump;
+pub mod error;
 pub mod pool;
 pub mod state;
 pub mod store;

@@ -29,6 +29,7 @@ use crate::model::catalog::{Catalog, Indicator, SubjectInfo};
 use crate::model::series::{Report, Series};
 use crate::storage::apply;
 use crate::storage::blob;
+use crate::storage::error::StoreError;
 use crate::storage::pool::WorkerPool;
 
 pub const SCHEMA_VERSION: i64 = 1;
@@ -90,20 +91,6 @@ CREATE TABLE IF NOT EXISTS subject_blob (
     data    BLOB NOT NULL
 );
 ";
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("database {path}: {reason}")]
-    Open { path: PathBuf, reason: String },
-    #[error("database thread: {0}")]
-    Worker(#[from] crate::storage::pool::PoolError),
-    #[error("replication out of order: at version {have}, change {got} arrived")]
-    OutOfOrder { have: u64, got: u64 },
-    #[error("{0}")]
-    BadImage(String),
-}
 
 /// Whether `path` is a KamaitachiGo database (its `finance_data` table, none
 /// of ours): opening it for writing would add this schema to the

@@ -21,8 +21,9 @@ use std::sync::Arc;
 
 use crate::model::batch::{Applied, Batch};
 use crate::model::catalog::Catalog;
+use crate::storage::error::StoreError;
 use crate::storage::state::DataState;
-use crate::storage::store::{Store, StoreError, WritePool};
+use crate::storage::store::{Store, WritePool};
 
 /// What sits on top of the data and must follow every change (the query
 /// engine: its cache and catalog). Called on the writer thread, in commit
