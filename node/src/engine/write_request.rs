@@ -10,7 +10,10 @@
 //! declared in the batch's `indicators` list, and gets its id on the master.
 //!
 //! The batch type itself is model (`model/batch.rs`); this is input
-//! validation, so it returns the engine's [`EngineError`].
+//! validation, so it returns the engine's [`EngineError`]. The parsers are
+//! an `impl Batch` block here — an inherent impl may live in any module of
+//! the crate — so callers still write `Batch::from_ingest`, and the model
+//! stays free of serde_json `Value` walking and of the engine's error.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
