@@ -4,13 +4,14 @@
 //! envelope with the status from [`ApiError::status`]. Every message says
 //! what was wrong and, for bad input, with which field.
 //!
-//! Lower layers keep their own error types and know nothing of statuses:
-//! each comes in through a `From` here (the connection loop's
-//! [`TransportError`] as [`ApiError::Transport`]), so [`ApiError::status`]
-//! is the only place a failure of any layer becomes an HTTP status.
+//! Each lower layer has its own error (the connection loop's
+//! `TransportError`, `EngineError`, `StoreError`, `PoolError`); the `From`
+//! impls are the only place they become an `ApiError`, so a status is
+//! decided here and nowhere else.
 
-use crate::http::TransportError;
-use crate::store::StoreError;
+use crate::engine::error::EngineError;
+use crate::server::http::TransportError;
+use crate::storage::error::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -80,11 +81,11 @@ impl ApiError {
     }
 }
 
-impl From<crate::pool::PoolError> for ApiError {
-    fn from(e: crate::pool::PoolError) -> Self {
+impl From<crate::storage::pool::PoolError> for ApiError {
+    fn from(e: crate::storage::pool::PoolError) -> Self {
         match e {
-            crate::pool::PoolError::Gone => ApiError::Unavailable(e.to_string()),
-            crate::pool::PoolError::Panicked(_) => ApiError::Internal(e.to_string()),
+            crate::storage::pool::PoolError::Gone => ApiError::Unavailable(e.to_string()),
+            crate::storage::pool::PoolError::Panicked(_) => ApiError::Internal(e.to_string()),
         }
     }
 }
@@ -92,5 +93,17 @@ impl From<crate::pool::PoolError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::BadField { field, reason } => ApiError::BadField { field, reason },
+            EngineError::BadRecord { field, reason } => ApiError::BadRecord { field, reason },
+            EngineError::BadRequest(m) => ApiError::BadRequest(m),
+            EngineError::Pool(e) => ApiError::from(e),
+            EngineError::Store(e) => ApiError::from(e),
+        }
     }
 }
