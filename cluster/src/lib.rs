@@ -7,8 +7,6 @@ pub mod config;
 pub mod logging;
 pub mod registry;
 pub mod request_id;
-#[cfg(feature = "testkit")]
-pub mod testkit;
 
 pub use config::{ConfigError, IniFile, Mode};
 pub use registry::{Discovery, EtcdConfig, Registration, ServiceEntry, ServiceInfo};

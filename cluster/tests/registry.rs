@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use cluster::testkit::{eventually, Etcd};
 use cluster::{Discovery, EtcdConfig, IniFile, Registration, ServiceInfo};
+use kamaitachi_testkit::{eventually, Etcd};
 
 fn config(etcd: &Etcd, ttl: i64) -> EtcdConfig {
     let ini = IniFile::parse(
@@ -297,8 +297,8 @@ fn tls_with_a_client_certificate() {
              openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 1 -extfile {name}.ext"
         ));
     }
-    let port = cluster::testkit::free_port();
-    let peer = cluster::testkit::free_port();
+    let port = kamaitachi_testkit::free_port();
+    let peer = kamaitachi_testkit::free_port();
     let client_url = format!("https://127.0.0.1:{port}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     struct Kill(std::process::Child);

@@ -1,6 +1,6 @@
 //! Gateway test harness: a real `kamaitachi-gateway` process on a free
 //! loopback port, stopped when dropped; nodes and etcd come from
-//! `cluster::testkit`.
+//! `kamaitachi_testkit`.
 #![allow(dead_code, unused_imports)]
 
 use std::io::{Read, Write};
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-pub use cluster::testkit::*;
+pub use kamaitachi_testkit::*;
 
 pub const GATEWAY: &str = env!("CARGO_BIN_EXE_kamaitachi-gateway");
 
@@ -95,7 +95,7 @@ impl Gateway {
         let config = dir.join("gateway.ini");
         let token = dir.join("admin.token");
         std::fs::write(&token, TOKEN).unwrap();
-        let secret = cluster::testkit::write_cluster_secret(&dir);
+        let secret = kamaitachi_testkit::write_cluster_secret(&dir);
         let ini = format!(
             "[server]\nport = {port}\nmode = gateway\nthreads = 2\n\
              [security]\nadmin_token_file = {}\ncluster_secret_file = {}\n{extra}",

@@ -20,12 +20,12 @@ pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789abcdef0123456789
 /// The headers a slave signs a replication GET of `target` (path and
 /// query) to the node `localhost:{port}` with.
 pub fn replication_headers(port: u16, target: &str) -> Vec<(&'static str, String)> {
-    let key = crate::auth::ClusterKey::from_secret(CLUSTER_SECRET.as_bytes());
+    let key = cluster::auth::ClusterKey::from_secret(CLUSTER_SECRET.as_bytes());
     let s = key.sign_request("repl-request", "GET", &format!("localhost:{port}"), target);
     vec![
-        (crate::auth::NONCE_HEADER, s.nonce),
-        (crate::auth::TIME_HEADER, s.time),
-        (crate::auth::PROOF_HEADER, s.mac),
+        (cluster::auth::NONCE_HEADER, s.nonce),
+        (cluster::auth::TIME_HEADER, s.time),
+        (cluster::auth::PROOF_HEADER, s.mac),
     ]
 }
 
