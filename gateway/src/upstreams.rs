@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use cluster::Discovery;
+use cluster::{Discovery, Role};
 use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::selection::Consistent;
 use pingora::lb::{Backend, LoadBalancer};
@@ -32,7 +32,7 @@ use crate::config::StaticUpstream;
 pub struct NodeState {
     /// As registered, e.g. `localhost:8081`.
     pub addr: String,
-    pub role: String,
+    pub role: Role,
     /// Milliseconds since the gateway started until which the node is
     /// ejected; 0 = not ejected.
     ejected_until: AtomicU64,
@@ -99,7 +99,11 @@ impl pingora::lb::health_check::HealthCheck for ProofHealthCheck {
         };
         let proven = self.key.verify(
             "health",
-            &[challenge.as_bytes(), identity.as_bytes(), state.role.as_bytes()],
+            &[
+                challenge.as_bytes(),
+                identity.as_bytes(),
+                state.role.as_str().as_bytes(),
+            ],
             &proof,
         );
         if proven {
@@ -223,16 +227,16 @@ impl NodeDiscovery {
     }
 
     /// `(addr, role, from the registry)`.
-    fn entries(&self) -> Vec<(String, String, bool)> {
-        let mut out: Vec<(String, String, bool)> = self
+    fn entries(&self) -> Vec<(String, Role, bool)> {
+        let mut out: Vec<(String, Role, bool)> = self
             .statics
             .iter()
-            .map(|s| (s.addr.clone(), s.role.clone(), false))
+            .map(|s| (s.addr.clone(), s.role, false))
             .collect();
         if let Some(d) = &self.discovery {
             for e in d.services().iter() {
                 out.retain(|(a, _, _)| a != &e.info.addr);
-                out.push((e.info.addr.clone(), e.info.role.clone(), true));
+                out.push((e.info.addr.clone(), e.info.role, true));
             }
         }
         out
@@ -262,7 +266,7 @@ impl ServiceDiscovery for NodeDiscovery {
                     .map(|sock| {
                         let state = Arc::new(NodeState {
                             addr: addr.clone(),
-                            role: role.clone(),
+                            role,
                             ejected_until: AtomicU64::new(0),
                             traffic: Traffic::default(),
                             proven: Default::default(),
@@ -297,7 +301,7 @@ pub struct NodeView {
     /// The resolved socket address the gateway connects to (the per-node
     /// metrics' label).
     pub socket: String,
-    pub role: String,
+    pub role: Role,
     pub healthy: bool,
     /// It proved it holds the cluster secret (last health check).
     pub proven: bool,
@@ -374,7 +378,7 @@ impl Upstreams {
         let all = self.lb.backends().get_backend();
         all.iter()
             .find(|b| {
-                Self::state(b).is_some_and(|s| s.role == "master")
+                Self::state(b).is_some_and(|s| s.role == Role::Master)
                     && self.usable(b, self.lb.backends().ready(b), tried)
             })
             .cloned()
@@ -404,26 +408,27 @@ impl Upstreams {
         }
     }
 
+    /// Every node known. Each backend carries its [`NodeState`]
+    /// ([`NodeDiscovery`] puts it there); one without would be no node of
+    /// ours and is not shown.
     pub fn nodes(&self) -> Vec<NodeView> {
         let now = self.now_ms();
         let all = self.lb.backends().get_backend();
         all.iter()
-            .map(|b| {
-                let state = Self::state(b);
-                NodeView {
-                    addr: state.map_or_else(|| b.addr.to_string(), |s| s.addr.clone()),
+            .filter_map(|b| {
+                let state = Self::state(b)?;
+                let proven = state.proven.load(Ordering::Relaxed);
+                Some(NodeView {
+                    addr: state.addr.clone(),
                     socket: b.addr.to_string(),
-                    role: state.map_or_else(|| "unknown".into(), |s| s.role.clone()),
-                    healthy: self.lb.backends().ready(b)
-                        && state.is_some_and(|s| s.proven.load(Ordering::Relaxed)),
-                    proven: state.is_some_and(|s| s.proven.load(Ordering::Relaxed)),
-                    identity: state
-                        .and_then(|s| s.identity.lock().ok().map(|i| i.clone()))
-                        .unwrap_or_default(),
-                    ejected: state.is_some_and(|s| s.ejected_until.load(Ordering::Relaxed) > now),
-                    answered: state.map_or(0, |s| s.traffic.answered()),
-                    p99_ms: state.and_then(|s| s.traffic.p99_ms()),
-                }
+                    role: state.role,
+                    healthy: self.lb.backends().ready(b) && proven,
+                    proven,
+                    identity: state.identity.lock().map(|i| i.clone()).unwrap_or_default(),
+                    ejected: state.ejected_until.load(Ordering::Relaxed) > now,
+                    answered: state.traffic.answered(),
+                    p99_ms: state.traffic.p99_ms(),
+                })
             })
             .collect()
     }
