@@ -1,8 +1,11 @@
 //! The set of data nodes the gateway can send to, and picking one.
 //!
-//! Nodes come from etcd (a [`Discovery`] task keeps the live set; pingora's
-//! load balancer polls [`NodeDiscovery::discover`], which returns that
-//! snapshot) plus an optional static list. pingora runs active health checks
+//! Nodes come from etcd (a [`Discovery`] task keeps the live set from a
+//! watch; on each change the discovery feed, `discovery_feed.rs`, makes
+//! pingora's load balancer call [`NodeDiscovery::discover`], which returns
+//! that snapshot) plus an optional static list. An address that does not
+//! resolve is left out and logged once per change of its entry, not on
+//! every rebuild. pingora runs active health checks
 //! (`GET /health`, 200 only); on top of that a node that fails a connect, times
 //! out or answers 5xx is ejected for `eject_for` (passive check), so it
 //! leaves the ring before the next active check notices.
@@ -11,7 +14,7 @@
 //! (master and slaves); a retry walks on to the next node of the ring,
 //! skipping the ones already tried. Writes go to the master.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -215,6 +218,9 @@ pub struct NodeDiscovery {
     statics: Vec<StaticUpstream>,
     /// addr string -> resolved address and shared state.
     known: Mutex<HashMap<String, (std::net::SocketAddr, Arc<NodeState>)>>,
+    /// The entries that did not resolve at the last rebuild (already
+    /// logged): `(addr, role, from the registry)`.
+    unresolved: Mutex<HashSet<(String, Role, bool)>>,
 }
 
 impl NodeDiscovery {
@@ -223,6 +229,7 @@ impl NodeDiscovery {
             discovery,
             statics,
             known: Mutex::new(HashMap::new()),
+            unresolved: Mutex::new(HashSet::new()),
         }
     }
 
@@ -251,6 +258,9 @@ impl ServiceDiscovery for NodeDiscovery {
         let Ok(mut known) = self.known.lock() else {
             return Ok((set, HashMap::new()));
         };
+        // Logged once per entry: again only after it resolved or changed.
+        let logged = self.unresolved.lock().map(|u| u.clone()).unwrap_or_default();
+        let mut unresolved = HashSet::new();
         for (addr, role, from_registry) in entries {
             let resolved = match known.get(&addr) {
                 Some((sock, state)) if state.role == role && state.from_registry == from_registry => {
@@ -279,7 +289,11 @@ impl ServiceDiscovery for NodeDiscovery {
                     }),
             };
             let Some((sock, state)) = resolved else {
-                tracing::warn!("node {addr} ignored: address does not resolve");
+                let entry = (addr, role, from_registry);
+                if !logged.contains(&entry) {
+                    tracing::warn!("node {} ignored: address does not resolve", entry.0);
+                }
+                unresolved.insert(entry);
                 continue;
             };
             let mut backend = Backend {
@@ -289,6 +303,10 @@ impl ServiceDiscovery for NodeDiscovery {
             };
             backend.ext.insert(NodeRef(state));
             set.insert(backend);
+        }
+        drop(known);
+        if let Ok(mut u) = self.unresolved.lock() {
+            *u = unresolved;
         }
         Ok((set, HashMap::new()))
     }
