@@ -70,3 +70,54 @@ impl BackgroundService for DiscoveryFeed {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashMap};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use pingora::lb::discovery::ServiceDiscovery;
+    use pingora::lb::{Backend, Backends};
+
+    use super::*;
+
+    /// Counts the rebuilds.
+    struct Counting(Arc<AtomicUsize>);
+
+    #[async_trait]
+    impl ServiceDiscovery for Counting {
+        async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok((BTreeSet::new(), HashMap::new()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_rebuilds_at_once_and_shutdown_stops_it() {
+        let rebuilds = Arc::new(AtomicUsize::new(0));
+        let lb = Arc::new(LoadBalancer::<Consistent>::from_backends(Backends::new(
+            Box::new(Counting(rebuilds.clone())),
+        )));
+        let (changes, rx) = watch::channel(0u64);
+        let (stop, shutdown) = watch::channel(false);
+        let feed = DiscoveryFeed {
+            lb,
+            changes: Some(rx),
+        };
+        let task = tokio::spawn(async move { feed.start(shutdown).await });
+        for n in 1..=3 {
+            changes.send_modify(|v| *v += 1);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            while rebuilds.load(Ordering::SeqCst) < n {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "change {n} not pushed well before the {SAFETY_NET_REFRESH:?} safety net"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let _ = stop.send(true);
+        let ended = tokio::time::timeout(Duration::from_secs(1), task).await;
+        assert!(ended.is_ok(), "the feed ignored shutdown");
+    }
+}

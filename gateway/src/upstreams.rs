@@ -218,9 +218,8 @@ pub struct NodeDiscovery {
     statics: Vec<StaticUpstream>,
     /// addr string -> resolved address and shared state.
     known: Mutex<HashMap<String, (std::net::SocketAddr, Arc<NodeState>)>>,
-    /// The entries that did not resolve at the last rebuild (already
-    /// logged): `(addr, role, from the registry)`.
-    unresolved: Mutex<HashSet<(String, Role, bool)>>,
+    /// The entries that did not resolve at the last rebuild.
+    unresolved: Mutex<Unresolved>,
 }
 
 impl NodeDiscovery {
@@ -229,13 +228,13 @@ impl NodeDiscovery {
             discovery,
             statics,
             known: Mutex::new(HashMap::new()),
-            unresolved: Mutex::new(HashSet::new()),
+            unresolved: Mutex::new(Unresolved::default()),
         }
     }
 
     /// `(addr, role, from the registry)`.
-    fn entries(&self) -> Vec<(String, Role, bool)> {
-        let mut out: Vec<(String, Role, bool)> = self
+    fn entries(&self) -> Vec<Entry> {
+        let mut out: Vec<Entry> = self
             .statics
             .iter()
             .map(|s| (s.addr.clone(), s.role, false))
@@ -258,8 +257,6 @@ impl ServiceDiscovery for NodeDiscovery {
         let Ok(mut known) = self.known.lock() else {
             return Ok((set, HashMap::new()));
         };
-        // Logged once per entry: again only after it resolved or changed.
-        let logged = self.unresolved.lock().map(|u| u.clone()).unwrap_or_default();
         let mut unresolved = HashSet::new();
         for (addr, role, from_registry) in entries {
             let resolved = match known.get(&addr) {
@@ -289,11 +286,7 @@ impl ServiceDiscovery for NodeDiscovery {
                     }),
             };
             let Some((sock, state)) = resolved else {
-                let entry = (addr, role, from_registry);
-                if !logged.contains(&entry) {
-                    tracing::warn!("node {} ignored: address does not resolve", entry.0);
-                }
-                unresolved.insert(entry);
+                unresolved.insert((addr, role, from_registry));
                 continue;
             };
             let mut backend = Backend {
@@ -306,9 +299,29 @@ impl ServiceDiscovery for NodeDiscovery {
         }
         drop(known);
         if let Ok(mut u) = self.unresolved.lock() {
-            *u = unresolved;
+            for (addr, _, _) in u.round(unresolved) {
+                tracing::warn!("node {addr} ignored: address does not resolve");
+            }
         }
         Ok((set, HashMap::new()))
+    }
+}
+
+/// A node list entry: `(addr, role, from the registry)`.
+type Entry = (String, Role, bool);
+
+/// The entries that did not resolve at the last rebuild, so each is logged
+/// once per change of it (again only after it resolved, left or changed),
+/// not on every rebuild.
+#[derive(Debug, Default)]
+struct Unresolved(HashSet<Entry>);
+
+impl Unresolved {
+    /// Takes this rebuild's unresolved entries; returns the ones to log.
+    fn round(&mut self, now: HashSet<Entry>) -> Vec<Entry> {
+        let fresh = now.iter().filter(|e| !self.0.contains(*e)).cloned().collect();
+        self.0 = now;
+        fresh
     }
 }
 
@@ -455,6 +468,20 @@ impl Upstreams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unresolvable_entry_is_logged_once_per_change() {
+        let entry = |role| ("nowhere.invalid:80".to_string(), role, true);
+        let set = |e: &[Entry]| e.iter().cloned().collect::<HashSet<Entry>>();
+        let mut u = Unresolved::default();
+        assert_eq!(u.round(set(&[entry(Role::Slave)])), vec![entry(Role::Slave)]);
+        assert!(u.round(set(&[entry(Role::Slave)])).is_empty(), "logged again");
+        // Its role changed: a new entry, logged.
+        assert_eq!(u.round(set(&[entry(Role::Master)])), vec![entry(Role::Master)]);
+        // Gone (or resolved), then back: logged again.
+        assert!(u.round(HashSet::new()).is_empty());
+        assert_eq!(u.round(set(&[entry(Role::Master)])), vec![entry(Role::Master)]);
+    }
 
     #[test]
     fn p99_is_the_bucket_of_the_99th_percentile() {
