@@ -151,7 +151,6 @@ impl Recorder {
     fn spawn(per_conn: usize, hang: bool, answer_len: usize, role: &'static str) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let key = cluster::auth::ClusterKey::from_secret(CLUSTER_SECRET.as_bytes());
         let seen: Seen = Arc::new(Mutex::new(Vec::new()));
         let data_requests = Arc::new(AtomicUsize::new(0));
         let (s, d) = (seen.clone(), data_requests.clone());
@@ -164,7 +163,6 @@ impl Recorder {
                 }
                 let Ok(mut conn) = conn else { continue };
                 let (s, d) = (s.clone(), d.clone());
-                let key = key.clone();
                 std::thread::spawn(move || {
                     conn.set_read_timeout(Some(Duration::from_secs(30))).ok();
                     let mut buf = Vec::new();
@@ -210,22 +208,7 @@ impl Recorder {
                         let large = (answer_len > 0 && !request_line.starts_with("GET /health "))
                             .then(|| answer_of(d.load(Ordering::SeqCst), answer_len));
                         let reply: &[u8] = large.as_deref().unwrap_or(small);
-                        let challenge = head.lines().find_map(|l| {
-                            let (name, value) = l.split_once(':')?;
-                            name.eq_ignore_ascii_case(cluster::auth::CHALLENGE_HEADER)
-                                .then(|| value.trim().to_string())
-                        });
-                        let proof = challenge
-                            .map(|c| {
-                                let me = format!("127.0.0.1:{port}");
-                                format!(
-                                    "{}: {}\r\n{}: {me}\r\n",
-                                    cluster::auth::PROOF_HEADER,
-                                    key.health_proof(&c, &me, role),
-                                    cluster::auth::NODE_HEADER
-                                )
-                            })
-                            .unwrap_or_default();
+                        let proof = health_proof_headers(&head, port, role);
                         let resp = format!(
                             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{proof}Content-Length: {}\r\n\r\n",
                             reply.len()
