@@ -1,5 +1,7 @@
 //! The etcd service registry: key layout, registration with a lease kept
-//! alive, and discovery by list + watch.
+//! alive, and discovery by list + watch: the live set is published in an
+//! `ArcSwap` (read without a lock) and each change ticks a `watch` channel
+//! ([`Discovery::changes`]), so a reader is told instead of polling.
 //!
 //! Layout: `{prefix}/services/{service_name}/{service_addr}` → JSON
 //! [`ServiceInfo`] (`{"addr":…,"role":…,"started_at":…}`), attached to a
@@ -662,7 +664,9 @@ impl Discovery {
         self.services.load_full()
     }
 
-    /// Ticks on every change of the set.
+    /// Ticks on every change of the set (after [`Discovery::services`]
+    /// shows it): the push side of discovery, which the gateway's discovery
+    /// feed waits on instead of polling.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
     }
