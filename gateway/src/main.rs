@@ -13,6 +13,7 @@
 
 mod config;
 mod coupling;
+mod discovery_feed;
 mod error;
 mod failover;
 mod limits;
@@ -113,6 +114,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let changes = discovery.as_ref().map(Discovery::changes);
     let node_discovery = upstreams::NodeDiscovery::new(discovery.clone(), cfg.static_upstreams.clone());
     let mut backends = Backends::new(Box::new(node_discovery));
     let check = upstreams::ProofHealthCheck {
@@ -127,10 +129,16 @@ fn run(config: &Path) -> anyhow::Result<()> {
     backends.set_health_check(Box::new(check));
     let mut lb = LoadBalancer::<Consistent>::from_backends(backends);
     lb.health_check_frequency = Some(cfg.health_interval);
-    lb.update_frequency = Some(Duration::from_millis(200));
+    // Once at start; then the discovery feed rebuilds on every registry
+    // change (and on its slow safety net).
+    lb.update_frequency = None;
     lb.parallel_health_check = true;
     let lb_service = background_service("upstreams", lb);
     let lb = lb_service.task();
+    let feed = discovery_feed::DiscoveryFeed {
+        lb: lb.clone(),
+        changes,
+    };
 
     let upstreams = Arc::new(upstreams::Upstreams::new(lb, cfg.eject_for));
     let limits = Arc::new(limits::Limits::new(cfg.max_body_bytes, cfg.qps, cfg.burst));
@@ -180,7 +188,10 @@ fn run(config: &Path) -> anyhow::Result<()> {
         service.add_tcp(&listen);
         server.add_service(service);
     }
-    server.add_service(lb_service);
+    let lb_handle = server.add_service(lb_service);
+    server
+        .add_service(background_service("discovery feed", feed))
+        .add_dependency(&lb_handle);
     tracing::info!(
         "kamaitachi-gateway listening on {listen} ({} threads, read fast path {}; upstreams from {}{})",
         cfg.threads,

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use cluster::Role;
 use serde_json::{json, Value};
 
 use crate::coupling::FAN_OUT_TIMEOUT;
@@ -21,7 +22,7 @@ pub fn health(nodes: &[NodeView]) -> Local {
     let usable = nodes.iter().filter(|n| n.healthy && !n.ejected).count();
     let master = nodes
         .iter()
-        .any(|n| n.role == "master" && n.healthy && !n.ejected);
+        .any(|n| n.role == Role::Master && n.healthy && !n.ejected);
     let status = if usable > 0 { "ok" } else { "unavailable" };
     let body = json!({
         "status": status,

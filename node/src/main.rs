@@ -456,7 +456,10 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
         Some(etcd) => {
             let (slot, state, handle) = (registration.clone(), state.clone(), registry_rt.handle().clone());
             let (etcd, name) = (etcd.clone(), cfg.service_name.clone());
-            let info = ServiceInfo::new(&cfg.service_addr, cfg.mode.as_str());
+            let info = ServiceInfo::new(
+                &cfg.service_addr,
+                cfg.mode.try_into().map_err(anyhow::Error::msg)?,
+            );
             std::thread::Builder::new()
                 .name("register".into())
                 .spawn(move || {

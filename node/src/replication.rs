@@ -57,7 +57,7 @@ impl MasterLocator {
             .map(|d| {
                 d.services()
                     .iter()
-                    .filter(|e| e.info.role == "master")
+                    .filter(|e| e.info.role == cluster::Role::Master)
                     .map(|e| (e.key.clone(), e.info.addr.clone()))
                     .collect()
             })
