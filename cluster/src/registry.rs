@@ -274,7 +274,7 @@ impl EtcdConfig {
     }
 
     /// A connected (and, with credentials, authenticated) client.
-    async fn connect(&self) -> Result<Client, String> {
+    pub(crate) async fn connect(&self) -> Result<Client, String> {
         let options = self.connect_options()?;
         match Client::connect(&self.endpoints, Some(options)).await {
             Ok(c) => Ok(c),
@@ -303,7 +303,7 @@ impl EtcdConfig {
 
     /// What went wrong, in the words an operator needs: which user, which
     /// file, what to do.
-    fn describe(&self, e: &etcd_client::Error) -> String {
+    pub(crate) fn describe(&self, e: &etcd_client::Error) -> String {
         let text = e.to_string();
         match &self.auth {
             Some(auth) if text.contains("authentication failed") => format!(
