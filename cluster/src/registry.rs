@@ -1,5 +1,7 @@
 //! The etcd service registry: key layout, registration with a lease kept
-//! alive, and discovery by list + watch.
+//! alive, and discovery by list + watch: the live set is published in an
+//! `ArcSwap` (read without a lock) and each change ticks a `watch` channel
+//! ([`Discovery::changes`]), so a reader is told instead of polling.
 //!
 //! Layout: `{prefix}/services/{service_name}/{service_addr}` → JSON
 //! [`ServiceInfo`] (`{"addr":…,"role":…,"started_at":…}`), attached to a
@@ -40,6 +42,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::{ConfigError, IniFile};
+use crate::role::Role;
 
 /// The small tokio runtime the registry tasks run on, apart from the
 /// process's own I/O (may coroutines in the node, pingora's runtimes in the
@@ -385,21 +388,21 @@ fn count_reconnect() {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceInfo {
     pub addr: String,
-    /// `master` or `slave`.
-    pub role: String,
+    /// Serialized as `master` or `slave`.
+    pub role: Role,
     /// Unix seconds when the process started.
     pub started_at: u64,
 }
 
 impl ServiceInfo {
-    pub fn new(addr: &str, role: &str) -> Self {
+    pub fn new(addr: &str, role: Role) -> Self {
         let started_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         ServiceInfo {
             addr: addr.to_string(),
-            role: role.to_string(),
+            role,
             started_at,
         }
     }
@@ -661,7 +664,9 @@ impl Discovery {
         self.services.load_full()
     }
 
-    /// Ticks on every change of the set.
+    /// Ticks on every change of the set (after [`Discovery::services`]
+    /// shows it): the push side of discovery, which the gateway's discovery
+    /// feed waits on instead of polling.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
     }
@@ -808,16 +813,27 @@ pub fn validate_entry(value: &[u8]) -> Result<ServiceInfo, String> {
             value.len()
         ));
     }
-    let info: ServiceInfo =
-        serde_json::from_slice(value).map_err(|e| format!("not a service record ({e})"))?;
-    validate_addr(&info.addr)?;
-    if info.role != "master" && info.role != "slave" {
+    // The role is read as text first, so a bad one gets its own message
+    // (after the address check, as before) rather than serde's.
+    #[derive(Deserialize)]
+    struct Raw {
+        addr: String,
+        role: String,
+        started_at: u64,
+    }
+    let raw: Raw = serde_json::from_slice(value).map_err(|e| format!("not a service record ({e})"))?;
+    validate_addr(&raw.addr)?;
+    let Some(role) = Role::parse(&raw.role) else {
         return Err(format!(
             "role {:?} is neither master nor slave",
-            shorten(&info.role)
+            shorten(&raw.role)
         ));
-    }
-    Ok(info)
+    };
+    Ok(ServiceInfo {
+        addr: raw.addr,
+        role,
+        started_at: raw.started_at,
+    })
 }
 
 /// `host:port`: a host name (letters, digits, `-`, dots), an IPv4 address or
@@ -1053,7 +1069,7 @@ mod tests {
     fn service_info_is_the_contract_json() {
         let info = ServiceInfo {
             addr: "localhost:8081".into(),
-            role: "slave".into(),
+            role: Role::Slave,
             started_at: 5,
         };
         assert_eq!(

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cluster::testkit::{eventually, free_port, temp_dir, Etcd};
+use kamaitachi_testkit::{eventually, free_port, temp_dir, Etcd};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -228,7 +228,7 @@ fn make_cluster_serves_the_readme_examples_and_make_stop_cleans_up() {
     let (ok, out) = make(&checkout, &env, &["node", "N=7"]);
     assert!(ok, "make node failed:\n{out}");
     let health = |port: u16| -> serde_json::Value {
-        cluster::testkit::request(port, "GET", "/health", b"", &[]).json()
+        kamaitachi_testkit::request(port, "GET", "/health", b"", &[]).json()
     };
     assert!(
         eventually(Duration::from_secs(20), || health(gw)["healthy_nodes"] == 4),

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use cluster::testkit::{eventually, Etcd};
-use cluster::{Discovery, EtcdConfig, IniFile, Registration, ServiceInfo};
+use cluster::{Discovery, EtcdConfig, IniFile, Registration, Role, ServiceInfo};
+use kamaitachi_testkit::{eventually, Etcd};
 
 fn config(etcd: &Etcd, ttl: i64) -> EtcdConfig {
     let ini = IniFile::parse(
@@ -48,7 +48,7 @@ fn register_list_and_revoke_on_shutdown() {
         rt.handle(),
         cfg,
         "kamaitachi-slave",
-        ServiceInfo::new("localhost:18081", "slave"),
+        ServiceInfo::new("localhost:18081", Role::Slave),
     );
     assert!(eventually(Duration::from_secs(10), || etcd
         .keys("/kmt-test")
@@ -62,7 +62,7 @@ fn register_list_and_revoke_on_shutdown() {
     assert!(info["started_at"].as_u64().unwrap() > 1_600_000_000);
 
     assert!(eventually(Duration::from_secs(10), || discovery.services().len() == 1));
-    assert_eq!(discovery.services()[0].info.role, "slave");
+    assert_eq!(discovery.services()[0].info.role, Role::Slave);
     assert!(discovery.synced());
 
     // Graceful stop: the key goes at once, not after the 10 s lease.
@@ -83,7 +83,7 @@ fn lease_expires_when_the_process_dies() {
         rt.handle(),
         config(&etcd, 2),
         "kamaitachi-slave",
-        ServiceInfo::new("localhost:18081", "slave"),
+        ServiceInfo::new("localhost:18081", Role::Slave),
     );
     assert!(eventually(Duration::from_secs(10), || !etcd
         .keys("/kmt-test")
@@ -112,7 +112,7 @@ fn registers_when_etcd_comes_up_and_again_after_a_wiped_restart() {
         rt.handle(),
         cfg.clone(),
         "kamaitachi-slave",
-        ServiceInfo::new("localhost:18081", "slave"),
+        ServiceInfo::new("localhost:18081", Role::Slave),
     );
     let discovery = Discovery::spawn(rt.handle(), cfg);
     std::thread::sleep(Duration::from_secs(1));
@@ -177,7 +177,7 @@ fn with_auth_anonymous_writes_are_refused_and_credentials_work() {
         rt.handle(),
         cfg,
         "kamaitachi-slave",
-        ServiceInfo::new("localhost:18081", "slave"),
+        ServiceInfo::new("localhost:18081", Role::Slave),
     );
     assert!(eventually(Duration::from_secs(10), || reg.is_registered()));
     assert_eq!(etcd.keys("/kmt-test"), vec![KEY.to_string()]);
@@ -190,7 +190,7 @@ fn with_auth_anonymous_writes_are_refused_and_credentials_work() {
         rt.handle(),
         auth_config(&etcd, 10, &wrong),
         "kamaitachi-slave",
-        ServiceInfo::new("localhost:18082", "slave"),
+        ServiceInfo::new("localhost:18082", Role::Slave),
     );
     std::thread::sleep(Duration::from_secs(2));
     assert!(!bad.is_registered());
@@ -214,7 +214,7 @@ fn an_expired_token_and_an_etcd_restart_are_survived() {
         rt.handle(),
         cfg.clone(),
         "kamaitachi-slave",
-        ServiceInfo::new("localhost:18081", "slave"),
+        ServiceInfo::new("localhost:18081", Role::Slave),
     );
     assert!(eventually(Duration::from_secs(10), || reg.is_registered()));
     assert!(eventually(Duration::from_secs(10), || discovery.services().len() == 1));
@@ -236,7 +236,7 @@ fn an_expired_token_and_an_etcd_restart_are_survived() {
         rt.handle(),
         cfg,
         "kamaitachi-slave",
-        ServiceInfo::new("localhost:18081", "slave"),
+        ServiceInfo::new("localhost:18081", Role::Slave),
     );
     assert!(eventually(Duration::from_secs(10), || reg.is_registered()));
     etcd.restart(false);
@@ -297,8 +297,8 @@ fn tls_with_a_client_certificate() {
              openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 1 -extfile {name}.ext"
         ));
     }
-    let port = cluster::testkit::free_port();
-    let peer = cluster::testkit::free_port();
+    let port = kamaitachi_testkit::free_port();
+    let peer = kamaitachi_testkit::free_port();
     let client_url = format!("https://127.0.0.1:{port}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     struct Kill(std::process::Child);
@@ -373,7 +373,7 @@ fn tls_with_a_client_certificate() {
         rt.handle(),
         config(&format!("ca_file = {}\n", p("ca.pem"))),
         "kamaitachi-slave",
-        ServiceInfo::new("localhost:18082", "slave"),
+        ServiceInfo::new("localhost:18082", Role::Slave),
     );
     let cfg = config(&format!(
         "ca_file = {}\ncert_file = {}\nkey_file = {}\n",
@@ -387,7 +387,7 @@ fn tls_with_a_client_certificate() {
         rt.handle(),
         cfg,
         "kamaitachi-slave",
-        ServiceInfo::new("localhost:18081", "slave"),
+        ServiceInfo::new("localhost:18081", Role::Slave),
     );
     assert!(eventually(Duration::from_secs(10), || reg.is_registered()));
     assert!(eventually(Duration::from_secs(10), || discovery.services().len() == 1));

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cluster::logging::LogConfig;
-use cluster::{ConfigError, EtcdConfig, IniFile, Mode};
+use cluster::{ConfigError, EtcdConfig, IniFile, Mode, Role};
 
 /// A node given in `[gateway] static_upstreams`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StaticUpstream {
     pub addr: String,
-    pub role: String,
+    pub role: Role,
 }
 
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ pub struct GatewayConfig {
     pub read_timeout: Duration,
     pub eject_for: Duration,
     pub keepalive_pool: usize,
-    /// Reads are proxied by the read path (`read_path.rs`); off: every
+    /// Reads are proxied by the read path (`read_path/`); off: every
     /// request goes through pingora's proxy.
     pub read_fast_path: bool,
     pub grace_period_secs: u64,
@@ -151,13 +151,13 @@ fn parse_static(ini: &IniFile, list: &str) -> Result<Vec<StaticUpstream>, Config
         .map(|item| {
             let (addr, role) = item.split_once('=').unwrap_or((item, "slave"));
             let (addr, role) = (addr.trim(), role.trim());
-            if !addr.contains(':') || !matches!(role, "master" | "slave") {
-                return Err(ini.invalid("gateway", "static_upstreams", item, expected));
+            match Role::parse(role) {
+                Some(role) if addr.contains(':') => Ok(StaticUpstream {
+                    addr: addr.to_string(),
+                    role,
+                }),
+                _ => Err(ini.invalid("gateway", "static_upstreams", item, expected)),
             }
-            Ok(StaticUpstream {
-                addr: addr.to_string(),
-                role: role.to_string(),
-            })
         })
         .collect()
 }
@@ -175,7 +175,7 @@ mod tests {
         .unwrap();
         let cfg = GatewayConfig::from_ini(&ini).unwrap();
         assert_eq!(cfg.static_upstreams.len(), 2);
-        assert_eq!(cfg.static_upstreams[1].role, "slave");
+        assert_eq!(cfg.static_upstreams[1].role, Role::Slave);
         assert!(cfg.etcd.is_none());
 
         let ini = IniFile::parse("g.ini", "[server]\nmode = gateway\nport = 9000\n").unwrap();

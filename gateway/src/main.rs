@@ -3,14 +3,21 @@
 //! Start-up: read the config; start the registry discovery on a small tokio
 //! runtime of its own; build pingora's load balancer over the discovered
 //! nodes with active health checks on `/health`; serve. Every connection
-//! enters at `read_path.rs`, which proxies reads itself and hands every
+//! enters at `read_path/`, which proxies reads itself and hands every
 //! other request to pingora's proxy (`proxy.rs`); where a request goes is
-//! decided in `routing.rs` and `upstreams.rs`. SIGTERM stops the gateway within the configured grace
-//! period and shutdown timeout (seconds, not pingora's default minutes).
+//! decided in `routing.rs` and `upstreams.rs`, and what happens when a node
+//! fails in `failover.rs`, for both paths. Numbers that must stay in step
+//! with the nodes' or etcd's settings are named in `coupling.rs`. SIGTERM
+//! stops the gateway within the configured grace period and shutdown
+//! timeout (seconds, not pingora's default minutes).
 
 mod config;
+mod coupling;
+mod discovery_feed;
 mod error;
+mod failover;
 mod limits;
+mod local;
 mod metrics;
 mod own_routes;
 mod proxy;
@@ -107,6 +114,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let changes = discovery.as_ref().map(Discovery::changes);
     let node_discovery = upstreams::NodeDiscovery::new(discovery.clone(), cfg.static_upstreams.clone());
     let mut backends = Backends::new(Box::new(node_discovery));
     let check = upstreams::ProofHealthCheck {
@@ -114,17 +122,23 @@ fn run(config: &Path) -> anyhow::Result<()> {
         client: reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(cfg.connect_timeout)
-            .timeout(Duration::from_secs(1))
+            .timeout(coupling::HEALTH_CHECK_TIMEOUT)
             .build()
             .context("cannot build the health-check client")?,
     };
     backends.set_health_check(Box::new(check));
     let mut lb = LoadBalancer::<Consistent>::from_backends(backends);
     lb.health_check_frequency = Some(cfg.health_interval);
-    lb.update_frequency = Some(Duration::from_millis(200));
+    // Once at start; then the discovery feed rebuilds on every registry
+    // change (and on its slow safety net).
+    lb.update_frequency = None;
     lb.parallel_health_check = true;
     let lb_service = background_service("upstreams", lb);
     let lb = lb_service.task();
+    let feed = discovery_feed::DiscoveryFeed {
+        lb: lb.clone(),
+        changes,
+    };
 
     let upstreams = Arc::new(upstreams::Upstreams::new(lb, cfg.eject_for));
     let limits = Arc::new(limits::Limits::new(cfg.max_body_bytes, cfg.qps, cfg.burst));
@@ -161,7 +175,7 @@ fn run(config: &Path) -> anyhow::Result<()> {
             metrics,
             pool: upstream_pool::UpstreamPool {
                 per_node: (cfg.keepalive_pool / cfg.threads).max(1),
-                max_idle: Duration::from_secs(50),
+                max_idle: coupling::UPSTREAM_IDLE,
             },
             max_tries: cfg.max_tries,
             connect_timeout: cfg.connect_timeout,
@@ -174,7 +188,10 @@ fn run(config: &Path) -> anyhow::Result<()> {
         service.add_tcp(&listen);
         server.add_service(service);
     }
-    server.add_service(lb_service);
+    let lb_handle = server.add_service(lb_service);
+    server
+        .add_service(background_service("discovery feed", feed))
+        .add_dependency(&lb_handle);
     tracing::info!(
         "kamaitachi-gateway listening on {listen} ({} threads, read fast path {}; upstreams from {}{})",
         cfg.threads,

@@ -105,7 +105,7 @@ impl Metrics {
         self.node_healthy.reset();
         for n in nodes {
             self.node_healthy
-                .with_label_values(&[&n.addr, &n.role])
+                .with_label_values(&[n.addr.as_str(), n.role.as_str()])
                 .set(i64::from(n.healthy && !n.ejected));
         }
         self.etcd_reconnects.set(cluster::registry::reconnects() as i64);

@@ -2,44 +2,27 @@
 //! `GET /kamaitachi/api/data/v1/stats` (every node's stats and cluster
 //! totals), `POST /kamaitachi/api/data/v1/cache/reset` (admin; fans out to
 //! every node), `GET /metrics`, `GET /prometheus/targets`. The status page
-//! has a file of its own (`status_page.rs`).
+//! has a file of its own (`status_page.rs`), the answer type these return
+//! its own too (`local.rs`).
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use cluster::Role;
 use serde_json::{json, Value};
 
-use crate::error::{envelope, GatewayError};
+use crate::coupling::FAN_OUT_TIMEOUT;
+use crate::error::envelope;
+use crate::local::Local;
 use crate::routing::API;
 use crate::upstreams::NodeView;
-
-/// A finished local answer.
-pub struct Local {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: Bytes,
-}
-
-impl Local {
-    pub fn json(status: u16, body: Bytes) -> Self {
-        Local {
-            status,
-            content_type: "application/json",
-            body,
-        }
-    }
-
-    pub fn error(e: &GatewayError) -> Self {
-        Local::json(e.status(), e.body())
-    }
-}
 
 /// `GET /health`: 200 while at least one node can answer, else 503.
 pub fn health(nodes: &[NodeView]) -> Local {
     let usable = nodes.iter().filter(|n| n.healthy && !n.ejected).count();
     let master = nodes
         .iter()
-        .any(|n| n.role == "master" && n.healthy && !n.ejected);
+        .any(|n| n.role == Role::Master && n.healthy && !n.ejected);
     let status = if usable > 0 { "ok" } else { "unavailable" };
     let body = json!({
         "status": status,
@@ -65,9 +48,6 @@ pub fn prometheus_targets(nodes: &[NodeView], gateway_addr: &str) -> Local {
     groups.push(json!({"targets": [gateway_addr], "labels": {"kind": "gateway", "role": "gateway"}}));
     Local::json(200, Bytes::from(Value::Array(groups).to_string()))
 }
-
-/// How long the stats and cache-reset fan-outs wait for each node.
-const FAN_OUT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Fans a request out to every node, concurrently, each bounded by
 /// `timeout`.

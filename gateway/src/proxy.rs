@@ -14,6 +14,11 @@
 //!    started downstream or its body was streamed (not replayable); a 5xx
 //!    answer ejects the node. At most `max_tries`.
 //! 5. `fail_to_proxy`: a JSON error (502/503/504) when no node could answer.
+//!
+//! Steps 2, 4 and 5 only supply pingora with the failover policy, which is
+//! written once in `failover.rs` and shared with the read path: pingora runs
+//! the attempt loop, the hooks translate its `Error` (source, retry flag)
+//! to and from the policy's terms.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,14 +27,16 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::protocols::l4::socket::SocketAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorSource, ErrorType};
+use pingora::{Error, ErrorType};
 
+use crate::coupling::UPSTREAM_IDLE;
 use crate::error::GatewayError;
+use crate::failover::{Failover, Failure, Retry, Target, Tries, Unanswered};
 use crate::limits::Limits;
+use crate::local::{Local, SERVER};
 use crate::metrics::Metrics;
-use crate::own_routes::{self, Local};
+use crate::own_routes;
 use crate::routing::{self, Route};
 use crate::status_page;
 use crate::upstreams::Upstreams;
@@ -96,7 +103,7 @@ pub struct Ctx {
     /// The request can be sent again whole: no body, or a body held in
     /// pingora's retry buffer. A streamed body cannot.
     replayable: bool,
-    tried: Vec<SocketAddr>,
+    tried: Tries,
     response_started: bool,
     started: Instant,
     /// Sent upstream as `X-Request-Id`; the client's when it is sane.
@@ -104,11 +111,20 @@ pub struct Ctx {
 }
 
 impl Gateway {
+    /// The failover policy over this gateway's nodes and metrics.
+    fn failover(&self) -> Failover<'_> {
+        Failover {
+            upstreams: &self.upstreams,
+            metrics: &self.metrics,
+            max_tries: self.max_tries,
+        }
+    }
+
     async fn answer(&self, session: &mut Session, local: Local) -> Result<bool> {
         let mut resp = ResponseHeader::build(local.status, Some(3))?;
         resp.insert_header("Content-Type", local.content_type)?;
         resp.insert_header("Content-Length", local.body.len().to_string())?;
-        resp.insert_header("Server", "kamaitachi-gateway")?;
+        resp.insert_header("Server", SERVER)?;
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(local.body), true).await?;
         if local.status >= 400 && !session.is_body_done() {
@@ -219,7 +235,7 @@ impl ProxyHttp for Gateway {
             route: Route::NotFound,
             key: None,
             replayable: false,
-            tried: Vec::new(),
+            tried: Tries::default(),
             response_started: false,
             started: Instant::now(),
             request_id: RequestId::new(),
@@ -295,28 +311,20 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let picked = match ctx.route {
-            Route::Master => self.upstreams.pick_master(&ctx.tried),
-            _ => self.upstreams.pick_read(ctx.key.as_deref(), &ctx.tried),
+        let target = match ctx.route {
+            Route::Master => Target::Master,
+            _ => Target::Read(ctx.key.as_deref()),
         };
-        let Some(backend) = picked else {
-            let why = match (ctx.route, ctx.tried.len()) {
-                (Route::Master, 0) => "no healthy master",
-                (_, 0) => "no healthy node",
-                _ => "every node tried failed",
-            };
+        let Some(backend) = self.failover().pick(target, &mut ctx.tried) else {
+            let why = Failover::no_node(target, &ctx.tried);
             return Err(Error::explain(ErrorType::HTTPStatus(503), why));
         };
-        if !ctx.tried.is_empty() {
-            self.metrics.retried();
-        }
-        ctx.tried.push(backend.addr.clone());
         let mut peer = HttpPeer::new(backend.addr.clone(), false, String::new());
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.total_connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
         peer.options.write_timeout = Some(self.read_timeout);
-        peer.options.idle_timeout = Some(Duration::from_secs(50));
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE);
         Ok(Box::new(peer))
     }
 
@@ -350,11 +358,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.response_started = true;
-        if matches!(upstream_response.status.as_u16(), 500 | 502 | 503 | 504) {
-            if let Some(addr) = ctx.tried.last() {
-                self.upstreams.eject(addr);
-            }
-        }
+        self.failover()
+            .answered(&ctx.tried, upstream_response.status.as_u16());
         Ok(())
     }
 
@@ -365,11 +370,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(addr) = peer_addr(peer) {
-            self.upstreams.eject(&addr);
-        }
         // Nothing was sent: safe to try the next node, for reads and writes.
-        e.set_retry(ctx.tried.len() < self.max_tries);
+        let retry = self.failover().failed(&peer._address, Failure::Node, &ctx.tried);
+        e.set_retry(retry == Retry::NextNode);
         e
     }
 
@@ -383,43 +386,32 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let read = matches!(ctx.route, Route::Read(_));
-        let can_retry = read
-            && ctx.replayable
-            && !ctx.response_started
-            && ctx.tried.len() < self.max_tries
-            && !session.as_ref().retry_buffer_truncated();
-        if can_retry && !client_reused {
-            // A fresh connection failed: the node is in trouble.
-            if let Some(addr) = peer_addr(peer) {
-                self.upstreams.eject(&addr);
-            }
-        }
-        if can_retry {
-            e.set_retry(true);
-        } else if read || !session.req_header().method.is_idempotent() {
-            e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
+        let failure = Failure::MidProxy {
+            reused: client_reused,
+            replayable: read
+                && ctx.replayable
+                && !ctx.response_started
+                && !session.as_ref().retry_buffer_truncated(),
+            read,
+            idempotent: session.req_header().method.is_idempotent(),
+        };
+        match self.failover().failed(&peer._address, failure, &ctx.tried) {
+            Retry::NextNode => e.set_retry(true),
+            Retry::No => e.set_retry(false),
+            Retry::IfReused => e.retry.decide_reuse(client_reused),
         }
         e
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let err = match e.etype() {
-            ErrorType::HTTPStatus(503) => GatewayError::NoUpstream(e.to_string()),
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                GatewayError::GatewayTimeout(e.to_string())
-            }
-            _ => match e.esource() {
-                ErrorSource::Downstream => {
-                    return FailToProxy {
-                        error_code: 0,
-                        can_reuse_downstream: false,
-                    }
-                }
-                _ => GatewayError::BadGateway(e.to_string()),
-            },
+        let Some(unanswered) = Unanswered::of_pingora(e) else {
+            // The client's side failed: nobody to answer.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         };
+        let err = unanswered.answer(e.to_string());
         let code = err.status();
         if !ctx.response_started {
             let _ = self.answer(session, Local::error(&err)).await;
@@ -455,12 +447,8 @@ impl ProxyHttp for Gateway {
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
         // Retried failures are expected during failover; the final outcome is
         // counted in the metrics.
-        ctx.tried.len() > 1
+        ctx.tried.count() > 1
     }
-}
-
-fn peer_addr(peer: &HttpPeer) -> Option<SocketAddr> {
-    Some(peer._address.clone())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -18,10 +18,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cluster::Discovery;
+use cluster::{Discovery, Role};
 use serde_json::{json, Value};
 
-use crate::own_routes::{fan_out, Local};
+use crate::local::Local;
+use crate::own_routes::fan_out;
 use crate::routing::API;
 use crate::upstreams::NodeView;
 
@@ -45,11 +46,11 @@ pub async fn report(
         STATS_TIMEOUT,
     )
     .await;
-    let registered: Vec<(String, String, String)> = registry
+    let registered: Vec<(String, String, Role)> = registry
         .map(|d| {
             d.services()
                 .iter()
-                .map(|e| (e.key.clone(), e.info.addr.clone(), e.info.role.clone()))
+                .map(|e| (e.key.clone(), e.info.addr.clone(), e.info.role))
                 .collect()
         })
         .unwrap_or_default();
@@ -97,7 +98,7 @@ pub async fn report(
     }
     let leader = nodes
         .iter()
-        .find(|n| n.role == "master" && n.healthy && !n.ejected)
+        .find(|n| n.role == Role::Master && n.healthy && !n.ejected)
         .map(|n| n.addr.clone());
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)

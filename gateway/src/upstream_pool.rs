@@ -1,4 +1,4 @@
-//! Idle keep-alive connections from the read path (`read_path.rs`) to the
+//! Idle keep-alive connections from the read path (`read_path/`) to the
 //! nodes, one pool per worker thread.
 //!
 //! pingora runs one single-threaded runtime per worker thread here
@@ -27,8 +27,9 @@ thread_local! {
 pub struct UpstreamPool {
     /// Idle connections kept per node on each thread.
     pub per_node: usize,
-    /// A connection idle for longer is closed rather than reused (the nodes
-    /// close idle connections after 60 s by default).
+    /// A connection idle for longer is closed rather than reused; the
+    /// gateway sets `coupling::UPSTREAM_IDLE`, below the nodes' idle
+    /// timeout (60 s by default).
     pub max_idle: Duration,
 }
 

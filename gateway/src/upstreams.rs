@@ -1,8 +1,11 @@
 //! The set of data nodes the gateway can send to, and picking one.
 //!
-//! Nodes come from etcd (a [`Discovery`] task keeps the live set; pingora's
-//! load balancer polls [`NodeDiscovery::discover`], which returns that
-//! snapshot) plus an optional static list. pingora runs active health checks
+//! Nodes come from etcd (a [`Discovery`] task keeps the live set from a
+//! watch; on each change the discovery feed, `discovery_feed.rs`, makes
+//! pingora's load balancer call [`NodeDiscovery::discover`], which returns
+//! that snapshot) plus an optional static list. An address that does not
+//! resolve is left out and logged once per change of its entry, not on
+//! every rebuild. pingora runs active health checks
 //! (`GET /health`, 200 only); on top of that a node that fails a connect, times
 //! out or answers 5xx is ejected for `eject_for` (passive check), so it
 //! leaves the ring before the next active check notices.
@@ -11,14 +14,14 @@
 //! (master and slaves); a retry walks on to the next node of the ring,
 //! skipping the ones already tried. Writes go to the master.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use cluster::Discovery;
+use cluster::{Discovery, Role};
 use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::selection::Consistent;
 use pingora::lb::{Backend, LoadBalancer};
@@ -32,7 +35,7 @@ use crate::config::StaticUpstream;
 pub struct NodeState {
     /// As registered, e.g. `localhost:8081`.
     pub addr: String,
-    pub role: String,
+    pub role: Role,
     /// Milliseconds since the gateway started until which the node is
     /// ejected; 0 = not ejected.
     ejected_until: AtomicU64,
@@ -99,7 +102,11 @@ impl pingora::lb::health_check::HealthCheck for ProofHealthCheck {
         };
         let proven = self.key.verify(
             "health",
-            &[challenge.as_bytes(), identity.as_bytes(), state.role.as_bytes()],
+            &[
+                challenge.as_bytes(),
+                identity.as_bytes(),
+                state.role.as_str().as_bytes(),
+            ],
             &proof,
         );
         if proven {
@@ -211,6 +218,8 @@ pub struct NodeDiscovery {
     statics: Vec<StaticUpstream>,
     /// addr string -> resolved address and shared state.
     known: Mutex<HashMap<String, (std::net::SocketAddr, Arc<NodeState>)>>,
+    /// The entries that did not resolve at the last rebuild.
+    unresolved: Mutex<Unresolved>,
 }
 
 impl NodeDiscovery {
@@ -219,20 +228,21 @@ impl NodeDiscovery {
             discovery,
             statics,
             known: Mutex::new(HashMap::new()),
+            unresolved: Mutex::new(Unresolved::default()),
         }
     }
 
     /// `(addr, role, from the registry)`.
-    fn entries(&self) -> Vec<(String, String, bool)> {
-        let mut out: Vec<(String, String, bool)> = self
+    fn entries(&self) -> Vec<Entry> {
+        let mut out: Vec<Entry> = self
             .statics
             .iter()
-            .map(|s| (s.addr.clone(), s.role.clone(), false))
+            .map(|s| (s.addr.clone(), s.role, false))
             .collect();
         if let Some(d) = &self.discovery {
             for e in d.services().iter() {
                 out.retain(|(a, _, _)| a != &e.info.addr);
-                out.push((e.info.addr.clone(), e.info.role.clone(), true));
+                out.push((e.info.addr.clone(), e.info.role, true));
             }
         }
         out
@@ -247,6 +257,7 @@ impl ServiceDiscovery for NodeDiscovery {
         let Ok(mut known) = self.known.lock() else {
             return Ok((set, HashMap::new()));
         };
+        let mut unresolved = HashSet::new();
         for (addr, role, from_registry) in entries {
             let resolved = match known.get(&addr) {
                 Some((sock, state)) if state.role == role && state.from_registry == from_registry => {
@@ -262,7 +273,7 @@ impl ServiceDiscovery for NodeDiscovery {
                     .map(|sock| {
                         let state = Arc::new(NodeState {
                             addr: addr.clone(),
-                            role: role.clone(),
+                            role,
                             ejected_until: AtomicU64::new(0),
                             traffic: Traffic::default(),
                             proven: Default::default(),
@@ -275,7 +286,7 @@ impl ServiceDiscovery for NodeDiscovery {
                     }),
             };
             let Some((sock, state)) = resolved else {
-                tracing::warn!("node {addr} ignored: address does not resolve");
+                unresolved.insert((addr, role, from_registry));
                 continue;
             };
             let mut backend = Backend {
@@ -286,7 +297,31 @@ impl ServiceDiscovery for NodeDiscovery {
             backend.ext.insert(NodeRef(state));
             set.insert(backend);
         }
+        drop(known);
+        if let Ok(mut u) = self.unresolved.lock() {
+            for (addr, _, _) in u.round(unresolved) {
+                tracing::warn!("node {addr} ignored: address does not resolve");
+            }
+        }
         Ok((set, HashMap::new()))
+    }
+}
+
+/// A node list entry: `(addr, role, from the registry)`.
+type Entry = (String, Role, bool);
+
+/// The entries that did not resolve at the last rebuild, so each is logged
+/// once per change of it (again only after it resolved, left or changed),
+/// not on every rebuild.
+#[derive(Debug, Default)]
+struct Unresolved(HashSet<Entry>);
+
+impl Unresolved {
+    /// Takes this rebuild's unresolved entries; returns the ones to log.
+    fn round(&mut self, now: HashSet<Entry>) -> Vec<Entry> {
+        let fresh = now.iter().filter(|e| !self.0.contains(*e)).cloned().collect();
+        self.0 = now;
+        fresh
     }
 }
 
@@ -297,7 +332,7 @@ pub struct NodeView {
     /// The resolved socket address the gateway connects to (the per-node
     /// metrics' label).
     pub socket: String,
-    pub role: String,
+    pub role: Role,
     pub healthy: bool,
     /// It proved it holds the cluster secret (last health check).
     pub proven: bool,
@@ -374,7 +409,7 @@ impl Upstreams {
         let all = self.lb.backends().get_backend();
         all.iter()
             .find(|b| {
-                Self::state(b).is_some_and(|s| s.role == "master")
+                Self::state(b).is_some_and(|s| s.role == Role::Master)
                     && self.usable(b, self.lb.backends().ready(b), tried)
             })
             .cloned()
@@ -404,26 +439,27 @@ impl Upstreams {
         }
     }
 
+    /// Every node known. Each backend carries its [`NodeState`]
+    /// ([`NodeDiscovery`] puts it there); one without would be no node of
+    /// ours and is not shown.
     pub fn nodes(&self) -> Vec<NodeView> {
         let now = self.now_ms();
         let all = self.lb.backends().get_backend();
         all.iter()
-            .map(|b| {
-                let state = Self::state(b);
-                NodeView {
-                    addr: state.map_or_else(|| b.addr.to_string(), |s| s.addr.clone()),
+            .filter_map(|b| {
+                let state = Self::state(b)?;
+                let proven = state.proven.load(Ordering::Relaxed);
+                Some(NodeView {
+                    addr: state.addr.clone(),
                     socket: b.addr.to_string(),
-                    role: state.map_or_else(|| "unknown".into(), |s| s.role.clone()),
-                    healthy: self.lb.backends().ready(b)
-                        && state.is_some_and(|s| s.proven.load(Ordering::Relaxed)),
-                    proven: state.is_some_and(|s| s.proven.load(Ordering::Relaxed)),
-                    identity: state
-                        .and_then(|s| s.identity.lock().ok().map(|i| i.clone()))
-                        .unwrap_or_default(),
-                    ejected: state.is_some_and(|s| s.ejected_until.load(Ordering::Relaxed) > now),
-                    answered: state.map_or(0, |s| s.traffic.answered()),
-                    p99_ms: state.and_then(|s| s.traffic.p99_ms()),
-                }
+                    role: state.role,
+                    healthy: self.lb.backends().ready(b) && proven,
+                    proven,
+                    identity: state.identity.lock().map(|i| i.clone()).unwrap_or_default(),
+                    ejected: state.ejected_until.load(Ordering::Relaxed) > now,
+                    answered: state.traffic.answered(),
+                    p99_ms: state.traffic.p99_ms(),
+                })
             })
             .collect()
     }
@@ -432,6 +468,20 @@ impl Upstreams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unresolvable_entry_is_logged_once_per_change() {
+        let entry = |role| ("nowhere.invalid:80".to_string(), role, true);
+        let set = |e: &[Entry]| e.iter().cloned().collect::<HashSet<Entry>>();
+        let mut u = Unresolved::default();
+        assert_eq!(u.round(set(&[entry(Role::Slave)])), vec![entry(Role::Slave)]);
+        assert!(u.round(set(&[entry(Role::Slave)])).is_empty(), "logged again");
+        // Its role changed: a new entry, logged.
+        assert_eq!(u.round(set(&[entry(Role::Master)])), vec![entry(Role::Master)]);
+        // Gone (or resolved), then back: logged again.
+        assert!(u.round(HashSet::new()).is_empty());
+        assert_eq!(u.round(set(&[entry(Role::Master)])), vec![entry(Role::Master)]);
+    }
 
     #[test]
     fn p99_is_the_bucket_of_the_99th_percentile() {

@@ -9,8 +9,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -88,44 +88,23 @@ const INDICATORS: [&str; 6] = [
     "total_profit",
 ];
 
-/// A process started in the test's directory; killed when dropped.
-struct Proc {
-    child: Child,
-    log: PathBuf,
+/// A process started in the test's directory (the kit's [`Process`]:
+/// killed when dropped), its log `{name}.log` there.
+fn spawn_in(bin: &Path, dir: &Path, args: &[&str], name: &str) -> Process {
+    let log = dir.join(format!("{name}.log"));
+    Process::spawn(name, Command::new(bin).args(args).current_dir(dir), &log)
 }
 
-impl Proc {
-    fn start(bin: &Path, dir: &Path, args: &[&str], name: &str) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(bin)
-            .args(args)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Proc { child, log }
-    }
+/// Waits until `/health` on `port` answers 200.
+trait WaitHealthy {
+    fn wait_healthy(&mut self, port: u16);
+}
 
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
+impl WaitHealthy for Process {
     fn wait_healthy(&mut self, port: u16) {
-        let ok = eventually(Duration::from_secs(30), || {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("exited with {status}: {}", self.log_text());
-            }
+        self.wait_ready(Duration::from_secs(30), &format!("not healthy on {port}"), || {
             try_request(port, "GET", "/health", b"", &[]).is_ok_and(|r| r.status == 200)
         });
-        assert!(ok, "not healthy on {port}: {}", self.log_text());
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -262,7 +241,7 @@ fn the_guides_configs_and_the_originals_clients_work_unchanged() {
     .unwrap();
 
     // `.\bin\master.exe`: no arguments, conf/master.ini; an empty database.
-    let mut master = Proc::start(&node, &dir, &[], "master");
+    let mut master = spawn_in(&node, &dir, &[], "master");
     master.wait_healthy(m_port);
     let log = master.log_text();
     let master_db = format!("./data/kamaitachi-master-{m_port}.db");
@@ -275,7 +254,7 @@ fn the_guides_configs_and_the_originals_clients_work_unchanged() {
     let auth = format!("Bearer {}", token.trim());
 
     // An empty slave copies the empty master and follows it.
-    let mut slave1 = Proc::start(&node, &dir, &["-config", "conf/slave.ini"], "slave1");
+    let mut slave1 = spawn_in(&node, &dir, &["-config", "conf/slave.ini"], "slave1");
     slave1.wait_healthy(s1_port);
 
     // An empty master answers with no rows, and accepts ingest.
@@ -303,7 +282,7 @@ fn the_guides_configs_and_the_originals_clients_work_unchanged() {
 
     // A slave started now copies the master; two copies of slave.ini get
     // two files.
-    let mut slave2 = Proc::start(&node, &dir, &["-config", "conf/slave2.ini"], "slave2");
+    let mut slave2 = spawn_in(&node, &dir, &["-config", "conf/slave2.ini"], "slave2");
     slave2.wait_healthy(s2_port);
     let version = |port: u16| request(port, "GET", "/health", b"", &[]).json()["data_version"].clone();
     let caught_up = eventually(Duration::from_secs(20), || version(s1_port) == version(m_port));
@@ -326,7 +305,7 @@ fn the_guides_configs_and_the_originals_clients_work_unchanged() {
     }
 
     // `.\bin\gateway.exe`: no arguments, conf/gateway.ini.
-    let mut gateway = Proc::start(Path::new(GATEWAY), &dir, &[], "gateway");
+    let mut gateway = spawn_in(Path::new(GATEWAY), &dir, &[], "gateway");
     let all_up = eventually(Duration::from_secs(30), || {
         try_request(gw_port, "GET", "/health", b"", &[])
             .is_ok_and(|r| r.status == 200 && r.json()["count"] == 3)

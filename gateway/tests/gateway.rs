@@ -88,7 +88,7 @@ fn strips_the_prefix_keeps_the_query_and_replays_the_body() {
     assert_eq!(seen[2].1.len(), big.len());
 }
 
-/// The read path (`read_path.rs`) and pingora's proxy share each client
+/// The read path (`read_path/`) and pingora's proxy share each client
 /// connection: pipelined requests of both kinds on one connection are
 /// answered in order, a request that arrives a byte at a time is read
 /// whole, stale pooled upstream connections cost the client nothing and no

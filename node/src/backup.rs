@@ -23,8 +23,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::db_file;
-use crate::store::{self, DataVersion};
+use crate::storage::db_file;
+use crate::storage::store::{self, DataVersion};
 
 /// The image route, relative to the node's base URL.
 const IMAGE_ROUTE: &str = "/kamaitachi/api/data/v1/replication/image";

@@ -15,12 +15,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rusqlite::params;
 
-use crate::catalog::LISTING_POOL;
-use crate::dates;
-use crate::db_file;
-use crate::store::{Store, SCHEMA_VERSION};
+use crate::model::catalog::LISTING_POOL;
+use crate::model::dates;
+use crate::storage::db_file;
+use crate::storage::store::{Store, SCHEMA_VERSION};
 
-pub use crate::catalog::STANDARD_INDICATORS as INDICATORS;
+pub use crate::model::catalog::STANDARD_INDICATORS as INDICATORS;
 
 pub const SZ_POOL: &str = "stock_sz_pool";
 
@@ -226,7 +226,7 @@ fn build(opts: &GenOptions, path: &Path) -> anyhow::Result<()> {
     }
     tx.commit()?;
     bar.finish_and_clear();
-    crate::blob::ensure_synced(conn)?;
+    crate::storage::blob::ensure_synced(conn)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); ANALYZE;")?;
     Ok(())

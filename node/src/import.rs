@@ -26,11 +26,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use crate::catalog::{LISTING_POOL, STANDARD_INDICATORS};
-use crate::dates;
-use crate::db_file;
-use crate::request::valid_subject;
-use crate::store::{Store, SCHEMA_VERSION};
+use crate::engine::request::valid_subject;
+use crate::model::catalog::{LISTING_POOL, STANDARD_INDICATORS};
+use crate::model::dates;
+use crate::storage::db_file;
+use crate::storage::store::{Store, SCHEMA_VERSION};
 
 /// The old table.
 const TABLE: &str = "finance_data";

@@ -4,37 +4,36 @@
 //! the signal thread (plain OS threads, created before any coroutine so may's
 //! core pinning does not catch them); load the catalog; warm the cache from
 //! its dump if the dump is intact and current; listen. A request then flows
-//! `http.rs` (framing, limits) → `api.rs` (route) → `query.rs` (cache, then
-//! SQLite via `store.rs`) → `response.rs` (bytes).
+//! `server/http.rs` (framing, limits) → `server/api.rs` (route) →
+//! `engine/query.rs` (cache, then SQLite via `storage/store.rs`) →
+//! `engine/render.rs` + `json.rs` (bytes).
+//!
+//! The modules form layers whose imports point one way, down (checked by
+//! `tests/layers.rs`):
+//!
+//! ```text
+//! app      main.rs, config.rs, replication.rs, backup.rs, import.rs, gendata.rs
+//! server   server/   http framing, api routing, the one ApiError, metrics
+//! engine   engine/   request parsing, query, render, cache, preload
+//! storage  storage/  store, the one writer, apply, blob, pools, data state
+//! model    model/    catalog, series, batch types, dates
+//! json     json.rs   the leaf JSON writer
+//! ```
 //!
 //! Stop (SIGINT/SIGTERM): the node reports unready, leaves the registry,
 //! stops accepting, lets the requests in progress finish (bounded), writes
 //! its cache dump and exits.
 
-mod api;
 mod backup;
-mod blob;
-mod cache;
-mod catalog;
 mod config;
-mod dates;
-mod db_file;
-mod dump;
-mod error;
+mod engine;
 mod gendata;
-mod http;
 mod import;
-mod metrics;
-mod pool;
-mod preload;
-mod query;
+mod json;
+mod model;
 mod replication;
-mod request;
-mod response;
-mod series;
-mod state;
-mod store;
-mod write;
+mod server;
+mod storage;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -46,12 +45,17 @@ use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use cluster::{Discovery, Mode, Registration, ServiceInfo};
 
-use crate::api::{Api, NodeIdentity};
-use crate::cache::DataCache;
 use crate::config::NodeConfig;
-use crate::pool::WorkerPool;
-use crate::state::DataState;
-use crate::store::{DataVersion, Store};
+use crate::engine::cache::DataCache;
+use crate::engine::{preload, query};
+use crate::model::catalog;
+use crate::server::api::{Api, NodeIdentity};
+use crate::server::{http, metrics};
+use crate::storage::pool::WorkerPool;
+use crate::storage::state::DataState;
+use crate::storage::store::{DataVersion, Store};
+use crate::storage::writer::Writer;
+use crate::storage::{dump, store};
 
 /// Coroutine stack, in words (may's unit): 256 KiB, room for serde_json's
 /// 128 levels of nesting with margin.
@@ -398,6 +402,7 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
     state.dataset_id.store(version.dataset_id, Ordering::Release);
     state.total_records.store(total_records as i64, Ordering::Release);
     let engine = Arc::new(query::QueryEngine::new(catalog, cache.clone(), readers, compute));
+    let writer = Writer::new(writer, state.clone(), engine.clone());
     let preloader = cfg.preload.then(|| preload::Preloader::new(engine.clone()));
     let api = Arc::new(Api {
         engine: engine.clone(),
@@ -433,7 +438,6 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
             fallback: cfg.master.clone(),
         };
         replication::Follower {
-            engine,
             state: state.clone(),
             writer,
             locator,
@@ -452,13 +456,15 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
         Some(etcd) => {
             let (slot, state, handle) = (registration.clone(), state.clone(), registry_rt.handle().clone());
             let (etcd, name) = (etcd.clone(), cfg.service_name.clone());
-            let info = ServiceInfo::new(&cfg.service_addr, cfg.mode.as_str());
+            let info = ServiceInfo::new(
+                &cfg.service_addr,
+                cfg.mode.try_into().map_err(anyhow::Error::msg)?,
+            );
             std::thread::Builder::new()
                 .name("register".into())
                 .spawn(move || {
-                    while !state.is_ready() {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
+                    // Woken by `set_ready` (a slave: after its first sync).
+                    state.wait_ready();
                     if let Ok(mut slot) = slot.lock() {
                         *slot = Some(Registration::spawn(&handle, etcd, &name, info));
                     }
@@ -501,7 +507,7 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
     };
     // A master serves at once; a slave once it has caught up (replication.rs).
     if cfg.mode == Mode::Master {
-        state.ready.store(true, Ordering::Release);
+        state.set_ready(true);
     }
     tracing::info!(
         "kamaitachi-node {} listening on {addr} (db {}, data version {}, cache max {} bytes)",
@@ -615,7 +621,7 @@ fn spawn_signal_thread(
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
                 tracing::info!("signal {sig}: stopping");
-                api.state.ready.store(false, Ordering::Release);
+                api.state.set_ready(false);
                 if let Some(reg) = registration.lock().ok().and_then(|mut r| r.take()) {
                     // Leave the registry at once rather than after the lease.
                     reg.shutdown_blocking(Duration::from_secs(2));

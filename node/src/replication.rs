@@ -28,10 +28,11 @@ use std::time::{Duration, Instant};
 use cluster::Discovery;
 use serde::Deserialize;
 
-use crate::query::QueryEngine;
-use crate::state::DataState;
-use crate::store::{self, StoreError, WritePool};
-use crate::write::Batch;
+use crate::model::batch::Batch;
+use crate::storage::error::StoreError;
+use crate::storage::state::DataState;
+use crate::storage::store;
+use crate::storage::writer::Writer;
 
 pub const API: &str = "/kamaitachi/api/data/v1/replication";
 /// How long a slave's long-poll waits on the master.
@@ -56,7 +57,7 @@ impl MasterLocator {
             .map(|d| {
                 d.services()
                     .iter()
-                    .filter(|e| e.info.role == "master")
+                    .filter(|e| e.info.role == cluster::Role::Master)
                     .map(|e| (e.key.clone(), e.info.addr.clone()))
                     .collect()
             })
@@ -118,16 +119,15 @@ enum FollowError {
 }
 
 pub struct Follower {
-    pub engine: Arc<QueryEngine>,
     pub state: Arc<DataState>,
-    pub writer: WritePool,
+    pub writer: Writer,
     pub locator: MasterLocator,
     /// Key derived from the cluster secret: requests are signed with it and
     /// every answer is checked against it before anything is applied.
     pub key: cluster::auth::ClusterKey,
     pub db_path: PathBuf,
     /// Warms the cache again after a full sync (`[cache] preload = all`).
-    pub preloader: Option<Arc<crate::preload::Preloader>>,
+    pub preloader: Option<Arc<crate::engine::preload::Preloader>>,
 }
 
 impl Follower {
@@ -245,8 +245,7 @@ impl Follower {
         // answers 410 (copy the image) when its own differs.
         let digest = self
             .writer
-            .call(|s| s.meta("log_digest"))
-            .map_err(StoreError::Worker)??
+            .meta("log_digest")?
             .filter(|d| d.len() == 64)
             .map(|d| format!("&digest={d}"))
             .unwrap_or_default();
@@ -304,25 +303,8 @@ impl Follower {
 
     fn apply(&self, master_seq: u64, changes: Vec<Change>) -> Result<(), FollowError> {
         for change in changes {
-            let engine = self.engine.clone();
-            let state = self.state.clone();
-            let Change {
-                seq,
-                digest,
-                mut batch,
-            } = change;
-            self.writer
-                .call(move |store| {
-                    let applied = store.apply_replicated(&mut batch, seq, digest.as_deref())?;
-                    let catalog = if applied.catalog_changed {
-                        Some(store.load_catalog()?)
-                    } else {
-                        None
-                    };
-                    state.publish(&engine, applied, seq, catalog);
-                    Ok::<_, StoreError>(())
-                })
-                .map_err(StoreError::Worker)??;
+            let Change { seq, digest, batch } = change;
+            self.writer.apply(seq, digest, batch)?;
         }
         self.state
             .master_seq
@@ -332,7 +314,7 @@ impl Follower {
                 seq = master_seq,
                 "replication: caught up with the master at {master_seq}; ready"
             );
-            self.state.ready.store(true, Ordering::Release);
+            self.state.set_ready(true);
         }
         Ok(())
     }
@@ -432,28 +414,7 @@ impl Follower {
                 "replication: image verified at {:.1}s; restoring",
                 started.elapsed().as_secs_f64()
             );
-            let engine = self.engine.clone();
-            let state = self.state.clone();
-            let path = tmp.clone();
-            self.writer
-                .call(move |store| {
-                    let restored = store.restore_from(&path).and_then(|()| {
-                        Ok((
-                            store.load_catalog()?,
-                            store.report_count()?,
-                            store.data_version()?,
-                        ))
-                    });
-                    store.writer_cache()?;
-                    let (catalog, records, v) = restored?;
-                    engine.after_restore(catalog);
-                    state.total_records.store(records as i64, Ordering::Release);
-                    state.dataset_id.store(v.dataset_id, Ordering::Release);
-                    state.applied_seq.store(v.version, Ordering::Release);
-                    state.master_seq.fetch_max(v.version, Ordering::AcqRel);
-                    Ok::<_, StoreError>(())
-                })
-                .map_err(StoreError::Worker)??;
+            self.writer.restore(tmp.clone())?;
             Ok(())
         })();
         let _ = std::fs::remove_file(&tmp);

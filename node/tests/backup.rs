@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cluster::testkit::eventually;
 use common::*;
+use kamaitachi_testkit::eventually;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// Unix seconds of y-m-d 00:00 UTC.

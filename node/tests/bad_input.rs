@@ -401,7 +401,7 @@ fn a_panicking_worker_is_replaced_and_its_request_gets_500() {
         eprintln!("skipped: the panic hook exists in debug builds only");
         return;
     }
-    let subjects = cluster::testkit::subjects(sample_db());
+    let subjects = kamaitachi_testkit::subjects(sample_db());
     let doomed = subjects[0].clone();
     let mut opts = NodeOpts::new(sample_db());
     // One reader thread, so a dead one would fail every later read.
@@ -456,7 +456,7 @@ fn numeric_query_parameters_are_range_checked() {
     let n = node();
     let get = |query: &str| {
         let target = format!("/kamaitachi/api/data/v1/replication/changes?{query}");
-        let signed = cluster::testkit::replication_headers(n.port, &target);
+        let signed = kamaitachi_testkit::replication_headers(n.port, &target);
         let headers: Vec<(&str, &str)> = signed.iter().map(|(k, v)| (*k, v.as_str())).collect();
         request(n.port, "GET", &target, b"", &headers)
     };

@@ -13,7 +13,7 @@ fn snapshot_body(subject: &str) -> String {
 }
 
 fn all_subjects(db: &Path) -> Vec<String> {
-    cluster::testkit::subjects(db)
+    kamaitachi_testkit::subjects(db)
 }
 
 #[test]

@@ -13,8 +13,8 @@ use std::net::TcpStream;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use cluster::testkit::{eventually, KeepAlive};
 use common::*;
+use kamaitachi_testkit::{eventually, KeepAlive};
 
 /// `kamaitachi_store_loads_total` from the node's `/metrics`.
 fn store_loads(node: &Node) -> u64 {
@@ -148,7 +148,7 @@ fn two_hundred_concurrent_misses_of_one_subject_load_it_once() {
 }
 
 fn all_subjects() -> Vec<String> {
-    cluster::testkit::subjects(sample_db())
+    kamaitachi_testkit::subjects(sample_db())
 }
 
 #[test]
@@ -259,8 +259,8 @@ fn preload_runs_again_after_a_full_sync() {
     assert_eq!(slave.stats()["cache"]["entries"], SUBJECTS);
     // The copy carried the compact form: the slave's blobs are the master's.
     assert_eq!(
-        cluster::testkit::db_fingerprint(&slave_db),
-        cluster::testkit::db_fingerprint(sample_db())
+        kamaitachi_testkit::db_fingerprint(&slave_db),
+        kamaitachi_testkit::db_fingerprint(sample_db())
     );
 }
 
@@ -281,8 +281,8 @@ fn a_database_from_before_subject_blob_is_upgraded_at_open_and_answers_the_same(
         node.log_text()
     );
     assert_eq!(
-        cluster::testkit::db_fingerprint(&db),
-        cluster::testkit::db_fingerprint(sample_db()),
+        kamaitachi_testkit::db_fingerprint(&db),
+        kamaitachi_testkit::db_fingerprint(sample_db()),
         "the upgrade built the same blobs gen-data did"
     );
     let reference = start_node(&NodeOpts {

@@ -338,7 +338,7 @@ fn go_database_imports_and_answers_like_sql_on_the_old_file() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let up = cluster::testkit::eventually(std::time::Duration::from_secs(20), || {
+    let up = kamaitachi_testkit::eventually(std::time::Duration::from_secs(20), || {
         try_request(port, "GET", "/health", b"", &[]).is_ok_and(|r| r.status == 200)
     });
     let stats = try_request(port, "GET", STATS, b"", &[]);

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cluster::testkit::{eventually, Etcd};
 use common::*;
+use kamaitachi_testkit::{eventually, Etcd};
 
 fn node_with_etcd(etcd: &Etcd, ttl: u64) -> Node {
     let mut opts = NodeOpts::new(sample_db());

@@ -8,8 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cluster::testkit::{db_fingerprint, eventually};
 use common::*;
+use kamaitachi_testkit::{db_fingerprint, eventually};
 
 const INGEST: &str = "/kamaitachi/api/data/v1/ingest";
 const DELETE: &str = "/kamaitachi/api/data/v1/delete";
@@ -309,7 +309,7 @@ fn a_slave_too_far_behind_copies_the_database() {
 fn subject_at(n: usize) -> String {
     // Any subject of the sample data: read them from it once.
     static ALL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let all = ALL.get_or_init(|| cluster::testkit::subjects(sample_db()));
+    let all = ALL.get_or_init(|| kamaitachi_testkit::subjects(sample_db()));
     all[n % all.len()].clone()
 }
 
@@ -428,8 +428,8 @@ fn full_sync_memory_does_not_grow_with_the_database() {
         m_before / MIB
     );
     assert_eq!(
-        cluster::testkit::db_fingerprint(&slave_db),
-        cluster::testkit::db_fingerprint(&db)
+        kamaitachi_testkit::db_fingerprint(&slave_db),
+        kamaitachi_testkit::db_fingerprint(&db)
     );
 }
 

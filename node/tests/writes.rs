@@ -41,7 +41,7 @@ fn ingest_is_not_refused_while_the_wal_is_checkpointed() {
     let dir = temp_dir("writes");
     let db = dir.join("master.db");
     gen_data(&db, 60, 5);
-    let subjects: Vec<String> = cluster::testkit::subjects(&db).into_iter().take(50).collect();
+    let subjects: Vec<String> = kamaitachi_testkit::subjects(&db).into_iter().take(50).collect();
     let master = start_node(&NodeOpts::new(&db));
     let stop = Arc::new(AtomicBool::new(false));
     let checkpointer = {

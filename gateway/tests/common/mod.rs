@@ -1,17 +1,17 @@
-//! Gateway test harness: a real `kamaitachi-gateway` process on a free
-//! loopback port, stopped when dropped; nodes and etcd come from
-//! `cluster::testkit`.
+//! What the gateway tests share beyond the test kit: the sample data, a
+//! registered node, keep-alive read loops and a recording fake upstream.
+//! Processes (etcd, nodes, the gateway itself) and their directories are
+//! the kit's (`kamaitachi_testkit`).
 #![allow(dead_code, unused_imports)]
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-pub use cluster::testkit::*;
+pub use kamaitachi_testkit::*;
 
 pub const GATEWAY: &str = env!("CARGO_BIN_EXE_kamaitachi-gateway");
 
@@ -79,115 +79,6 @@ pub fn keepalive_reads(port: u16, route: &str, tag: u32, n: usize) -> Duration {
         })
         .max()
         .unwrap_or_default()
-}
-
-pub struct Gateway {
-    pub port: u16,
-    pub log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Gateway {
-    /// `upstreams`: `[gateway]`/`[etcd]`/`[limits]` lines for the config.
-    pub fn start(extra: &str) -> Gateway {
-        let dir = temp_dir("gateway");
-        let port = free_port();
-        let config = dir.join("gateway.ini");
-        let token = dir.join("admin.token");
-        std::fs::write(&token, TOKEN).unwrap();
-        let secret = cluster::testkit::write_cluster_secret(&dir);
-        let ini = format!(
-            "[server]\nport = {port}\nmode = gateway\nthreads = 2\n\
-             [security]\nadmin_token_file = {}\ncluster_secret_file = {}\n{extra}",
-            token.display(),
-            secret.display()
-        );
-        let ini = if ini.contains("[gateway]") {
-            ini.replace("[gateway]\n", "[gateway]\nhealth_interval_ms = 300\n")
-        } else {
-            format!("{ini}\n[gateway]\nhealth_interval_ms = 300\n")
-        };
-        std::fs::write(&config, ini).unwrap();
-        let log = dir.join("gateway.log");
-        let child = Command::new(GATEWAY)
-            .arg("-config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn gateway");
-        let mut gw = Gateway {
-            port,
-            log,
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while try_request(port, "GET", "/metrics", b"", &[]).is_err() {
-            if let Some(Ok(Some(status))) = gw.child.as_mut().map(|c| c.try_wait()) {
-                panic!("gateway exited with {status}: {}", gw.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not start: {}",
-                gw.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        gw
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn health(&self) -> serde_json::Value {
-        request(self.port, "GET", "/health", b"", &[]).json()
-    }
-
-    /// Waits until `/health` lists `n` usable nodes.
-    pub fn wait_nodes(&self, n: u64) {
-        assert!(
-            eventually(Duration::from_secs(15), || self.health()["healthy_nodes"] == n),
-            "gateway never saw {n} healthy nodes: {}",
-            self.health()
-        );
-    }
-
-    pub fn post(&self, path: &str, body: &str) -> Resp {
-        request(self.port, "POST", path, body.as_bytes(), &[])
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, |c| c.id())
-    }
-
-    /// SIGTERM; returns how long the gateway took to exit.
-    pub fn stop(&mut self) -> Duration {
-        let mut child = self.child.take().expect("running");
-        let started = Instant::now();
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                return started.elapsed();
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                let _ = child.kill();
-                panic!("gateway ignored SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// A recording upstream on a free port: answers every request with 200 and
@@ -260,7 +151,6 @@ impl Recorder {
     fn spawn(per_conn: usize, hang: bool, answer_len: usize, role: &'static str) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let key = cluster::auth::ClusterKey::from_secret(CLUSTER_SECRET.as_bytes());
         let seen: Seen = Arc::new(Mutex::new(Vec::new()));
         let data_requests = Arc::new(AtomicUsize::new(0));
         let (s, d) = (seen.clone(), data_requests.clone());
@@ -273,7 +163,6 @@ impl Recorder {
                 }
                 let Ok(mut conn) = conn else { continue };
                 let (s, d) = (s.clone(), d.clone());
-                let key = key.clone();
                 std::thread::spawn(move || {
                     conn.set_read_timeout(Some(Duration::from_secs(30))).ok();
                     let mut buf = Vec::new();
@@ -319,22 +208,7 @@ impl Recorder {
                         let large = (answer_len > 0 && !request_line.starts_with("GET /health "))
                             .then(|| answer_of(d.load(Ordering::SeqCst), answer_len));
                         let reply: &[u8] = large.as_deref().unwrap_or(small);
-                        let challenge = head.lines().find_map(|l| {
-                            let (name, value) = l.split_once(':')?;
-                            name.eq_ignore_ascii_case(cluster::auth::CHALLENGE_HEADER)
-                                .then(|| value.trim().to_string())
-                        });
-                        let proof = challenge
-                            .map(|c| {
-                                let me = format!("127.0.0.1:{port}");
-                                format!(
-                                    "{}: {}\r\n{}: {me}\r\n",
-                                    cluster::auth::PROOF_HEADER,
-                                    key.health_proof(&c, &me, role),
-                                    cluster::auth::NODE_HEADER
-                                )
-                            })
-                            .unwrap_or_default();
+                        let proof = health_proof_headers(&head, port, role);
                         let resp = format!(
                             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{proof}Content-Length: {}\r\n\r\n",
                             reply.len()

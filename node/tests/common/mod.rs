@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-pub use cluster::testkit::{
+pub use kamaitachi_testkit::{
     free_port, parse_responses, post_whole_then_read, request, send_raw, temp_dir, try_request, Node,
     NodeOpts, Resp, PERIOD, RESET, SNAPSHOT, STATS, TOKEN,
 };
@@ -20,13 +20,13 @@ pub fn sample_db() -> &'static Path {
     DB.get_or_init(|| {
         let dir = temp_dir("sample");
         let db = dir.join("sample.db");
-        cluster::testkit::gen_data(Path::new(BIN), &db, SUBJECTS, 7);
+        kamaitachi_testkit::gen_data(Path::new(BIN), &db, SUBJECTS, 7);
         db
     })
 }
 
 pub fn gen_data(db: &Path, subjects: usize, seed: u64) {
-    cluster::testkit::gen_data(Path::new(BIN), db, subjects, seed)
+    kamaitachi_testkit::gen_data(Path::new(BIN), db, subjects, seed)
 }
 
 pub fn start_node(opts: &NodeOpts) -> Node {

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::catalog::{Catalog, SubjectInfo};
-use crate::error::ApiError;
+use crate::engine::error::EngineError;
+use crate::model::catalog::{Catalog, SubjectInfo};
 
 pub const MAX_LIMIT: i64 = 1000;
 pub const MAX_SUBJECTS: usize = 1000;
@@ -64,19 +64,21 @@ pub struct PeriodQuery {
 pub const MAX_DEPTH: usize = 32;
 
 /// Parses a JSON object body.
-pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, EngineError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::BadRequest("empty body: expected a JSON object".into()));
+        return Err(EngineError::BadRequest(
+            "empty body: expected a JSON object".into(),
+        ));
     }
     if nesting_exceeds(body, MAX_DEPTH) {
-        return Err(ApiError::BadRequest(format!(
+        return Err(EngineError::BadRequest(format!(
             "body is nested deeper than {MAX_DEPTH} levels"
         )));
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::BadRequest("body must be a JSON object".into())),
-        Err(e) => Err(ApiError::BadRequest(format!("body is not valid JSON: {e}"))),
+        Ok(_) => Err(EngineError::BadRequest("body must be a JSON object".into())),
+        Err(e) => Err(EngineError::BadRequest(format!("body is not valid JSON: {e}"))),
     }
 }
 
@@ -112,12 +114,12 @@ fn nesting_exceeds(body: &[u8], limit: usize) -> bool {
 }
 
 impl SnapshotQuery {
-    pub fn parse(body: &[u8], catalog: &Catalog) -> Result<Self, ApiError> {
+    pub fn parse(body: &[u8], catalog: &Catalog) -> Result<Self, EngineError> {
         let obj = parse_object(body)?;
         let ids = parse_ids(&obj, catalog)?;
         if let Some(m) = given(&obj, "method") {
             if !m.is_string() {
-                return Err(ApiError::field(
+                return Err(EngineError::field(
                     "method",
                     "expected a string such as \"market:code\"",
                 ));
@@ -127,16 +129,21 @@ impl SnapshotQuery {
         let (subjects, unknown) = match (given(&obj, "topic"), given(&obj, "subjects")) {
             (Some(Value::String(t)), _) => match catalog.topic(t.trim()) {
                 Some(members) => (members.to_vec(), Vec::new()),
-                None => return Err(ApiError::field("topic", format!("unknown topic {:?}", t.trim()))),
+                None => {
+                    return Err(EngineError::field(
+                        "topic",
+                        format!("unknown topic {:?}", t.trim()),
+                    ))
+                }
             },
-            (Some(_), _) => return Err(ApiError::field("topic", "expected a string")),
+            (Some(_), _) => return Err(EngineError::field("topic", "expected a string")),
             (None, Some(v)) => resolve_subjects(v, catalog)?,
-            (None, None) => return Err(ApiError::field("subjects", "required (or topic)")),
+            (None, None) => return Err(EngineError::field("subjects", "required (or topic)")),
         };
         let sort = match given(&obj, "field") {
             None => SortKey::Indicator(ids[0].id),
             Some(Value::String(f)) => parse_sort_field(f.trim(), catalog)?,
-            Some(_) => return Err(ApiError::field("field", "expected a string")),
+            Some(_) => return Err(EngineError::field("field", "expected a string")),
         };
         let descending = match given(&obj, "order") {
             None => true,
@@ -144,18 +151,18 @@ impl SnapshotQuery {
         };
         let offset = int_field(&obj, "offset", 0)?;
         if offset < 0 {
-            return Err(ApiError::field("offset", "must be >= 0"));
+            return Err(EngineError::field("offset", "must be >= 0"));
         }
         let limit = int_field(&obj, "limit", DEFAULT_LIMIT)?;
         if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::field(
+            return Err(EngineError::field(
                 "limit",
                 format!("must be between 1 and {MAX_LIMIT} (0 means the default, {DEFAULT_LIMIT})"),
             ));
         }
         let as_of = int_field(&obj, "timestamp", 0)?;
         if as_of < 0 {
-            return Err(ApiError::field(
+            return Err(EngineError::field(
                 "timestamp",
                 "must be >= 0 (unix seconds; 0 = latest)",
             ));
@@ -175,12 +182,12 @@ impl SnapshotQuery {
 
 /// `field`: any known indicator (requested or not, as the original sorts by
 /// any column), or `report_date` (`end_date` sorts the same way).
-fn parse_sort_field(f: &str, catalog: &Catalog) -> Result<SortKey, ApiError> {
+fn parse_sort_field(f: &str, catalog: &Catalog) -> Result<SortKey, EngineError> {
     match f {
         "report_date" | "end_date" => Ok(SortKey::ReportDate),
         _ => match catalog.indicator(f) {
             Some(ind) => Ok(SortKey::Indicator(ind.id)),
-            None => Err(ApiError::field(
+            None => Err(EngineError::field(
                 "field",
                 format!("unknown sort field {f:?}: use report_date or an indicator id"),
             )),
@@ -190,7 +197,7 @@ fn parse_sort_field(f: &str, catalog: &Catalog) -> Result<SortKey, ApiError> {
 
 /// `order`: the sign of an integer (-1 descending, 1 ascending, as the
 /// original reads any integer), or "desc"/"asc". Zero values never get here.
-fn parse_descending(v: &Value) -> Result<bool, ApiError> {
+fn parse_descending(v: &Value) -> Result<bool, EngineError> {
     const EXPECTED: &str = "expected -1, 1, \"desc\" or \"asc\"";
     let sign = match v {
         Value::Number(n) => n.as_i64().map(i64::signum),
@@ -204,23 +211,23 @@ fn parse_descending(v: &Value) -> Result<bool, ApiError> {
     match sign {
         Some(-1) => Ok(true),
         Some(1) => Ok(false),
-        _ => Err(ApiError::field("order", EXPECTED)),
+        _ => Err(EngineError::field("order", EXPECTED)),
     }
 }
 
 impl PeriodQuery {
-    pub fn parse(body: &[u8], catalog: &Catalog) -> Result<Self, ApiError> {
+    pub fn parse(body: &[u8], catalog: &Catalog) -> Result<Self, EngineError> {
         let obj = parse_object(body)?;
         let ids = parse_ids(&obj, catalog)?;
         let (subjects, unknown) = match given(&obj, "subjects") {
             Some(v) => resolve_subjects(v, catalog)?,
-            None => return Err(ApiError::field("subjects", "required")),
+            None => return Err(EngineError::field("subjects", "required")),
         };
         let from = int_field(&obj, "from", 0)?;
         // A Go client that leaves `to` unset sends 0: the end of time.
         let to = int_field(&obj, "to", i64::MAX)?;
         if from > to {
-            return Err(ApiError::field(
+            return Err(EngineError::field(
                 "from",
                 format!("from ({from}) must be <= to ({to})"),
             ));
@@ -253,7 +260,7 @@ fn given<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
 
 /// A comma-separated string (or an array of strings) as trimmed, non-empty
 /// items.
-fn string_list<'a>(v: &'a Value, field: &'static str) -> Result<Vec<&'a str>, ApiError> {
+fn string_list<'a>(v: &'a Value, field: &'static str) -> Result<Vec<&'a str>, EngineError> {
     let items: Vec<&str> = match v {
         Value::String(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).collect(),
         Value::Array(a) => {
@@ -261,24 +268,24 @@ fn string_list<'a>(v: &'a Value, field: &'static str) -> Result<Vec<&'a str>, Ap
             for item in a {
                 match item {
                     Value::String(s) if !s.trim().is_empty() => out.push(s.trim()),
-                    _ => return Err(ApiError::field(field, "expected a comma-separated string")),
+                    _ => return Err(EngineError::field(field, "expected a comma-separated string")),
                 }
             }
             out
         }
-        _ => return Err(ApiError::field(field, "expected a comma-separated string")),
+        _ => return Err(EngineError::field(field, "expected a comma-separated string")),
     };
     Ok(items)
 }
 
-fn parse_ids(obj: &Map<String, Value>, catalog: &Catalog) -> Result<Vec<IdRef>, ApiError> {
-    let v = present(obj, "ids").ok_or_else(|| ApiError::field("ids", "required"))?;
+fn parse_ids(obj: &Map<String, Value>, catalog: &Catalog) -> Result<Vec<IdRef>, EngineError> {
+    let v = present(obj, "ids").ok_or_else(|| EngineError::field("ids", "required"))?;
     let codes = string_list(v, "ids")?;
     if codes.is_empty() {
-        return Err(ApiError::field("ids", "must name at least one indicator"));
+        return Err(EngineError::field("ids", "must name at least one indicator"));
     }
     if codes.len() > MAX_IDS {
-        return Err(ApiError::field(
+        return Err(EngineError::field(
             "ids",
             format!("at most {MAX_IDS} indicators per request"),
         ));
@@ -286,7 +293,7 @@ fn parse_ids(obj: &Map<String, Value>, catalog: &Catalog) -> Result<Vec<IdRef>, 
     let mut ids: Vec<IdRef> = Vec::with_capacity(codes.len());
     for code in codes {
         let Some(ind) = catalog.indicator(code) else {
-            return Err(ApiError::field("ids", format!("unknown indicator {code:?}")));
+            return Err(EngineError::field("ids", format!("unknown indicator {code:?}")));
         };
         if !ids.iter().any(|i| i.id == ind.id) {
             ids.push(IdRef {
@@ -315,13 +322,16 @@ pub fn valid_subject(s: &str) -> bool {
 
 type Resolved = (Vec<Arc<SubjectInfo>>, Vec<String>);
 
-fn resolve_subjects(v: &Value, catalog: &Catalog) -> Result<Resolved, ApiError> {
+fn resolve_subjects(v: &Value, catalog: &Catalog) -> Result<Resolved, EngineError> {
     let names = string_list(v, "subjects")?;
     if names.is_empty() {
-        return Err(ApiError::field("subjects", "must name at least one market:code"));
+        return Err(EngineError::field(
+            "subjects",
+            "must name at least one market:code",
+        ));
     }
     if names.len() > MAX_SUBJECTS {
-        return Err(ApiError::field(
+        return Err(EngineError::field(
             "subjects",
             format!("{} subjects; at most {MAX_SUBJECTS} per request", names.len()),
         ));
@@ -330,7 +340,7 @@ fn resolve_subjects(v: &Value, catalog: &Catalog) -> Result<Resolved, ApiError> 
     let mut unknown = Vec::new();
     for name in names {
         if !valid_subject(name) {
-            return Err(ApiError::field(
+            return Err(EngineError::field(
                 "subjects",
                 format!("{name:?} is not market:code (e.g. 33:000001)"),
             ));
@@ -353,7 +363,7 @@ fn resolve_subjects(v: &Value, catalog: &Catalog) -> Result<Resolved, ApiError> 
 
 /// An integer field: a JSON integer or a string of digits; a zero value
 /// (`0`, `""`) is the default.
-fn int_field(obj: &Map<String, Value>, key: &'static str, default: i64) -> Result<i64, ApiError> {
+fn int_field(obj: &Map<String, Value>, key: &'static str, default: i64) -> Result<i64, EngineError> {
     let value = match given(obj, key) {
         None => return Ok(default),
         Some(Value::Number(n)) => n.as_i64(),
@@ -363,14 +373,14 @@ fn int_field(obj: &Map<String, Value>, key: &'static str, default: i64) -> Resul
     match value {
         Some(0) => Ok(default),
         Some(v) => Ok(v),
-        None => Err(ApiError::field(key, "expected an integer")),
+        None => Err(EngineError::field(key, "expected an integer")),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Indicator;
+    use crate::model::catalog::Indicator;
 
     fn catalog() -> Catalog {
         let indicators = ["operating_income", "net_profit", "total_profit"]
@@ -518,7 +528,7 @@ mod tests {
         assert!(!nesting_exceeds(br#"{"a":"[[[[[[[[\"[[[["}"#, 2));
         let deep = "[".repeat(100_000);
         assert!(
-            matches!(parse_object(deep.as_bytes()), Err(ApiError::BadRequest(m)) if m.contains("nested"))
+            matches!(parse_object(deep.as_bytes()), Err(EngineError::BadRequest(m)) if m.contains("nested"))
         );
     }
 }

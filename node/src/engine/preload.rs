@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::query::QueryEngine;
+use crate::engine::query::QueryEngine;
 
 /// Subjects loaded per step (one reader job each per reader thread).
 const CHUNK: usize = 128;

@@ -4,9 +4,14 @@
 //! 1. the response cache, keyed by the exact body — a hit is a copy of bytes;
 //! 2. parse and validate against the catalog (`request.rs`);
 //! 3. each subject's [`Series`] from the cache, or — for the ones missing —
-//!    from SQLite (`store.rs`: one `subject_blob` read each), then cached;
-//!    with the cache disabled, only the reports the question needs are read;
-//! 4. select, sort, page and render (`response.rs`), and cache the bytes.
+//!    from SQLite (`storage/store.rs`: one `subject_blob` read each), then
+//!    cached; with the cache disabled, only the reports the question needs
+//!    are read;
+//! 4. select, sort, page and render (`render.rs`), and cache the bytes.
+//!
+//! Snapshot and period go through the same steps; what differs between
+//! them (route, parser, renderer) is the [`Question`] trait, so the path is
+//! written once (`serve`).
 //!
 //! Steps 3–4 for a question over many subjects (a topic pool) take
 //! milliseconds of CPU; they run on the compute pool rather than on the
@@ -25,7 +30,7 @@
 //! from SQLite (`/metrics`: `kamaitachi_store_loads_total`).
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -33,14 +38,17 @@ use may::sync::mpsc;
 
 use arc_swap::ArcSwap;
 
-use crate::cache::{DataCache, Route};
-use crate::catalog::{Catalog, SubjectInfo};
-use crate::error::ApiError;
-use crate::pool::WorkerPool;
-use crate::request::{PeriodQuery, SnapshotQuery, SortKey};
-use crate::response;
-use crate::series::{Report, Series};
-use crate::store::{self, ReadPool, StoreError};
+use crate::engine::cache::{DataCache, Route};
+use crate::engine::error::EngineError;
+use crate::engine::render;
+use crate::engine::request::{PeriodQuery, SnapshotQuery, SortKey};
+use crate::json;
+use crate::model::catalog::{Catalog, SubjectInfo};
+use crate::model::series::{Report, Series};
+use crate::storage::error::StoreError;
+use crate::storage::pool::WorkerPool;
+use crate::storage::store::{self, ReadPool};
+use crate::storage::writer::Publish;
 
 /// Questions over more subjects than this are answered on the compute pool.
 const HEAVY_SUBJECTS: usize = 64;
@@ -166,32 +174,51 @@ impl QueryEngine {
     }
 
     /// `POST …/snapshot`: the full response body.
-    pub fn snapshot(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, ApiError> {
+    pub fn snapshot(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, EngineError> {
+        self.serve::<SnapshotQuery>(body)
+    }
+
+    /// `POST …/period`: the full response body.
+    pub fn period(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, EngineError> {
+        self.serve::<PeriodQuery>(body)
+    }
+
+    /// Steps 1–4 of the module comment for either kind of question: the
+    /// cached answer if there is one (no parse, no lock, no allocation
+    /// beyond the cache's own lookup), else parse, answer — on the compute
+    /// pool when the question is heavy — and cache the bytes.
+    fn serve<Q: Question>(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, EngineError> {
         let e0 = self.epoch();
-        if let Some(hit) = self.cache.response(Route::Snapshot, e0, body) {
+        if let Some(hit) = self.cache.response(Q::ROUTE, e0, body) {
             self.cache.record_hit();
             return Ok(hit);
         }
         let catalog = self.catalog.load_full();
-        let q = SnapshotQuery::parse(body, &catalog)?;
-        if q.subjects.len() > HEAVY_SUBJECTS {
+        let q = Q::parse(body, &catalog)?;
+        if q.subject_count() > HEAVY_SUBJECTS {
             let engine = self.clone();
             let body = body.to_vec();
             return self
                 .compute
-                .call(move |_| engine.answer_snapshot(e0, &q, &body, &catalog))
-                .map_err(ApiError::from)?;
+                .call(move |_| engine.answer(e0, &q, &body, &catalog))
+                .map_err(EngineError::from)?;
         }
-        self.answer_snapshot(e0, &q, body, &catalog)
+        self.answer(e0, &q, body, &catalog)
     }
 
-    fn answer_snapshot(
+    fn answer<Q: Question>(
         &self,
         e0: u64,
-        q: &SnapshotQuery,
+        q: &Q,
         body: &[u8],
         catalog: &Catalog,
-    ) -> Result<Arc<[u8]>, ApiError> {
+    ) -> Result<Arc<[u8]>, EngineError> {
+        let bytes: Arc<[u8]> = q.render(self, e0, catalog)?.into();
+        self.cache.insert_response(Q::ROUTE, e0, body, bytes.clone());
+        Ok(bytes)
+    }
+
+    fn render_snapshot(&self, e0: u64, q: &SnapshotQuery, catalog: &Catalog) -> Result<Vec<u8>, EngineError> {
         let series = self.series_for(e0, &q.subjects, Need::LatestAt(q.as_of), catalog)?;
 
         let key = |r: Option<&Report>| -> Option<f64> {
@@ -217,64 +244,33 @@ impl QueryEngine {
 
         let page = rows.iter().skip(q.offset).take(q.limit);
         let mut buf = Vec::with_capacity(256 + q.limit.min(rows.len()) * 256);
-        response::begin_envelope(&mut buf, 0, &response::success_msg(&q.unknown));
+        json::begin_envelope(&mut buf, 0, &render::success_msg(&q.unknown));
         buf.push(b'[');
         for (n, (info, report, _)) in page.enumerate() {
             if n > 0 {
                 buf.push(b',');
             }
-            response::push_snapshot_row(&mut buf, info, &q.ids, *report);
+            render::push_snapshot_row(&mut buf, info, &q.ids, *report);
         }
         buf.push(b']');
-        response::end_envelope(&mut buf);
-        let bytes: Arc<[u8]> = buf.into();
-        self.cache
-            .insert_response(Route::Snapshot, e0, body, bytes.clone());
-        Ok(bytes)
+        json::end_envelope(&mut buf);
+        Ok(buf)
     }
 
-    /// `POST …/period`: the full response body.
-    pub fn period(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, ApiError> {
-        let e0 = self.epoch();
-        if let Some(hit) = self.cache.response(Route::Period, e0, body) {
-            self.cache.record_hit();
-            return Ok(hit);
-        }
-        let catalog = self.catalog.load_full();
-        let q = PeriodQuery::parse(body, &catalog)?;
-        if q.subjects.len() > HEAVY_SUBJECTS {
-            let engine = self.clone();
-            let body = body.to_vec();
-            return self
-                .compute
-                .call(move |_| engine.answer_period(e0, &q, &body, &catalog))
-                .map_err(ApiError::from)?;
-        }
-        self.answer_period(e0, &q, body, &catalog)
-    }
-
-    fn answer_period(
-        &self,
-        e0: u64,
-        q: &PeriodQuery,
-        body: &[u8],
-        catalog: &Catalog,
-    ) -> Result<Arc<[u8]>, ApiError> {
+    fn render_period(&self, e0: u64, q: &PeriodQuery, catalog: &Catalog) -> Result<Vec<u8>, EngineError> {
         let series = self.series_for(e0, &q.subjects, Need::Range(q.from, q.to), catalog)?;
         let mut buf = Vec::with_capacity(256 + q.subjects.len() * 1024);
-        response::begin_envelope(&mut buf, 0, &response::success_msg(&q.unknown));
+        json::begin_envelope(&mut buf, 0, &render::success_msg(&q.unknown));
         buf.push(b'[');
         for (n, (info, s)) in q.subjects.iter().zip(series.iter()).enumerate() {
             if n > 0 {
                 buf.push(b',');
             }
-            response::push_period_entry(&mut buf, info, &q.ids, s.range(q.from, q.to));
+            render::push_period_entry(&mut buf, info, &q.ids, s.range(q.from, q.to));
         }
         buf.push(b']');
-        response::end_envelope(&mut buf);
-        let bytes: Arc<[u8]> = buf.into();
-        self.cache.insert_response(Route::Period, e0, body, bytes.clone());
-        Ok(bytes)
+        json::end_envelope(&mut buf);
+        Ok(buf)
     }
 
     /// The series of every subject, in order: from the cache where present,
@@ -285,7 +281,7 @@ impl QueryEngine {
         subjects: &[Arc<SubjectInfo>],
         need: Need,
         catalog: &Catalog,
-    ) -> Result<Vec<Arc<Series>>, ApiError> {
+    ) -> Result<Vec<Arc<Series>>, EngineError> {
         let width = catalog.value_width();
         if !self.cache.enabled() {
             self.cache.record_miss();
@@ -325,7 +321,7 @@ impl QueryEngine {
 
     /// Loads into the cache those of `names` it does not hold (the
     /// preloader's entry point); returns how many it read.
-    pub fn warm(&self, names: &[Arc<str>]) -> Result<usize, ApiError> {
+    pub fn warm(&self, names: &[Arc<str>]) -> Result<usize, EngineError> {
         let e0 = self.epoch();
         let missing: Vec<Arc<str>> = names
             .iter()
@@ -343,7 +339,7 @@ impl QueryEngine {
     /// The series of `names` (none of them cached when the caller looked),
     /// each read once however many requests ask for it at the same time,
     /// and cached.
-    fn load(&self, e0: u64, names: Vec<Arc<str>>, width: usize) -> Result<Vec<Arc<Series>>, ApiError> {
+    fn load(&self, e0: u64, names: Vec<Arc<str>>, width: usize) -> Result<Vec<Arc<Series>>, EngineError> {
         let mut slots = Vec::with_capacity(names.len());
         {
             let mut map = self.inflight();
@@ -452,7 +448,7 @@ impl QueryEngine {
             // closed channel means the pool is gone.
             let done = job
                 .recv()
-                .map_err(|_| StoreError::Worker(crate::pool::PoolError::Gone))?;
+                .map_err(|_| StoreError::Worker(crate::storage::pool::PoolError::Gone))?;
             out.extend(done??);
         }
         Ok(out)
@@ -497,6 +493,62 @@ impl Drop for Flights<'_> {
         for name in self.led.drain(..) {
             map.remove(&name);
         }
+    }
+}
+
+/// A kind of question the engine answers (snapshot, period): what differs
+/// between them, so [`QueryEngine::serve`] is written once. Static dispatch:
+/// the cache-hit path is the same code it was for each route.
+trait Question: Sized + Send + 'static {
+    /// The response cache's route for this kind.
+    const ROUTE: Route;
+    fn parse(body: &[u8], catalog: &Catalog) -> Result<Self, EngineError>;
+    fn subject_count(&self) -> usize;
+    /// The whole response envelope.
+    fn render(&self, engine: &QueryEngine, e0: u64, catalog: &Catalog) -> Result<Vec<u8>, EngineError>;
+}
+
+impl Question for SnapshotQuery {
+    const ROUTE: Route = Route::Snapshot;
+
+    fn parse(body: &[u8], catalog: &Catalog) -> Result<Self, EngineError> {
+        SnapshotQuery::parse(body, catalog)
+    }
+
+    fn subject_count(&self) -> usize {
+        self.subjects.len()
+    }
+
+    fn render(&self, engine: &QueryEngine, e0: u64, catalog: &Catalog) -> Result<Vec<u8>, EngineError> {
+        engine.render_snapshot(e0, self, catalog)
+    }
+}
+
+impl Question for PeriodQuery {
+    const ROUTE: Route = Route::Period;
+
+    fn parse(body: &[u8], catalog: &Catalog) -> Result<Self, EngineError> {
+        PeriodQuery::parse(body, catalog)
+    }
+
+    fn subject_count(&self) -> usize {
+        self.subjects.len()
+    }
+
+    fn render(&self, engine: &QueryEngine, e0: u64, catalog: &Catalog) -> Result<Vec<u8>, EngineError> {
+        engine.render_period(e0, self, catalog)
+    }
+}
+
+/// The writer publishes every committed change here, on its thread and in
+/// commit order (`storage/writer.rs`).
+impl Publish for QueryEngine {
+    fn after_write(&self, touched: BTreeSet<String>, catalog: Option<Catalog>) {
+        QueryEngine::after_write(self, touched, catalog);
+    }
+
+    fn after_restore(&self, catalog: Catalog) {
+        QueryEngine::after_restore(self, catalog);
     }
 }
 

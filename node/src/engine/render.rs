@@ -1,56 +1,15 @@
-//! Writing JSON responses straight into bytes.
+//! Rendering query results: snapshot rows and period entries, written
+//! field by field into the response buffer with the primitives of
+//! `json.rs`.
 //!
-//! The envelope is `{"status_code":N,"status_msg":"…","data":…}`. Query
-//! results are written field by field into one buffer — subject objects are
-//! copied from their pre-rendered JSON — so a response is built without an
-//! intermediate `serde_json::Value`, and once built it can be cached as is.
+//! Subject objects are copied from their pre-rendered JSON (`catalog.rs`),
+//! so a response is built without an intermediate `serde_json::Value`, and
+//! once built it can be cached as is.
 
-use crate::catalog::SubjectInfo;
-use crate::request::IdRef;
-use crate::series::Report;
-
-/// Appends `s` as a JSON string literal.
-pub fn push_str(buf: &mut Vec<u8>, s: &str) {
-    // Writing to a Vec cannot fail; a &str always serialises.
-    let _ = serde_json::to_writer(&mut *buf, s);
-}
-
-pub fn push_i64(buf: &mut Vec<u8>, v: i64) {
-    let _ = serde_json::to_writer(&mut *buf, &v);
-}
-
-/// Appends a number, or `null` for a missing value.
-pub fn push_opt_f64(buf: &mut Vec<u8>, v: Option<f64>) {
-    match v {
-        Some(v) if v.is_finite() => {
-            let _ = serde_json::to_writer(&mut *buf, &v);
-        }
-        _ => buf.extend_from_slice(b"null"),
-    }
-}
-
-/// Starts an envelope; the caller appends `data` and then calls
-/// [`end_envelope`].
-pub fn begin_envelope(buf: &mut Vec<u8>, status_code: u16, msg: &str) {
-    buf.extend_from_slice(b"{\"status_code\":");
-    push_i64(buf, status_code as i64);
-    buf.extend_from_slice(b",\"status_msg\":");
-    push_str(buf, msg);
-    buf.extend_from_slice(b",\"data\":");
-}
-
-pub fn end_envelope(buf: &mut Vec<u8>) {
-    buf.push(b'}');
-}
-
-/// A whole envelope whose `data` is already JSON.
-pub fn envelope(status_code: u16, msg: &str, data_json: &[u8]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(64 + msg.len() + data_json.len());
-    begin_envelope(&mut buf, status_code, msg);
-    buf.extend_from_slice(data_json);
-    end_envelope(&mut buf);
-    buf
-}
+use crate::engine::request::IdRef;
+use crate::json::{push_i64, push_opt_f64, push_str};
+use crate::model::catalog::SubjectInfo;
+use crate::model::series::Report;
 
 /// `"success"`, or `"success; unknown subjects: …"`.
 pub fn success_msg(unknown: &[String]) -> String {

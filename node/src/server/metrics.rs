@@ -10,7 +10,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
-use crate::cache::CacheStats;
+use crate::engine::cache::CacheStats;
 
 /// The routes metrics are kept for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +209,7 @@ impl Metrics {
         self.lag.set(lag as i64);
         self.etcd_reconnects.set(cluster::registry::reconnects() as i64);
         self.worker_panics.reset();
-        self.worker_panics.inc_by(crate::pool::panics());
+        self.worker_panics.inc_by(crate::storage::pool::panics());
         let mut out = Vec::new();
         // Encoding into a Vec only fails on invalid metric families, which
         // the registry already refused at registration.

@@ -3,8 +3,15 @@
 //! Handlers return [`ApiError`]; `api.rs` renders it as the contract's JSON
 //! envelope with the status from [`ApiError::status`]. Every message says
 //! what was wrong and, for bad input, with which field.
+//!
+//! Each lower layer has its own error (the connection loop's
+//! `TransportError`, `EngineError`, `StoreError`, `PoolError`); the `From`
+//! impls are the only place they become an `ApiError`, so a status is
+//! decided here and nowhere else.
 
-use crate::store::StoreError;
+use crate::engine::error::EngineError;
+use crate::server::http::TransportError;
+use crate::storage::error::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -29,14 +36,10 @@ pub enum ApiError {
         path: String,
         allowed: &'static str,
     },
-    #[error("request body is {got} bytes; the limit is {limit} bytes")]
-    PayloadTooLarge { got: u64, limit: u64 },
-    #[error("request header section is larger than {limit} bytes or has more than {max_headers} headers")]
-    HeadersTooLarge { limit: usize, max_headers: usize },
-    #[error("request not received in time")]
-    RequestTimeout,
-    #[error("Transfer-Encoding is not supported; send the body with a Content-Length")]
-    TransferEncodingUnsupported,
+    /// Refused by the connection loop before routing (framing, limits,
+    /// timeouts).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
     #[error("{0}")]
     Unavailable(String),
     /// The replication request cannot be served incrementally.
@@ -63,10 +66,14 @@ impl ApiError {
             ApiError::Forbidden => 403,
             ApiError::NotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
-            ApiError::RequestTimeout => 408,
-            ApiError::PayloadTooLarge { .. } => 413,
-            ApiError::HeadersTooLarge { .. } => 431,
-            ApiError::TransferEncodingUnsupported => 501,
+            ApiError::Transport(t) => match t {
+                TransportError::Malformed(_) | TransportError::BadLength(_) => 400,
+                TransportError::RequestTimeout => 408,
+                TransportError::PayloadTooLarge { .. } => 413,
+                TransportError::HeadersTooLarge { .. } => 431,
+                TransportError::TransferEncodingUnsupported => 501,
+                TransportError::TooManyConnections => 503,
+            },
             ApiError::Unavailable(_) => 503,
             ApiError::Gone(_) => 410,
             ApiError::Internal(_) => 500,
@@ -74,11 +81,11 @@ impl ApiError {
     }
 }
 
-impl From<crate::pool::PoolError> for ApiError {
-    fn from(e: crate::pool::PoolError) -> Self {
+impl From<crate::storage::pool::PoolError> for ApiError {
+    fn from(e: crate::storage::pool::PoolError) -> Self {
         match e {
-            crate::pool::PoolError::Gone => ApiError::Unavailable(e.to_string()),
-            crate::pool::PoolError::Panicked(_) => ApiError::Internal(e.to_string()),
+            crate::storage::pool::PoolError::Gone => ApiError::Unavailable(e.to_string()),
+            crate::storage::pool::PoolError::Panicked(_) => ApiError::Internal(e.to_string()),
         }
     }
 }
@@ -86,5 +93,17 @@ impl From<crate::pool::PoolError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::BadField { field, reason } => ApiError::BadField { field, reason },
+            EngineError::BadRecord { field, reason } => ApiError::BadRecord { field, reason },
+            EngineError::BadRequest(m) => ApiError::BadRequest(m),
+            EngineError::Pool(e) => ApiError::from(e),
+            EngineError::Store(e) => ApiError::from(e),
+        }
     }
 }

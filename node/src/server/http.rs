@@ -18,15 +18,56 @@
 //!
 //! It runs on may's coroutines (`may::net`), one per connection; the
 //! [`Service`] must not block the worker thread (SQLite runs elsewhere).
+//!
+//! The HTTP/1 rules themselves (head limits, `Content-Length` framing,
+//! `Connection`) are the shared codec's (`http1`), the same the gateway and
+//! the test client use; this file only drives a connection with them. A
+//! request that cannot be served fails here with a [`TransportError`],
+//! which says what went wrong and nothing about how to answer it: the
+//! server's error module maps it, like every other error, to a status and
+//! a JSON body, so this layer does not depend on the application's error.
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http1::{FramingError, HeadError, HeadLimits};
 use may::net::{TcpListener, TcpStream};
 
-use crate::error::ApiError;
+/// Why a request was refused before it reached the [`Service`], or why a
+/// connection ended without one: the transport's failures.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    #[error("request header section is larger than {limit} bytes or has more than {max_headers} headers")]
+    HeadersTooLarge { limit: usize, max_headers: usize },
+    /// Not an HTTP/1 request; says what the parser tripped on.
+    #[error("malformed HTTP request: {0}")]
+    Malformed(&'static str),
+    #[error("Transfer-Encoding is not supported; send the body with a Content-Length")]
+    TransferEncodingUnsupported,
+    /// A `Content-Length` that is not a number, or several that disagree.
+    #[error("{0}")]
+    BadLength(FramingError),
+    #[error("request body is {got} bytes; the limit is {limit} bytes")]
+    PayloadTooLarge { got: u64, limit: u64 },
+    #[error("request not received in time")]
+    RequestTimeout,
+    #[error("too many connections")]
+    TooManyConnections,
+}
+
+impl From<FramingError> for TransportError {
+    fn from(e: FramingError) -> Self {
+        match e {
+            FramingError::TransferEncoding => TransportError::TransferEncodingUnsupported,
+            FramingError::TooLarge { got, limit } => TransportError::PayloadTooLarge { got, limit },
+            e @ (FramingError::BadLength(_) | FramingError::ConflictingLengths) => {
+                TransportError::BadLength(e)
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -131,16 +172,13 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// What follows `?`, or "".
     pub query: &'a str,
-    pub headers: &'a [httparse::Header<'a>],
+    pub headers: &'a [http1::Header<'a>],
     pub body: &'a [u8],
 }
 
 impl Request<'_> {
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
+        http1::header(self.headers, name)
     }
 }
 
@@ -197,7 +235,7 @@ impl Response {
 pub trait Service: Send + Sync + 'static {
     fn call(&self, req: &Request<'_>) -> Response;
     /// The response for a request rejected before it reached `call`.
-    fn reject(&self, err: &ApiError) -> Response;
+    fn reject(&self, err: &TransportError) -> Response;
 }
 
 /// A listening socket on `addr` that the port is not shared on.
@@ -253,7 +291,7 @@ pub fn serve<S: Service>(listener: TcpListener, service: Arc<S>, limits: Limits,
             let busy = Busy::new(&busy_drain);
             let guard = ConnGuard::enter(&open);
             if guard.count > limits.max_connections {
-                let err = ApiError::Unavailable("too many connections".into());
+                let err = TransportError::TooManyConnections;
                 let mut out = Vec::new();
                 write_response(&mut out, &service.reject(&err), false, false);
                 let mut stream = stream;
@@ -287,7 +325,7 @@ impl Drop for ConnGuard<'_> {
 }
 
 /// Most headers a request may carry; one more is a 431.
-pub const MAX_HEADERS: usize = 64;
+pub const MAX_HEADERS: usize = http1::MAX_HEADERS;
 
 /// The outcome of trying to answer the first request in the buffer.
 enum Step {
@@ -302,7 +340,7 @@ enum Step {
         body: Option<Box<dyn BodyStream>>,
     },
     /// Unusable: answer with this error and close.
-    Reject(ApiError),
+    Reject(TransportError),
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -391,7 +429,7 @@ fn handle_connection<S: Service>(
             if since.elapsed() >= limits.request_timeout {
                 write_response(
                     &mut wbuf,
-                    &service.reject(&ApiError::RequestTimeout),
+                    &service.reject(&TransportError::RequestTimeout),
                     false,
                     false,
                 );
@@ -429,7 +467,7 @@ fn handle_connection<S: Service>(
                 if pending_since.is_some() {
                     write_response(
                         &mut wbuf,
-                        &service.reject(&ApiError::RequestTimeout),
+                        &service.reject(&TransportError::RequestTimeout),
                         false,
                         false,
                     );
@@ -507,53 +545,50 @@ fn answer_one<S: Service>(
     drain: &Drain,
     out: &mut Vec<u8>,
 ) -> Step {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > limits.max_header_bytes {
-                return Step::Reject(headers_too_large(limits));
-            }
+    let mut headers = http1::headers();
+    let head_limits = HeadLimits {
+        max_bytes: limits.max_header_bytes,
+        max_headers: limits.max_headers,
+    };
+    let head = match http1::parse_request(buf, &mut headers, head_limits) {
+        Ok(Some(head)) => head,
+        Ok(None) => {
             return Step::Partial {
                 expects_continue: false,
-            };
+            }
         }
-        Err(httparse::Error::TooManyHeaders) => return Step::Reject(headers_too_large(limits)),
-        Err(e) => return Step::Reject(ApiError::BadRequest(format!("malformed HTTP request: {e}"))),
+        Err(HeadError::TooLarge | HeadError::TooManyHeaders) => {
+            return Step::Reject(headers_too_large(limits))
+        }
+        Err(HeadError::Malformed(e)) => return Step::Reject(TransportError::Malformed(e)),
     };
-    if head_len > limits.max_header_bytes || req.headers.len() > limits.max_headers {
-        return Step::Reject(headers_too_large(limits));
-    }
-    let body_len = match body_length(req.headers, limits) {
-        Ok(n) => n,
-        Err(e) => return Step::Reject(e),
+    let body_len = match http1::body_length(head.headers, limits.max_body_bytes as u64) {
+        // At most `max_body_bytes`, a `usize`.
+        Ok(n) => n as usize,
+        Err(e) => return Step::Reject(e.into()),
     };
+    let head_len = head.len;
     if buf.len() < head_len + body_len {
-        let expects_continue = req
-            .headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case("expect") && h.value.eq_ignore_ascii_case(b"100-continue"));
-        return Step::Partial { expects_continue };
+        return Step::Partial {
+            expects_continue: http1::expects_continue(head.headers),
+        };
     }
-    let method = req.method.unwrap_or("GET");
-    let target = req.path.unwrap_or("/");
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let keep_alive = keep_alive(req.version.unwrap_or(1), req.headers);
-    let head = method == "HEAD";
+    let (path, query) = head.target.split_once('?').unwrap_or((head.target, ""));
+    let keep_alive = http1::connection(head.version, head.headers).keep_alive;
+    let is_head = head.method == "HEAD";
     let request = Request {
-        method: if head { "GET" } else { method },
+        method: if is_head { "GET" } else { head.method },
         path,
         query,
-        headers: req.headers,
+        headers: head.headers,
         body: &buf[head_len..head_len + body_len],
     };
     let response = service.call(&request);
     // A stopping node closes each connection after the request in progress.
     let keep_alive = keep_alive && !drain.stopping();
-    write_response(out, &response, keep_alive, head);
+    write_response(out, &response, keep_alive, is_head);
     let body = match response.body {
-        Body::Stream(s) if !head => Some(s),
+        Body::Stream(s) if !is_head => Some(s),
         _ => None,
     };
     Step::Answered {
@@ -563,65 +598,11 @@ fn answer_one<S: Service>(
     }
 }
 
-/// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 closes it
-/// unless told `keep-alive`.
-fn keep_alive(version: u8, headers: &[httparse::Header<'_>]) -> bool {
-    let mut keep = version == 1;
-    for h in headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-    {
-        for token in h.value.split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            if token.eq_ignore_ascii_case(b"close") {
-                return false;
-            }
-            if token.eq_ignore_ascii_case(b"keep-alive") {
-                keep = true;
-            }
-        }
-    }
-    keep
-}
-
-fn headers_too_large(limits: &Limits) -> ApiError {
-    ApiError::HeadersTooLarge {
+fn headers_too_large(limits: &Limits) -> TransportError {
+    TransportError::HeadersTooLarge {
         limit: limits.max_header_bytes,
         max_headers: limits.max_headers.min(MAX_HEADERS),
     }
-}
-
-/// The declared body length: digits only, one value, within the limit; no
-/// `Transfer-Encoding`.
-fn body_length(headers: &[httparse::Header<'_>], limits: &Limits) -> Result<usize, ApiError> {
-    let mut length: Option<u64> = None;
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(ApiError::TransferEncodingUnsupported);
-        }
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let v = h.value.trim_ascii();
-            if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-                return Err(ApiError::BadRequest(format!(
-                    "Content-Length {:?} is not a decimal number",
-                    String::from_utf8_lossy(h.value)
-                )));
-            }
-            let n = v.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
-            if length.is_some_and(|l| l != n) {
-                return Err(ApiError::BadRequest("conflicting Content-Length headers".into()));
-            }
-            length = Some(n);
-        }
-    }
-    let n = length.unwrap_or(0);
-    if n > limits.max_body_bytes as u64 {
-        return Err(ApiError::PayloadTooLarge {
-            got: n,
-            limit: limits.max_body_bytes as u64,
-        });
-    }
-    Ok(n as usize)
 }
 
 fn reason(status: u16) -> &'static str {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::response;
+use crate::json;
 
 /// The pool every subject joins, the one the original's clients ask for.
 /// It exists even while empty, so a new database answers it with no rows.
@@ -55,9 +55,9 @@ impl SubjectInfo {
         .enumerate()
         {
             buf.push(if i == 0 { b'{' } else { b',' });
-            response::push_str(&mut buf, key);
+            json::push_str(&mut buf, key);
             buf.push(b':');
-            response::push_str(&mut buf, value);
+            json::push_str(&mut buf, value);
         }
         buf.push(b'}');
         let json = String::from_utf8_lossy(&buf).into_owned().into_boxed_str();

@@ -6,7 +6,7 @@
 //! | `POST /kamaitachi/api/data/v1/period` | [`QueryEngine::period`] |
 //! | `GET /kamaitachi/api/data/v1/stats` | counts, cache, replication |
 //! | `POST /kamaitachi/api/data/v1/cache/reset` | admin: empty the cache |
-//! | `POST /kamaitachi/api/data/v1/ingest` | admin, master: upsert rows (`write.rs`) |
+//! | `POST /kamaitachi/api/data/v1/ingest` | admin, master: upsert rows (`engine/write_request.rs`, `storage/writer.rs`) |
 //! | `POST /kamaitachi/api/data/v1/delete` | admin, master: delete rows |
 //! | `GET /kamaitachi/api/data/v1/replication/changes` | cluster MAC: change feed (`replication.rs`) |
 //! | `GET /kamaitachi/api/data/v1/replication/image` | cluster MAC: database image |
@@ -23,14 +23,17 @@ use std::time::{Duration, Instant};
 
 use cluster::Mode;
 
-use crate::error::ApiError;
-use crate::http::{Body, Request, Response, Service};
-use crate::metrics::{Metrics, RouteLabel};
-use crate::query::QueryEngine;
-use crate::response;
-use crate::state::DataState;
-use crate::store::{self, StoreError, WritePool};
-use crate::write::Batch;
+use crate::engine::query::QueryEngine;
+use crate::json;
+use crate::model::batch::Batch;
+use crate::server::error::ApiError;
+use crate::server::http::{Body, Request, Response, Service, TransportError};
+use crate::server::image_stream::ImageStream;
+use crate::server::metrics::{Metrics, RouteLabel};
+use crate::storage::error::StoreError;
+use crate::storage::state::DataState;
+use crate::storage::store;
+use crate::storage::writer::Writer;
 
 const PREFIX: &str = "/kamaitachi/api/data/v1";
 
@@ -50,7 +53,7 @@ pub struct Api {
     pub cluster_key: cluster::auth::ClusterKey,
     pub state: Arc<DataState>,
     /// The single writer (master: writes; slave: applying changes).
-    pub writer: WritePool,
+    pub writer: Writer,
     /// Change-log entries the master keeps.
     pub log_retain: u64,
     /// The database file (images are staged next to it).
@@ -59,7 +62,7 @@ pub struct Api {
     /// (`[log] slow_ms`).
     pub slow: Duration,
     /// The background warm-up, when `[cache] preload = all`.
-    pub preloader: Option<Arc<crate::preload::Preloader>>,
+    pub preloader: Option<Arc<crate::engine::preload::Preloader>>,
 }
 
 /// Longest a change-feed request may wait for a change.
@@ -106,8 +109,16 @@ impl Api {
             return (label, Err(err));
         }
         let result = match label {
-            RouteLabel::Snapshot => self.engine.snapshot(req.body).map(ok_shared),
-            RouteLabel::Period => self.engine.period(req.body).map(ok_shared),
+            RouteLabel::Snapshot => self
+                .engine
+                .snapshot(req.body)
+                .map(ok_shared)
+                .map_err(ApiError::from),
+            RouteLabel::Period => self
+                .engine
+                .period(req.body)
+                .map(ok_shared)
+                .map_err(ApiError::from),
             RouteLabel::Stats => Ok(self.stats()),
             RouteLabel::CacheReset => self.authorize_admin_or_fanout(req).map(|()| {
                 self.engine.cache().reset();
@@ -217,25 +228,16 @@ impl Api {
             )));
         }
         let catalog = self.engine.catalog();
-        let mut batch = match label {
+        let batch = match label {
             RouteLabel::Ingest => Batch::from_ingest(req.body, &catalog)?,
             _ => Batch::from_delete(req.body)?,
         };
-        let (engine, state, retain) = (self.engine.clone(), self.state.clone(), self.log_retain);
-        let (written, seq) = self
-            .writer
-            .call(move |store| {
-                let (applied, seq) = store.write_batch(&mut batch, retain)?;
-                let written = applied.written;
-                let catalog = if applied.catalog_changed {
-                    Some(store.load_catalog()?)
-                } else {
-                    None
-                };
-                state.publish(&engine, applied, seq, catalog);
-                Ok::<_, StoreError>((written, seq))
-            })
-            .map_err(ApiError::from)??;
+        let (written, seq) = self.writer.write(batch, self.log_retain).map_err(|e| match e {
+            // The writer thread is gone or its job panicked: as the
+            // pool's own error (503 or 500), not as a store failure.
+            StoreError::Worker(e) => ApiError::from(e),
+            e => ApiError::from(e),
+        })?;
         tracing::debug!(request_id = %request_id(req), seq, written, "write committed");
         Ok(ok_json(&serde_json::json!({"written": written, "seq": seq})))
     }
@@ -287,10 +289,9 @@ impl Api {
                 )));
             }
         }
-        let deadline = Instant::now() + wait;
-        while self.state.applied() <= from && Instant::now() < deadline {
-            may::coroutine::sleep(Duration::from_millis(5));
-        }
+        // Parks this coroutine (not its worker thread) until the writer
+        // publishes a change past `from`, or the wait runs out.
+        self.state.wait_applied_past(from, wait);
         let (floor, changes) = store::read(self.engine.readers(), move |s| {
             Ok((s.log_floor()?, s.changes_with_digests(from, CHANGES_PER_PULL)?))
         })?;
@@ -303,16 +304,16 @@ impl Api {
         // The stored batches are JSON already: copied, not re-serialised.
         let mut data = Vec::with_capacity(128 + changes.iter().map(|c| c.1.len() + 32).sum::<usize>());
         data.extend_from_slice(b"{\"master_seq\":");
-        response::push_i64(&mut data, self.state.applied() as i64);
+        json::push_i64(&mut data, self.state.applied() as i64);
         data.extend_from_slice(b",\"dataset_id\":");
-        response::push_i64(&mut data, dataset as i64);
+        json::push_i64(&mut data, dataset as i64);
         data.extend_from_slice(b",\"changes\":[");
         for (n, (seq, batch, digest)) in changes.iter().enumerate() {
             if n > 0 {
                 data.push(b',');
             }
             data.extend_from_slice(b"{\"seq\":");
-            response::push_i64(&mut data, *seq as i64);
+            json::push_i64(&mut data, *seq as i64);
             if let Some(d) = digest {
                 data.extend_from_slice(b",\"digest\":\"");
                 data.extend_from_slice(d.as_bytes());
@@ -323,7 +324,7 @@ impl Api {
             data.push(b'}');
         }
         data.extend_from_slice(b"]}");
-        let body = response::envelope(0, "success", &data);
+        let body = json::envelope(0, "success", &data);
         let mut mac = self.answer_mac("repl-changes", nonce);
         mac.update(&body);
         let mut resp = Response::json(200, Body::Owned(body));
@@ -388,7 +389,7 @@ impl Api {
             }
         };
         tracing::info!("replication: image of {len} bytes made; streaming it");
-        let body = store::ImageStream::new(file, tmp, len, self.engine.readers().clone());
+        let body = ImageStream::new(file, tmp, len, self.engine.readers().clone());
         let mut resp = Response {
             status: 200,
             content_type: "application/vnd.sqlite3",
@@ -509,7 +510,7 @@ fn error_response(err: &ApiError) -> Response {
     let status = err.status();
     let mut resp = Response::json(
         status,
-        Body::Owned(response::envelope(status, &err.to_string(), b"null")),
+        Body::Owned(json::envelope(status, &err.to_string(), b"null")),
     );
     if let ApiError::MethodNotAllowed { allowed, .. } = err {
         resp.headers.push(("Allow", allowed.to_string()));
@@ -564,7 +565,8 @@ impl Service for Api {
         response
     }
 
-    fn reject(&self, err: &ApiError) -> Response {
+    fn reject(&self, err: &TransportError) -> Response {
+        let err = &ApiError::from(err.clone());
         if err.status() >= 500 {
             tracing::warn!("answering {}: {err}", err.status());
         }
@@ -584,7 +586,7 @@ fn ok_shared(bytes: Arc<[u8]>) -> Response {
 fn ok_json(data: &serde_json::Value) -> Response {
     Response::json(
         200,
-        Body::Owned(response::envelope(0, "success", data.to_string().as_bytes())),
+        Body::Owned(json::envelope(0, "success", data.to_string().as_bytes())),
     )
 }
 

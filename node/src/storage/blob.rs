@@ -37,9 +37,9 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::dates;
-use crate::series::{Report, Series};
-use crate::write::Row;
+use crate::model::batch::Row;
+use crate::model::dates;
+use crate::model::series::{Report, Series};
 
 /// Version byte of the packed format; bump it when the layout changes
 /// (readers then fall back to the normalized rows until the upgrade path
@@ -609,8 +609,8 @@ mod tests {
         use rusqlite::Connection;
 
         use super::super::*;
-        use crate::store::Store;
-        use crate::write::{Batch, Key, NewIndicator, Row};
+        use crate::model::batch::{Batch, Key, NewIndicator, Row};
+        use crate::storage::store::Store;
 
         fn temp_db(name: &str) -> PathBuf {
             let dir = std::env::temp_dir().join(format!("kmt-blob-{}-{name}", std::process::id()));

@@ -13,8 +13,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::series::Series;
-use crate::store::DataVersion;
+use crate::model::series::Series;
+use crate::storage::store::DataVersion;
 
 const MAGIC: &[u8; 8] = b"KMTCDUMP";
 pub const FORMAT_VERSION: u32 = 1;
@@ -159,7 +159,7 @@ fn decode(bytes: &[u8], current: DataVersion) -> Result<Entries, DumpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::series::Report;
+    use crate::model::series::Report;
 
     fn sample() -> Vec<(Arc<str>, Arc<Series>)> {
         let r = Report {

@@ -7,7 +7,7 @@
 //! report_date, indicator)` holds one row per non-null value, so the indicator
 //! set is data (`indicators`), not columns. `meta` carries the dataset id and
 //! the data version a cache dump is checked against. `changelog` holds the
-//! master's recent writes, by sequence, for the slaves (see `write.rs`,
+//! master's recent writes, by sequence, for the slaves (see `writer.rs`,
 //! `replication.rs`); the data version is the sequence of the last write.
 //! `subject_blob` holds each subject's whole series packed in one row, kept
 //! equal to the normalized rows by the writer (`blob.rs`), so a cold load of
@@ -24,11 +24,13 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use crate::blob;
-use crate::catalog::{Catalog, Indicator, SubjectInfo};
-use crate::pool::WorkerPool;
-use crate::series::{Report, Series};
-use crate::write::{self, Applied, Batch};
+use crate::model::batch::{Applied, Batch};
+use crate::model::catalog::{Catalog, Indicator, SubjectInfo};
+use crate::model::series::{Report, Series};
+use crate::storage::apply;
+use crate::storage::blob;
+use crate::storage::error::StoreError;
+use crate::storage::pool::WorkerPool;
 
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -89,20 +91,6 @@ CREATE TABLE IF NOT EXISTS subject_blob (
     data    BLOB NOT NULL
 );
 ";
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("database {path}: {reason}")]
-    Open { path: PathBuf, reason: String },
-    #[error("database thread: {0}")]
-    Worker(#[from] crate::pool::PoolError),
-    #[error("replication out of order: at version {have}, change {got} arrived")]
-    OutOfOrder { have: u64, got: u64 },
-    #[error("{0}")]
-    BadImage(String),
-}
 
 /// Whether `path` is a KamaitachiGo database (its `finance_data` table, none
 /// of ours): opening it for writing would add this schema to the
@@ -402,7 +390,7 @@ impl Store {
         let current = self.data_version()?.version;
         let seq = current + 1;
         let tx = self.write_transaction()?;
-        let applied = write::apply(&tx, batch, true)?;
+        let applied = apply::apply(&tx, batch, true)?;
         for row in &batch.upserts {
             // Inside the open transaction: a panic here must roll it back.
             injected_panic(&row.subject);
@@ -458,7 +446,7 @@ impl Store {
         if seq != have + 1 {
             return Err(StoreError::OutOfOrder { have, got: seq });
         }
-        let applied = write::apply(&tx, batch, false)?;
+        let applied = apply::apply(&tx, batch, false)?;
         match digest {
             Some(d) => set_meta(&tx, "log_digest", d)?,
             None => {
@@ -661,59 +649,6 @@ pub fn file_crc(path: &Path, mut also: impl FnMut(&[u8])) -> Result<(u64, u32), 
         hasher.update(&buf[..n]);
         also(&buf[..n]);
         len += n as u64;
-    }
-}
-
-/// A database image streamed from its temporary file, chunk by chunk; each
-/// chunk is read on a pool thread (file I/O must not block a coroutine's
-/// worker). The file is removed when the stream is dropped.
-pub struct ImageStream {
-    file: std::sync::Arc<std::fs::File>,
-    path: PathBuf,
-    len: u64,
-    offset: u64,
-    pool: ReadPool,
-}
-
-impl ImageStream {
-    pub fn new(file: std::fs::File, path: PathBuf, len: u64, pool: ReadPool) -> Self {
-        ImageStream {
-            file: std::sync::Arc::new(file),
-            path,
-            len,
-            offset: 0,
-            pool,
-        }
-    }
-}
-
-impl crate::http::BodyStream for ImageStream {
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    fn next_chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
-        use std::os::unix::fs::FileExt;
-        if self.offset >= self.len {
-            return Ok(None);
-        }
-        let n = (self.len - self.offset).min(IMAGE_CHUNK as u64) as usize;
-        let (file, at) = (self.file.clone(), self.offset);
-        let chunk = self
-            .pool
-            .call(move |_| {
-                let mut buf = vec![0u8; n];
-                file.read_exact_at(&mut buf, at).map(|()| buf)
-            })
-            .map_err(std::io::Error::other)??;
-        self.offset += n as u64;
-        Ok(Some(chunk))
-    }
-}
-
-impl Drop for ImageStream {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -1,6 +1,26 @@
-//! Test support shared by the crates' end-to-end tests (feature `testkit`):
-//! a real `etcd` process on free loopback ports, in a temporary data dir,
-//! stopped when dropped.
+//! Kamaitachi's end-to-end test kit (crate `kamaitachi-testkit`, never
+//! published, a dev-dependency only): real `etcd`, `kamaitachi-node` and
+//! `kamaitachi-gateway` processes on free loopback ports, each in a
+//! directory of its own and killed when dropped, sample data, and a
+//! minimal HTTP/1.1 client that can also send raw bytes.
+//!
+//! It is a crate of its own, not a feature of the `cluster` library, so
+//! nothing the binaries link carries test code or its dependencies
+//! (rusqlite for the fingerprints); the crates' tests use it as they use
+//! any dev-dependency.
+//!
+//! Harnesses panic on failure (this is test code: a panic is the test's
+//! failure, with the log in the message). Clean-up: a harness's directory
+//! is removed when it is dropped, unless the thread is panicking — a failed
+//! test keeps its files for a post-mortem (see [`TestDir`]).
+
+mod gateway;
+mod process;
+mod test_dir;
+
+pub use gateway::Gateway;
+pub use process::Process;
+pub use test_dir::TestDir;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -20,12 +40,12 @@ pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789abcdef0123456789
 /// The headers a slave signs a replication GET of `target` (path and
 /// query) to the node `localhost:{port}` with.
 pub fn replication_headers(port: u16, target: &str) -> Vec<(&'static str, String)> {
-    let key = crate::auth::ClusterKey::from_secret(CLUSTER_SECRET.as_bytes());
+    let key = cluster::auth::ClusterKey::from_secret(CLUSTER_SECRET.as_bytes());
     let s = key.sign_request("repl-request", "GET", &format!("localhost:{port}"), target);
     vec![
-        (crate::auth::NONCE_HEADER, s.nonce),
-        (crate::auth::TIME_HEADER, s.time),
-        (crate::auth::PROOF_HEADER, s.mac),
+        (cluster::auth::NONCE_HEADER, s.nonce),
+        (cluster::auth::TIME_HEADER, s.time),
+        (cluster::auth::PROOF_HEADER, s.mac),
     ]
 }
 
@@ -50,7 +70,8 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     bin
 }
 
-/// A fresh directory under the target dir, removed by nobody (cargo clean).
+/// A fresh directory under `$TMPDIR/kamaitachi-tests/`; the harness given
+/// it as a [`TestDir`] removes it, otherwise it stays.
 pub fn temp_dir(name: &str) -> PathBuf {
     let base = std::env::temp_dir().join("kamaitachi-tests");
     let dir = base.join(format!("{name}-{}-{}", std::process::id(), nanos()));
@@ -368,8 +389,14 @@ impl Etcd {
 }
 
 impl Drop for Etcd {
+    /// Kills etcd and, unless the test is failing, removes its data dir
+    /// (etcd preallocates a 64 MB write-ahead log there); the caller's
+    /// directory and the log stay with whoever made them.
     fn drop(&mut self) {
         self.kill();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 
@@ -397,20 +424,25 @@ impl NodeOpts {
     }
 }
 
-/// A running node; killed when dropped.
+/// A running node; killed when dropped. Started by [`Node::start`] it owns
+/// its directory and removes it when dropped (unless the test is failing).
 pub struct Node {
     pub port: u16,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
-    child: Option<Child>,
+    process: Process,
+    /// Last, so it is removed after the process is gone; `None` when the
+    /// directory came from the caller ([`Node::start_with_config`]).
+    _owned: Option<TestDir>,
 }
 
 impl Node {
     /// Starts `bin` (kamaitachi-node) as a master unless `opts.extra` says
     /// otherwise, and waits until `/health` answers 200.
     pub fn start(bin: &Path, opts: &NodeOpts) -> Node {
-        let dir = temp_dir("node");
+        let owned = TestDir::new(temp_dir("node"));
+        let dir = owned.to_path_buf();
         let port = free_port();
         let token = dir.join("admin.token");
         std::fs::write(&token, TOKEN).expect("write token");
@@ -434,11 +466,13 @@ impl Node {
             opts.extra
         );
         std::fs::write(&config, ini).expect("write config");
-        Self::start_with_env(bin, dir, config, port, &opts.env)
+        Self::start_with_env(bin, dir, config, port, &opts.env, Some(owned))
     }
 
+    /// Starts `bin` on an existing `config` in `dir` (e.g. a restart of a
+    /// killed node, whose harness still owns `dir`).
     pub fn start_with_config(bin: &Path, dir: PathBuf, config: PathBuf, port: u16) -> Node {
-        Self::start_with_env(bin, dir, config, port, &[])
+        Self::start_with_env(bin, dir, config, port, &[], None)
     }
 
     fn start_with_env(
@@ -447,51 +481,31 @@ impl Node {
         config: PathBuf,
         port: u16,
         env: &[(String, String)],
+        owned: Option<TestDir>,
     ) -> Node {
         let log = dir.join("node.log");
-        let child = Command::new(bin)
-            .envs(env.iter().map(|(k, v)| (k, v)))
+        let mut cmd = Command::new(bin);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)))
             .arg("-config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn node");
-        let mut node = Node {
+            .arg(&config);
+        let mut process = Process::spawn("node", &mut cmd, &log);
+        process.wait_ready(
+            Duration::from_secs(20),
+            &format!("on port {port} not healthy"),
+            || try_request(port, "GET", "/health", b"", &[]).is_ok_and(|r| r.status == 200),
+        );
+        Node {
             port,
             dir,
             config,
             log,
-            child: Some(child),
-        };
-        node.wait_healthy();
-        node
-    }
-
-    fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("node exited with {status}: {}", self.log_text());
-                }
-            }
-            if let Ok(r) = try_request(self.port, "GET", "/health", b"", &[]) {
-                if r.status == 200 {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            process,
+            _owned: owned,
         }
-        panic!(
-            "node on port {} not healthy in time: {}",
-            self.port,
-            self.log_text()
-        );
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log_text()
     }
 
     pub fn post(&self, path: &str, body: &str) -> Resp {
@@ -510,47 +524,21 @@ impl Node {
 
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.process.pid()
     }
 
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        self.process.is_running()
     }
 
     /// kill -9 (no cleanup of any kind).
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill9();
     }
 
     /// SIGTERM, then wait for the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("node did not stop on SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.stop(Duration::from_secs(20)).0
     }
 }
 
@@ -695,42 +683,65 @@ pub fn send_raw(port: u16, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Splits a byte stream into the responses it holds.
+/// Splits a byte stream into the whole responses it holds, framed by the
+/// shared HTTP/1 codec (`http1`), the rules the node and the gateway frame
+/// with: a test client that read answers its own way could disagree with
+/// them unnoticed. An answer whose body has not all arrived is left out (a
+/// caller reading in a loop until it sees `n` answers gets `n` whole ones,
+/// not a head whose body is still on the way); an answer without a length
+/// runs to the end of the bytes; one the codec refuses ends the list as a
+/// `status: 0` answer holding the rest, so the test sees it.
 pub fn parse_responses(mut data: &[u8]) -> Vec<Resp> {
     let mut out = Vec::new();
     while !data.is_empty() {
-        let Some(end) = find(data, b"\r\n\r\n") else { break };
-        let head = String::from_utf8_lossy(&data[..end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or("");
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-            .collect();
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let body_start = end + 4;
-        let body_end = (body_start + len).min(data.len());
+        let mut headers = http1::headers();
+        let head = match http1::parse_answer(data, &mut headers) {
+            Ok(Some(head)) => head,
+            Ok(None) => break,
+            Err(_) => {
+                out.push(Resp {
+                    status: 0,
+                    headers: Vec::new(),
+                    body: data.to_vec(),
+                });
+                break;
+            }
+        };
+        let body_end = match head.body_len {
+            Some(n) => usize::try_from(n).map_or(usize::MAX, |n| head.len.saturating_add(n)),
+            None => data.len(),
+        };
+        if body_end > data.len() {
+            break;
+        }
         out.push(Resp {
-            status,
-            headers,
-            body: data[body_start..body_end].to_vec(),
+            status: head.status,
+            headers: head
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        String::from_utf8_lossy(h.value).trim().to_string(),
+                    )
+                })
+                .collect(),
+            body: data[head.len..body_end].to_vec(),
         });
         data = &data[body_end..];
     }
     out
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// How many bytes the first answer in `buf` takes: `None` while its head is
+/// incomplete (or unusable), `Some(None)` when it runs until the close.
+fn answer_len(buf: &[u8]) -> Option<Option<usize>> {
+    let mut headers = http1::headers();
+    let head = http1::parse_answer(buf, &mut headers).ok()??;
+    Some(
+        head.body_len
+            .map(|n| usize::try_from(n).map_or(usize::MAX, |n| head.len.saturating_add(n))),
+    )
 }
 
 /// A keep-alive connection for load loops: one request, one response.
@@ -759,15 +770,9 @@ impl KeepAlive {
         self.buf.clear();
         let mut chunk = [0u8; 65536];
         loop {
-            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                if self.buf.len() >= end + 4 + len {
-                    let resp = parse_responses(&self.buf[..end + 4 + len]);
+            if let Some(Some(len)) = answer_len(&self.buf) {
+                if self.buf.len() >= len {
+                    let resp = parse_responses(&self.buf[..len]);
                     return resp
                         .into_iter()
                         .next()
@@ -776,6 +781,13 @@ impl KeepAlive {
             }
             let n = self.stream.read(&mut chunk)?;
             if n == 0 {
+                if let Some(None) = answer_len(&self.buf) {
+                    // An answer without a length ends at the close.
+                    return parse_responses(&self.buf)
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| std::io::Error::other("bad response"));
+                }
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "connection closed",

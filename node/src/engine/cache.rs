@@ -19,7 +19,7 @@ use std::sync::Arc;
 use quick_cache::sync::Cache;
 use quick_cache::{Equivalent, Lifecycle, OptionsBuilder, Weighter};
 
-use crate::series::Series;
+use crate::model::series::Series;
 
 /// Bookkeeping bytes per entry that the entry's own size does not show
 /// (hash table slot, eviction-queue links, `Arc` headers).
@@ -309,7 +309,7 @@ impl DataCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::series::Report;
+    use crate::model::series::Report;
 
     fn series(n: usize) -> Arc<Series> {
         let reports = (0..n)

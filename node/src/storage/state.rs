@@ -1,0 +1,250 @@
+//! What version of the data this node holds, and whether it may serve.
+//!
+//! Shared by the HTTP routes (`/health`, `/stats`, `/metrics`), the writer
+//! (`storage/writer.rs`, the only one that advances the version) and the
+//! follower (slave). Plain atomics: read on every health check, written
+//! once per applied change.
+//!
+//! Two waits hang on it — the change feed's long-poll ("until the version
+//! passes S, at most W") and registration ("until ready") — so every change
+//! of the version or of readiness wakes the waiters. A waiter registers a
+//! one-shot `may::sync::mpsc` channel and blocks on it: in a coroutine that
+//! parks the coroutine, not its worker thread (PITFALLS: may), and a plain
+//! thread (the registration thread) can wait the same way. The bound on a
+//! wait is a timer coroutine (`may::coroutine::sleep`, then a send on the
+//! same channel), not a timed park: may's `Condvar::wait_timeout` and
+//! `mpsc::Receiver::recv_timeout` were both tried first and, inside a
+//! coroutine, did not come back (a 30 ms `wait_timeout` and a 1 ms
+//! `recv_timeout` each hung for over a minute in the tests below), while an untimed `recv` woken by a send is what the
+//! query engine's cold-load flights already rely on. The list's `std` mutex is held only to push, remove or take
+//! senders — never across a yield. A waiter registers and then checks again,
+//! so a change between its first check and its registration is not missed.
+//! Nothing on the cache-hit path touches any of this.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use may::sync::mpsc;
+
+#[derive(Default)]
+pub struct DataState {
+    /// Sequence of the last change applied (the data version).
+    pub applied_seq: AtomicU64,
+    /// Latest sequence the master reported (the master's own on a master).
+    pub master_seq: AtomicU64,
+    pub dataset_id: AtomicU64,
+    /// Report rows in the database.
+    pub total_records: AtomicI64,
+    /// False while starting (a slave: until its first sync) and stopping.
+    /// Set through [`DataState::set_ready`], which wakes the waiters.
+    ready: AtomicBool,
+    /// The master a slave follows, as last located.
+    pub master_addr: Mutex<Option<String>>,
+    /// Who waits for the next change (see the module comment), by id.
+    waiters: Mutex<Vec<(u64, mpsc::Sender<()>)>>,
+    next_waiter: AtomicU64,
+}
+
+impl DataState {
+    pub fn applied(&self) -> u64 {
+        self.applied_seq.load(Ordering::Acquire)
+    }
+
+    pub fn lag(&self) -> u64 {
+        self.master_seq
+            .load(Ordering::Acquire)
+            .saturating_sub(self.applied())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn master_addr(&self) -> Option<String> {
+        self.master_addr.lock().ok().and_then(|m| m.clone())
+    }
+
+    /// Marks the node ready (or not) and wakes whoever waits for it.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+        self.notify();
+    }
+
+    /// Wakes every waiter: the version or readiness changed. Called after
+    /// the atomics are stored, so a woken waiter sees the new values.
+    pub fn notify(&self) {
+        let waiters = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(PoisonError::into_inner));
+        for (_, waiter) in waiters {
+            // A waiter that timed out meanwhile is gone: nothing to wake.
+            let _ = waiter.send(());
+        }
+    }
+
+    /// Waits until the applied version passes `seq`, at most `wait`.
+    /// Returns at once if it already has.
+    pub fn wait_applied_past(&self, seq: u64, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        self.wait_until(|| self.applied() > seq, Some(deadline));
+    }
+
+    /// Waits until the node is ready.
+    pub fn wait_ready(&self) {
+        self.wait_until(|| self.is_ready(), None);
+    }
+
+    fn wait_until(&self, done: impl Fn() -> bool, deadline: Option<Instant>) {
+        while !done() {
+            let left = match deadline {
+                None => None,
+                Some(deadline) => match deadline.saturating_duration_since(Instant::now()) {
+                    left if left.is_zero() => return,
+                    left => Some(left),
+                },
+            };
+            let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = mpsc::channel();
+            if let Some(left) = left {
+                // The deadline is a second sender: a timer coroutine that
+                // sleeps (may's sleep parks it, not a thread) and then
+                // wakes this waiter. Not `recv_timeout`: see the module
+                // comment.
+                let timer = tx.clone();
+                // SAFETY: the coroutine owns what it captures (a sender and
+                // a duration), uses no thread-local state and holds no lock.
+                let spawned = unsafe {
+                    may::coroutine::Builder::new().spawn(move || {
+                        may::coroutine::sleep(left);
+                        let _ = timer.send(());
+                    })
+                };
+                if spawned.is_err() {
+                    // No timer, no bounded wait: answer now, as a zero wait
+                    // does; the caller asks again.
+                    return;
+                }
+            }
+            self.waiters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((id, tx));
+            if !done() {
+                // Woken by a change or by the timer; the loop tells which.
+                let _ = rx.recv();
+            }
+            // Off the list, or waits that never see a change would pile up
+            // on an idle master (a no-op when `notify` took it already).
+            self.forget_waiter(id);
+        }
+    }
+
+    fn forget_waiter(&self, id: u64) {
+        self.waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(w, _)| *w != id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_waiter_wakes_on_the_change_not_at_its_deadline() {
+        let state = Arc::new(DataState::default());
+        let writer = state.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            writer.applied_seq.store(3, Ordering::Release);
+            writer.notify();
+        });
+        let started = Instant::now();
+        state.wait_applied_past(2, Duration::from_secs(10));
+        assert_eq!(state.applied(), 3);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "woke late: {:?}",
+            started.elapsed()
+        );
+        t.join().expect("writer thread");
+    }
+
+    #[test]
+    fn a_wait_is_bounded_and_returns_at_once_when_already_past() {
+        let state = DataState::default();
+        let started = Instant::now();
+        state.wait_applied_past(0, Duration::from_millis(30));
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        state.applied_seq.store(5, Ordering::Release);
+        let started = Instant::now();
+        state.wait_applied_past(4, Duration::from_secs(10));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn readiness_wakes_its_waiter() {
+        let state = Arc::new(DataState::default());
+        let waiter = {
+            let state = state.clone();
+            std::thread::spawn(move || state.wait_ready())
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        state.set_ready(true);
+        waiter.join().expect("waiter thread");
+        assert!(state.is_ready());
+    }
+
+    #[test]
+    fn a_coroutine_wait_is_bounded() {
+        let state = Arc::new(DataState::default());
+        let waiter = state.clone();
+        let started = Instant::now();
+        // SAFETY: the coroutine touches only `Arc`-shared state and returns.
+        let h =
+            unsafe { may::coroutine::spawn(move || waiter.wait_applied_past(0, Duration::from_millis(30))) };
+        h.join().expect("coroutine");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(30) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        assert!(
+            state.waiters.lock().is_ok_and(|w| w.is_empty()),
+            "a timed-out waiter stays listed"
+        );
+    }
+
+    #[test]
+    fn short_coroutine_waits_return() {
+        for ms in [1, 2, 3, 0] {
+            let state = Arc::new(DataState::default());
+            let waiter = state.clone();
+            // SAFETY: the coroutine touches only `Arc`-shared state and returns.
+            let h = unsafe {
+                may::coroutine::spawn(move || waiter.wait_applied_past(0, Duration::from_millis(ms)))
+            };
+            h.join().expect("coroutine");
+        }
+    }
+
+    #[test]
+    fn a_coroutine_wakes_on_the_change() {
+        let state = Arc::new(DataState::default());
+        let waiter = state.clone();
+        let started = Instant::now();
+        // SAFETY: the coroutine touches only `Arc`-shared state and returns.
+        let h =
+            unsafe { may::coroutine::spawn(move || waiter.wait_applied_past(0, Duration::from_secs(10))) };
+        std::thread::sleep(Duration::from_millis(30));
+        state.applied_seq.store(1, Ordering::Release);
+        state.notify();
+        h.join().expect("coroutine");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "woke late: {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! The one writer: every change to the database — a master's write, a
+//! slave's replicated change, a slave's full restore — goes through
+//! [`Writer`], which owns the rule the three used to repeat:
+//!
+//! 1. run the change in one transaction on the writer thread (one thread,
+//!    one read-write connection, so changes are serialised);
+//! 2. reload the catalog when the change created or renamed something;
+//! 3. publish, still on the writer thread — so changes are published in
+//!    commit order — cache and catalog first (through [`Publish`]), then
+//!    the new version in [`DataState`], then wake the waiters: anyone who
+//!    sees the version sees the data.
+//!
+//! Publishing into the cache is the engine's business, a layer above; the
+//! writer reaches it through the [`Publish`] trait the engine implements
+//! (the dependency is inverted, so storage imports nothing above itself).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::model::batch::{Applied, Batch};
+use crate::model::catalog::Catalog;
+use crate::storage::error::StoreError;
+use crate::storage::state::DataState;
+use crate::storage::store::{Store, WritePool};
+
+/// What sits on top of the data and must follow every change (the query
+/// engine: its cache and catalog). Called on the writer thread, in commit
+/// order, before the new version is visible.
+pub trait Publish: Send + Sync + 'static {
+    /// A change committed: forget what it touched; `catalog` is the new
+    /// catalog when the change created or renamed a subject or indicator.
+    fn after_write(&self, touched: BTreeSet<String>, catalog: Option<Catalog>);
+    /// The whole database was replaced.
+    fn after_restore(&self, catalog: Catalog);
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    pool: WritePool,
+    state: Arc<DataState>,
+    publish: Arc<dyn Publish>,
+}
+
+impl Writer {
+    pub fn new(pool: WritePool, state: Arc<DataState>, publish: Arc<dyn Publish>) -> Self {
+        Writer { pool, state, publish }
+    }
+
+    /// Master: commits `batch` as the next change (with its change-log
+    /// entry, the log kept to `retain`) and publishes it. Returns the rows
+    /// written and the new sequence.
+    pub fn write(&self, mut batch: Batch, retain: u64) -> Result<(u64, u64), StoreError> {
+        self.commit(move |store| {
+            let (applied, seq) = store.write_batch(&mut batch, retain)?;
+            let written = applied.written;
+            Ok((applied, seq, (written, seq)))
+        })
+    }
+
+    /// Slave: applies change `seq` from the master (it must be the next
+    /// one) and publishes it.
+    pub fn apply(&self, seq: u64, digest: Option<String>, mut batch: Batch) -> Result<(), StoreError> {
+        self.commit(move |store| {
+            let applied = store.apply_replicated(&mut batch, seq, digest.as_deref())?;
+            Ok((applied, seq, ()))
+        })
+    }
+
+    /// Slave: replaces the database with the image at `path` and publishes
+    /// its catalog, size and version.
+    pub fn restore(&self, path: PathBuf) -> Result<(), StoreError> {
+        let (publish, state) = (self.publish.clone(), self.state.clone());
+        self.pool.call(move |store| {
+            let restored = store.restore_from(&path).and_then(|()| {
+                Ok((
+                    store.load_catalog()?,
+                    store.report_count()?,
+                    store.data_version()?,
+                ))
+            });
+            // The usual page cache comes back whether or not the restore
+            // worked.
+            store.writer_cache()?;
+            let (catalog, records, v) = restored?;
+            publish.after_restore(catalog);
+            state.total_records.store(records as i64, Ordering::Release);
+            state.dataset_id.store(v.dataset_id, Ordering::Release);
+            state.applied_seq.store(v.version, Ordering::Release);
+            state.master_seq.fetch_max(v.version, Ordering::AcqRel);
+            state.notify();
+            Ok(())
+        })?
+    }
+
+    /// Reads one `meta` value on the writer's own connection (a slave's
+    /// running digest: it must be the one of its last applied change).
+    pub fn meta(&self, key: &'static str) -> Result<Option<String>, StoreError> {
+        self.pool.call(move |store| store.meta(key))?
+    }
+
+    /// Steps 1–3 of the module comment for one change made by `change`.
+    fn commit<R, F>(&self, change: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<(Applied, u64, R), StoreError> + Send + 'static,
+    {
+        let (publish, state) = (self.publish.clone(), self.state.clone());
+        self.pool.call(move |store| {
+            let (applied, seq, out) = change(store)?;
+            let catalog = if applied.catalog_changed {
+                Some(store.load_catalog()?)
+            } else {
+                None
+            };
+            publish.after_write(applied.touched, catalog);
+            state
+                .total_records
+                .fetch_add(applied.records_delta, Ordering::AcqRel);
+            state.applied_seq.fetch_max(seq, Ordering::AcqRel);
+            state.master_seq.fetch_max(seq, Ordering::AcqRel);
+            state.notify();
+            Ok(out)
+        })?
+    }
+}
