@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster::election::{AckError, Election, History};
-use cluster::testkit::{eventually, temp_dir, Etcd};
+use kamaitachi_testkit::{eventually, temp_dir, Etcd};
 use cluster::{EtcdConfig, IniFile};
 
 fn config(etcd: &Etcd, ttl: i64) -> EtcdConfig {

@@ -398,7 +398,7 @@ fn make_cluster_with_three_etcd_members_loses_one_and_no_request_fails() {
                         r#"{{"records":[{{"subject":"33:{:06}","name":"Etcd3 {n}","report_date":1703980800,"end_date":"2023-12-31","year":"2023","period":"Q4","declare_date":"2024-03-30","values":{{"net_profit":{n}}}}}]}}"#,
                         900_000 + n % 50
                     );
-                    cluster::testkit::try_request(
+                    kamaitachi_testkit::try_request(
                         gw,
                         "POST",
                         "/data/kamaitachi/api/data/v1/ingest",
@@ -407,7 +407,7 @@ fn make_cluster_with_three_etcd_members_loses_one_and_no_request_fails() {
                     )
                 } else {
                     let body = format!(r#"{{"ids":"net_profit","subjects":"33:{:06}"}}"#, 1 + n % 150);
-                    cluster::testkit::try_request(
+                    kamaitachi_testkit::try_request(
                         gw,
                         "POST",
                         "/data/kamaitachi/api/data/v1/snapshot",
