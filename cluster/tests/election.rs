@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster::election::{AckError, Election, History};
-use kamaitachi_testkit::{eventually, temp_dir, Etcd};
 use cluster::{EtcdConfig, IniFile};
+use kamaitachi_testkit::{eventually, temp_dir, Etcd};
 
 fn config(etcd: &Etcd, ttl: i64) -> EtcdConfig {
     let ini = IniFile::parse(

@@ -393,7 +393,7 @@ fn make_cluster_with_three_etcd_members_loses_one_and_no_request_fails() {
                 && n < 20_000
             {
                 n += 1;
-                let r = if n % 5 == 0 {
+                let r = if n.is_multiple_of(5) {
                     let body = format!(
                         r#"{{"records":[{{"subject":"33:{:06}","name":"Etcd3 {n}","report_date":1703980800,"end_date":"2023-12-31","year":"2023","period":"Q4","declare_date":"2024-03-30","values":{{"net_profit":{n}}}}}]}}"#,
                         900_000 + n % 50
