@@ -145,8 +145,8 @@ pub struct Election {
     changes: watch::Receiver<u64>,
     client: Arc<ArcSwapOption<Client>>,
     keys: Keys,
-    stop: Option<oneshot::Sender<()>>,
-    done: Option<oneshot::Receiver<()>>,
+    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     handle: Handle,
 }
@@ -238,8 +238,8 @@ impl Election {
             changes: rx,
             client,
             keys,
-            stop: Some(stop_tx),
-            done: Some(done_rx),
+            stop: std::sync::Mutex::new(Some(stop_tx)),
+            done: std::sync::Mutex::new(Some(done_rx)),
             tasks,
             handle: handle.clone(),
         }
@@ -285,12 +285,15 @@ impl Election {
     }
 
     /// Gives up the lead (deletes the key if it is this node's, revokes
-    /// the lease) and stops, waiting at most `timeout`.
-    pub fn shutdown_blocking(mut self, timeout: Duration) {
-        if let Some(stop) = self.stop.take() {
+    /// the lease) and stops, waiting at most `timeout`. Takes `&self` so a
+    /// shared election (the node keeps it in an `Arc`) can be stopped.
+    pub fn shutdown_blocking(&self, timeout: Duration) {
+        let stop = self.stop.lock().ok().and_then(|mut s| s.take());
+        if let Some(stop) = stop {
             let _ = stop.send(());
         }
-        if let Some(done) = self.done.take() {
+        let done = self.done.lock().ok().and_then(|mut d| d.take());
+        if let Some(done) = done {
             let _ = self
                 .handle
                 .block_on(async { tokio::time::timeout(timeout, done).await });
@@ -302,8 +305,10 @@ impl Election {
 
     /// Stops without giving anything up, as a crash would: the lease runs
     /// out in etcd after its ttl. For tests of takeover.
-    pub fn abandon(mut self) {
-        self.stop.take();
+    pub fn abandon(self) {
+        if let Ok(mut s) = self.stop.lock() {
+            s.take();
+        }
         for t in &self.tasks {
             t.abort();
         }
@@ -652,7 +657,12 @@ impl Campaign {
             self.addr
         );
         self.publisher.update(|v| v.my_term = Some(term));
-        let every = Duration::from_millis((self.cfg.ttl as u64 * 1000 / 3).max(300));
+        // Three renewals fit in the time the leader believes its lease
+        // (ttl − margin), so one slow answer from etcd (a busy host, a
+        // member election) does not depose it: with ttl 2 a renewal every
+        // 333 ms may take up to ~660 ms.
+        let every =
+            Duration::from_millis((ttl.saturating_sub(STEP_DOWN_MARGIN).as_millis() as u64 / 3).max(200));
         let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
             Ok(k) => k,
             Err(e) => {

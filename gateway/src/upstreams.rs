@@ -12,7 +12,11 @@
 //!
 //! Reads are hashed on their key over the Ketama ring of healthy read nodes
 //! (master and slaves); a retry walks on to the next node of the ring,
-//! skipping the ones already tried. Writes go to the master.
+//! skipping the ones already tried. Writes go to the master: with an
+//! election (issue 14) several entries may say `master` for a moment (a
+//! deposed leader whose lease has not run out yet); the proven one with the
+//! highest term wins. A role change reaches the gateway as a changed
+//! registry value, through the same discovery push.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::ToSocketAddrs;
@@ -36,6 +40,9 @@ pub struct NodeState {
     /// As registered, e.g. `localhost:8081`.
     pub addr: String,
     pub role: Role,
+    /// The election term its registry entry names (0: none, e.g. a static
+    /// entry or a master without election). Updated in place.
+    pub term: std::sync::atomic::AtomicI64,
     /// Milliseconds since the gateway started until which the node is
     /// ejected; 0 = not ejected.
     ejected_until: AtomicU64,
@@ -232,17 +239,17 @@ impl NodeDiscovery {
         }
     }
 
-    /// `(addr, role, from the registry)`.
-    fn entries(&self) -> Vec<Entry> {
-        let mut out: Vec<Entry> = self
+    /// `((addr, role, from the registry), term)`.
+    fn entries(&self) -> Vec<(Entry, i64)> {
+        let mut out: Vec<(Entry, i64)> = self
             .statics
             .iter()
-            .map(|s| (s.addr.clone(), s.role, false))
+            .map(|s| ((s.addr.clone(), s.role, false), 0))
             .collect();
         if let Some(d) = &self.discovery {
             for e in d.services().iter() {
-                out.retain(|(a, _, _)| a != &e.info.addr);
-                out.push((e.info.addr.clone(), e.info.role, true));
+                out.retain(|((a, _, _), _)| a != &e.info.addr);
+                out.push(((e.info.addr.clone(), e.info.role, true), e.info.term.unwrap_or(0)));
             }
         }
         out
@@ -258,7 +265,7 @@ impl ServiceDiscovery for NodeDiscovery {
             return Ok((set, HashMap::new()));
         };
         let mut unresolved = HashSet::new();
-        for (addr, role, from_registry) in entries {
+        for ((addr, role, from_registry), term) in entries {
             let resolved = match known.get(&addr) {
                 Some((sock, state)) if state.role == role && state.from_registry == from_registry => {
                     Some((*sock, state.clone()))
@@ -274,6 +281,7 @@ impl ServiceDiscovery for NodeDiscovery {
                         let state = Arc::new(NodeState {
                             addr: addr.clone(),
                             role,
+                            term: Default::default(),
                             ejected_until: AtomicU64::new(0),
                             traffic: Traffic::default(),
                             proven: Default::default(),
@@ -289,6 +297,7 @@ impl ServiceDiscovery for NodeDiscovery {
                 unresolved.insert((addr, role, from_registry));
                 continue;
             };
+            state.term.store(term, Ordering::Relaxed);
             let mut backend = Backend {
                 addr: SocketAddr::Inet(sock),
                 weight: 1,
@@ -404,14 +413,16 @@ impl Upstreams {
         }
     }
 
-    /// The master, if it is usable.
+    /// The master, if it is usable: of several usable entries saying
+    /// `master`, the one with the highest term (the latest elected).
     pub fn pick_master(&self, tried: &[SocketAddr]) -> Option<Backend> {
         let all = self.lb.backends().get_backend();
         all.iter()
-            .find(|b| {
+            .filter(|b| {
                 Self::state(b).is_some_and(|s| s.role == Role::Master)
                     && self.usable(b, self.lb.backends().ready(b), tried)
             })
+            .max_by_key(|b| Self::state(b).map_or(0, |s| s.term.load(Ordering::Relaxed)))
             .cloned()
     }
 
