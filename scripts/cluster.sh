@@ -259,18 +259,24 @@ EOF
 }
 
 status() {
-  printf '%-8s %-6s %-8s %-8s %-9s %-6s %-9s %s\n' NAME PORT PID ROLE DATA_VER LAG HIT_RATE HEALTH
-  local name template port h role ver lag rate st pid
+  # ROLE is the role a node plays now (master while it leads for writes);
+  # LEADER is "yes" on the node etcd elected, TERM the leader's term as
+  # the node sees it (issue 14).
+  printf '%-8s %-6s %-8s %-8s %-6s %-6s %-9s %-6s %-9s %s\n' NAME PORT PID ROLE LEADER TERM DATA_VER LAG HIT_RATE HEALTH
+  local name template port h role ver lag rate st pid leads term
   for entry in $(nodes) gateway:gateway:$GATEWAY_PORT; do
     IFS=: read -r name template port <<<"$entry"
     pid=-; alive "$name" && pid=$(pid_of "$name")
     h=$(curl -s -m 2 "http://127.0.0.1:$port/health" || true)
-    role=$(sed -n 's/.*"mode":"\([a-z]*\)".*/\1/p' <<<"$h")
+    role=$(sed -n 's/.*"role":"\([a-z]*\)".*/\1/p' <<<"$h")
+    [ -n "$role" ] || role=$(sed -n 's/.*"mode":"\([a-z]*\)".*/\1/p' <<<"$h")
+    leads=-; grep -q '"term":[0-9]' <<<"$(sed 's/"leader":{[^}]*}//' <<<"$h")" && leads=yes
+    term=$(sed -n 's/.*"leader":{[^}]*"term":\([0-9]*\).*/\1/p' <<<"$h")
     ver=$(sed -n 's/.*"data_version":\([0-9]*\).*/\1/p' <<<"$h")
     lag=$(sed -n 's/.*"lag":\([0-9]*\).*/\1/p' <<<"$h")
     rate=$(curl -s -m 2 "http://127.0.0.1:$port/kamaitachi/api/data/v1/stats" | grep -o '"hit_rate":[0-9.]*' | tail -n 1 | cut -d: -f2 || true)
     st=$(sed -n 's/^{"[^}]*"status":"\([a-z]*\)".*/\1/p; s/.*,"status":"\([a-z]*\)".*/\1/p' <<<"$h" | head -n 1)
-    printf '%-8s %-6s %-8s %-8s %-9s %-6s %-9s %s\n' "$name" "$port" "$pid" "${role:--}" "${ver:--}" "${lag:--}" \
+    printf '%-8s %-6s %-8s %-8s %-6s %-6s %-9s %-6s %-9s %s\n' "$name" "$port" "$pid" "${role:--}" "$leads" "${term:--}" "${ver:--}" "${lag:--}" \
       "${rate:0:6}" "${st:-down}"
   done
   echo

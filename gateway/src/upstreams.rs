@@ -118,11 +118,37 @@ impl pingora::lb::health_check::HealthCheck for ProofHealthCheck {
         );
         if proven {
             if let Ok(mut id) = state.identity.lock() {
-                *id = identity;
+                *id = identity.clone();
             }
         }
         state.proven.store(proven, Ordering::Relaxed);
         if !proven {
+            // Write availability (issue 14): a node's role changes with the
+            // election, and its proof names the role it plays now. Proven
+            // for the other role = the registry entry has not caught up
+            // yet: not used until it has, but no warning either.
+            let other = match state.role {
+                Role::Master => Role::Slave,
+                Role::Slave => Role::Master,
+            };
+            let changing = self.key.verify(
+                "health",
+                &[
+                    challenge.as_bytes(),
+                    identity.as_bytes(),
+                    other.as_str().as_bytes(),
+                ],
+                &proof,
+            );
+            if changing {
+                tracing::debug!(
+                    addr = %state.addr,
+                    "node {} proves role {other} while registered as {}: its role is changing",
+                    state.addr,
+                    state.role
+                );
+                return Err(fail(format!("role changing to {other}")));
+            }
             let warn = match state.warned_at.lock() {
                 Ok(mut at) if at.is_none_or(|t| t.elapsed() >= UNPROVEN_WARN_EVERY) => {
                     *at = Some(Instant::now());

@@ -129,7 +129,7 @@ struct Outcomes {
 fn the_leader_is_killed_under_load_a_follower_takes_over_and_no_acknowledged_write_is_lost() {
     let dir = temp_dir("write-ha");
     let etcd = Etcd::start(&dir);
-    let mut members = vec![
+    let mut members = [
         Member::start(&etcd, &dir, "a", "master", "", true),
         Member::start(&etcd, &dir, "b", "slave", "candidate = true\n", false),
         Member::start(&etcd, &dir, "c", "slave", "", false),

@@ -9,8 +9,19 @@
 //! - `GET …/replication/image`: a consistent image of the master's database
 //!   (SQLite backup API), with its sequence, dataset id and CRC-32 in headers.
 //!
-//! The [`Follower`] runs on its own OS thread in a slave: it finds the master
-//! (etcd entry with role `master`, else `[replication] master`), pulls
+//! Write availability (issue 14): with etcd every node runs the follower
+//! (a `mode = master` node too: it may have lost the election); while the
+//! node leads, the loop idles. The poll names the follower (`node`,
+//! `candidate`: what the leader's sync acknowledgment counts); an answer
+//! carries the leader's term and is refused when older than the highest
+//! term seen ([`check_term`]); a `410` because this node is ahead of the
+//! leader or its history differs means it holds changes never acknowledged:
+//! they are discarded by copying the leader's image. Applied changes are
+//! kept in this node's own change log, so it can serve others if promoted.
+//!
+//! The [`Follower`] runs on its own OS thread: it finds the master (the
+//! elected leader, then etcd entries with role `master`, highest term
+//! first, else `[replication] master`), pulls
 //! changes from its applied sequence, applies each in one transaction with
 //! the new sequence (`Store::apply_replicated` refuses gaps and repeats), and
 //! then drops the touched subjects from the cache. An empty slave, one too
