@@ -9,10 +9,13 @@
 //! host's switch-side link down (the host is cut off from everyone, the
 //! test included) and [`TestNet::heal`] sets it up again.
 //!
-//! Addresses are in a /24 of 10.200.0.0–10.249.255.0 picked from the
-//! process id and the clock, skipped when the test's namespace already
-//! routes it; interface and namespace names carry the same short id, so
-//! concurrent test runs do not meet. Everything is removed on drop:
+//! Addresses are in a /24 of 10.200.0.0–10.249.255.0 picked at random,
+//! skipped when the test's namespace already routes it; namespace and
+//! interface names carry a short id naming that /24, and creating the
+//! switch namespace claims it (`ip netns add` fails when the name exists,
+//! and then another /24 is tried), so concurrent tests and test runs do
+//! not meet, and a net never removes what it did not make. Everything is
+//! removed on drop:
 //! deleting a namespace deletes its ends of the veth pairs, and with them
 //! the other ends. A host is recorded before it is configured, so a
 //! half-made host is removed too. Processes started in a host must be
@@ -148,40 +151,45 @@ impl TestNet {
     /// The switch namespace with its bridge, and the test's own link into
     /// it. Panics (after removing what it made) when it cannot.
     pub fn create() -> TestNet {
-        let mut seed = std::process::id() as u64 ^ (super::nanos() as u64).rotate_left(17);
+        use std::hash::{BuildHasher, Hasher};
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let mut tries = 0;
-        let (id, net) = loop {
-            let id = format!("{:04x}", seed & 0xffff);
-            let net = [
-                10,
-                200 + ((seed >> 16) % 50) as u8,
-                ((seed >> 24) % 250) as u8 + 1,
-            ];
+        let (id, net, switch_ns) = loop {
+            // Random per call (tests of one binary run at the same time in
+            // one process): the std's randomly keyed hasher.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.write_u128(super::nanos());
+            h.write_u64(RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            let seed = h.finish();
+            let net = [10, 200 + (seed % 50) as u8, ((seed >> 8) % 250) as u8 + 1];
+            // The id names the subnet, so claiming the switch namespace's
+            // name (atomic: `ip netns add` fails if it exists) claims the
+            // subnet among test runs; the route check keeps off subnets
+            // the machine uses otherwise.
+            let id = format!("{:02x}{:02x}", net[1], net[2]);
             let subnet = format!("{}.{}.{}.0/24", net[0], net[1], net[2]);
             let routed = ip(&["-4", "route", "show", "to", "match", &subnet])
                 .map(|r| r.lines().any(|l| !l.starts_with("default")))
-                .unwrap_or(false);
-            let taken = ip(&["netns", "list"])
-                .map(|l| l.contains(&format!("kt{id}-")))
-                .unwrap_or(false);
-            if !routed && !taken {
-                break (id, net);
+                .unwrap_or(true);
+            let switch_ns = format!("kt{id}-sw");
+            if !routed && ip(&["netns", "add", &switch_ns]).is_ok() {
+                break (id, net, switch_ns);
             }
             tries += 1;
-            assert!(tries < 20, "test network: no free subnet or id after 20 tries");
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            assert!(
+                tries < 20,
+                "test network: no free subnet after 20 tries (these tests need root and iproute2)"
+            );
         };
         let t = TestNet {
-            switch_ns: format!("kt{id}-sw"),
             root_if: format!("kt{id}r"),
+            switch_ns,
             id,
             net,
             hosts: Vec::new(),
         };
         // From here a panic drops `t`, which removes what exists.
-        must(&["netns", "add", &t.switch_ns]);
         must(&["-n", &t.switch_ns, "link", "add", "br0", "type", "bridge"]);
         must(&["-n", &t.switch_ns, "link", "set", "br0", "up"]);
         let peer = format!("kt{}rs", t.id);
