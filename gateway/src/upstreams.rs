@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::ToSocketAddrs;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,13 @@ use crate::config::StaticUpstream;
 pub struct NodeState {
     /// As registered, e.g. `localhost:8081`.
     pub addr: String,
-    pub role: Role,
+    /// Its registered role ([`NodeState::role`]), updated in place like
+    /// `term`: pingora compares backends by address only, so a rebuild in
+    /// which only a role changed (a follower elected leader, a leader
+    /// stepping down) keeps the old `Backend` and its state; a new state
+    /// would never be seen, the node would keep being checked against its
+    /// old role, fail its proof and never become the master.
+    role: AtomicBool,
     /// The election term its registry entry names (0: none, e.g. a static
     /// entry or a master without election). Updated in place.
     pub term: std::sync::atomic::AtomicI64,
@@ -50,7 +56,7 @@ pub struct NodeState {
     pub traffic: Traffic,
     /// It answered the last health challenge with the right MAC (bound to
     /// its registered address and role). Until then it gets nothing.
-    pub proven: std::sync::atomic::AtomicBool,
+    pub proven: AtomicBool,
     /// When an unproven answer was last warned about.
     warned_at: Mutex<Option<Instant>>,
     /// Registered in etcd (its proof must name this very address), not
@@ -112,7 +118,7 @@ impl pingora::lb::health_check::HealthCheck for ProofHealthCheck {
             &[
                 challenge.as_bytes(),
                 identity.as_bytes(),
-                state.role.as_str().as_bytes(),
+                state.role().as_str().as_bytes(),
             ],
             &proof,
         );
@@ -127,7 +133,7 @@ impl pingora::lb::health_check::HealthCheck for ProofHealthCheck {
             // election, and its proof names the role it plays now. Proven
             // for the other role = the registry entry has not caught up
             // yet: not used until it has, but no warning either.
-            let other = match state.role {
+            let other = match state.role() {
                 Role::Master => Role::Slave,
                 Role::Slave => Role::Master,
             };
@@ -145,7 +151,7 @@ impl pingora::lb::health_check::HealthCheck for ProofHealthCheck {
                     addr = %state.addr,
                     "node {} proves role {other} while registered as {}: its role is changing",
                     state.addr,
-                    state.role
+                    state.role()
                 );
                 return Err(fail(format!("role changing to {other}")));
             }
@@ -159,10 +165,10 @@ impl pingora::lb::health_check::HealthCheck for ProofHealthCheck {
             if warn {
                 tracing::warn!(
                     addr = %state.addr,
-                    role = %state.role,
+                    role = %state.role(),
                     "node {} (registered as {}) ignored: it did not prove it holds the cluster secret",
                     state.addr,
-                    state.role
+                    state.role()
                 );
             }
             return Err(fail("no valid proof of the cluster secret".into()));
@@ -293,7 +299,14 @@ impl ServiceDiscovery for NodeDiscovery {
         let mut unresolved = HashSet::new();
         for ((addr, role, from_registry), term) in entries {
             let resolved = match known.get(&addr) {
-                Some((sock, state)) if state.role == role && state.from_registry == from_registry => {
+                Some((sock, state)) if state.from_registry == from_registry => {
+                    if state.role() != role {
+                        // Elected or stepped down: unproven until it
+                        // answers a health check for its new role (the
+                        // next one, within one health interval).
+                        state.set_role(role);
+                        state.proven.store(false, Ordering::Relaxed);
+                    }
                     Some((*sock, state.clone()))
                 }
                 _ => addr
@@ -306,7 +319,7 @@ impl ServiceDiscovery for NodeDiscovery {
                     .map(|sock| {
                         let state = Arc::new(NodeState {
                             addr: addr.clone(),
-                            role,
+                            role: AtomicBool::new(role == Role::Master),
                             term: Default::default(),
                             ejected_until: AtomicU64::new(0),
                             traffic: Traffic::default(),
@@ -391,6 +404,20 @@ pub struct Upstreams {
 /// Ring steps a selection may walk (Ketama has 160 points per node).
 const MAX_RING_STEPS: usize = 2048;
 
+impl NodeState {
+    pub fn role(&self) -> Role {
+        if self.role.load(Ordering::Relaxed) {
+            Role::Master
+        } else {
+            Role::Slave
+        }
+    }
+
+    fn set_role(&self, role: Role) {
+        self.role.store(role == Role::Master, Ordering::Relaxed);
+    }
+}
+
 impl Upstreams {
     pub fn new(lb: Arc<LoadBalancer<Consistent>>, eject_for: Duration) -> Self {
         Upstreams {
@@ -445,7 +472,7 @@ impl Upstreams {
         let all = self.lb.backends().get_backend();
         all.iter()
             .filter(|b| {
-                Self::state(b).is_some_and(|s| s.role == Role::Master)
+                Self::state(b).is_some_and(|s| s.role() == Role::Master)
                     && self.usable(b, self.lb.backends().ready(b), tried)
             })
             .max_by_key(|b| Self::state(b).map_or(0, |s| s.term.load(Ordering::Relaxed)))
@@ -489,7 +516,7 @@ impl Upstreams {
                 Some(NodeView {
                     addr: state.addr.clone(),
                     socket: b.addr.to_string(),
-                    role: state.role,
+                    role: state.role(),
                     healthy: self.lb.backends().ready(b) && proven,
                     proven,
                     identity: state.identity.lock().map(|i| i.clone()).unwrap_or_default(),
