@@ -671,8 +671,13 @@ impl Campaign {
                 return Ended::Lost;
             }
         };
+        // A fixed renewal time, not a sleep restarted on every pass: the
+        // view changes on every acknowledged write (the `acked` key), and
+        // a timer restarted by each change would never fire under a steady
+        // write load, so the lease would never be renewed.
+        let mut next_renewal = Instant::now() + every;
         loop {
-            let wait = every.min(alive_until.saturating_duration_since(Instant::now()));
+            let wake = tokio::time::Instant::from_std(next_renewal.min(alive_until));
             tokio::select! {
                 _ = &mut *stop => {
                     self.step_down(term);
@@ -688,7 +693,7 @@ impl Campaign {
                     }
                     continue;
                 }
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep_until(wake) => {}
             }
             if Instant::now() >= alive_until {
                 tracing::warn!(
@@ -698,6 +703,7 @@ impl Campaign {
                 return Ended::Lost;
             }
             let sent = Instant::now();
+            next_renewal = sent + every;
             let renewed = tokio::time::timeout(CALL_TIMEOUT.min(alive_until - sent), async {
                 keeper.keep_alive().await?;
                 responses.message().await
