@@ -57,6 +57,14 @@ pub const STEP_DOWN_MARGIN: Duration = Duration::from_secs(1);
 /// failed (etcd's own leader election inside a 3-member cluster takes ~1 s).
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// One attempt to record an acknowledgment; retried until the caller's
+/// bound.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// After a failed renewal the next one is tried this soon, not a whole
+/// renewal period later.
+const RENEW_RETRY: Duration = Duration::from_millis(200);
+
 /// The leader as etcd says it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leader {
@@ -344,7 +352,10 @@ async fn record_acked(
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(100));
-            match tokio::time::timeout(left.min(CALL_TIMEOUT), c.txn(txn)).await {
+            // Short attempts: while etcd elects a new leader of its own (a
+            // member died) a call hangs rather than fails; the next attempt
+            // goes through once it has one.
+            match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), c.txn(txn)).await {
                 Ok(Ok(r)) if r.succeeded() => return Ok(()),
                 Ok(Ok(_)) => return Err(AckError::NotLeader(term)),
                 Ok(Err(e)) => last = e.to_string(),
@@ -671,13 +682,12 @@ impl Campaign {
                 return Ended::Lost;
             }
         };
-        // A fixed renewal time, not a sleep restarted on every pass: the
-        // view changes on every acknowledged write (the `acked` key), and
-        // a timer restarted by each change would never fire under a steady
-        // write load, so the lease would never be renewed.
-        let mut next_renewal = Instant::now() + every;
+        // The next renewal is a deadline, not a sleep started afresh on each
+        // turn: the view changes with every acknowledged write (the acked
+        // key), and a sleep restarted on each change would never renew.
+        let mut renew_at = Instant::now() + every;
         loop {
-            let wake = tokio::time::Instant::from_std(next_renewal.min(alive_until));
+            let wake = renew_at.min(alive_until);
             tokio::select! {
                 _ = &mut *stop => {
                     self.step_down(term);
@@ -693,7 +703,7 @@ impl Campaign {
                     }
                     continue;
                 }
-                _ = tokio::time::sleep_until(wake) => {}
+                _ = tokio::time::sleep_until(wake.into()) => {}
             }
             if Instant::now() >= alive_until {
                 tracing::warn!(
@@ -703,20 +713,23 @@ impl Campaign {
                 return Ended::Lost;
             }
             let sent = Instant::now();
-            next_renewal = sent + every;
+            renew_at = sent + every;
             let renewed = tokio::time::timeout(CALL_TIMEOUT.min(alive_until - sent), async {
                 keeper.keep_alive().await?;
                 responses.message().await
             })
             .await;
             match renewed {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => alive_until = sent + ttl.saturating_sub(STEP_DOWN_MARGIN),
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    alive_until = sent + ttl.saturating_sub(STEP_DOWN_MARGIN);
+                }
                 Ok(Ok(Some(_))) => {
                     tracing::warn!("election: lease of term {term} expired in etcd; stepping down");
                     self.step_down(term);
                     return Ended::Lost;
                 }
                 _ => {
+                    renew_at = Instant::now() + RENEW_RETRY;
                     // This member or the stream failed: renew the same lease
                     // through a fresh connection (another member answers).
                     if let Ok(Ok(c)) = tokio::time::timeout(CALL_TIMEOUT, self.cfg.connect()).await {
