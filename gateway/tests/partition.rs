@@ -277,6 +277,15 @@ fn gateway_writer(
     })
 }
 
+/// Stops the load loops when dropped: also when the test fails half-way.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 #[test]
 fn a_cut_off_leader_stops_acknowledging_and_a_follower_takes_over() {
     let mut net = TestNet::create();
@@ -316,6 +325,7 @@ fn a_cut_off_leader_stops_acknowledging_and_a_follower_takes_over() {
     // Steady writes through the gateway, before, during and after the cut.
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_loops = StopOnDrop(stop.clone());
     let through_gw = Arc::new(Mutex::new(Vec::new()));
     let writer = gateway_writer(gw.addr, t0, stop.clone(), through_gw.clone());
     assert!(
