@@ -407,7 +407,7 @@ impl Watcher {
     }
 
     async fn list_and_watch(&self, wait: &mut Duration) -> Result<(), String> {
-        let mut client = self.cfg.connect().await?;
+        let mut client = self.cfg.connect_any().await?;
         let listed = client
             .get(self.keys.prefix.as_str(), Some(GetOptions::new().with_prefix()))
             .await
@@ -505,7 +505,7 @@ impl Campaign {
         let mut leaderless_since: Option<Instant> = None;
         loop {
             let client = tokio::select! {
-                c = self.cfg.connect() => c,
+                c = self.cfg.connect_any() => c,
                 _ = &mut stop => return,
             };
             let client = match client {
@@ -732,7 +732,7 @@ impl Campaign {
                     renew_at = Instant::now() + RENEW_RETRY;
                     // This member or the stream failed: renew the same lease
                     // through a fresh connection (another member answers).
-                    if let Ok(Ok(c)) = tokio::time::timeout(CALL_TIMEOUT, self.cfg.connect()).await {
+                    if let Ok(Ok(c)) = tokio::time::timeout(CALL_TIMEOUT, self.cfg.connect_any()).await {
                         client = c;
                         self.client.store(Some(Arc::new(client.clone())));
                         if let Ok(k) = client.lease_keep_alive(lease).await {

@@ -304,6 +304,30 @@ impl EtcdConfig {
         }
     }
 
+    /// [`EtcdConfig::connect`]; when that fails and there are several
+    /// endpoints, each endpoint on its own. A client over all endpoints
+    /// fails as a whole when its first call (authentication) lands on a
+    /// dead member; the election must reach a live one within its lease
+    /// (issue 14).
+    pub(crate) async fn connect_any(&self) -> Result<Client, String> {
+        match self.connect().await {
+            Ok(c) => Ok(c),
+            Err(e) if self.endpoints.len() > 1 => {
+                for endpoint in &self.endpoints {
+                    let one = EtcdConfig {
+                        endpoints: vec![endpoint.clone()],
+                        ..self.clone()
+                    };
+                    if let Ok(c) = one.connect().await {
+                        return Ok(c);
+                    }
+                }
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// What went wrong, in the words an operator needs: which user, which
     /// file, what to do.
     pub(crate) fn describe(&self, e: &etcd_client::Error) -> String {

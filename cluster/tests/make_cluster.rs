@@ -267,8 +267,16 @@ fn make_cluster_serves_the_readme_examples_and_make_stop_cleans_up() {
         assert!(gone, "process {pid} still runs after make stop");
     }
     assert!(
-        root_keys("/kamaitachi").is_empty(),
+        root_keys("/kamaitachi/services").is_empty(),
         "registry not empty: {:?}",
+        root_keys("/kamaitachi")
+    );
+    // Issue 14: the acknowledged position outlives every leader (no lease)
+    // so the next start elects only a node holding it; the leader key goes
+    // with the leader's resignation.
+    assert!(
+        !root_keys("/kamaitachi").contains(&"/kamaitachi/election/leader".to_string()),
+        "the leader did not resign: {:?}",
         root_keys("/kamaitachi")
     );
     assert!(std::fs::read_dir(checkout.join("run")).unwrap().all(|e| !e

@@ -434,6 +434,7 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
             strict: cfg.sync_strict,
         },
         &cfg.service_addr,
+        Duration::from_secs(cfg.etcd.as_ref().map_or(10, |e| e.ttl as u64)),
     );
     ha.spawn_acknowledger()
         .context("cannot start the acknowledger thread")?;

@@ -152,6 +152,9 @@ pub struct Ha {
     pub elections_won: AtomicU64,
     /// The last sync state logged ("ok", "degraded"), to log once per change.
     logged_state: Mutex<&'static str>,
+    /// Longest an acknowledgment's etcd transaction is retried:
+    /// `ttl − 1 s` (see the acknowledger).
+    fence_within: Duration,
 }
 
 impl Ha {
@@ -161,6 +164,7 @@ impl Ha {
         candidate: bool,
         rules: SyncRules,
         addr: &str,
+        ttl: Duration,
     ) -> Arc<Self> {
         Arc::new(Ha {
             election,
@@ -173,6 +177,7 @@ impl Ha {
             writes_unconfirmed: AtomicU64::new(0),
             elections_won: AtomicU64::new(0),
             logged_state: Mutex::new(""),
+            fence_within: ttl.saturating_sub(cluster::election::STEP_DOWN_MARGIN),
         })
     }
 
@@ -360,8 +365,14 @@ impl Ha {
     }
 
     fn acknowledger(&self, election: &Election) {
-        // The fence's etcd call may take this long: well inside a lease.
-        let within = self.rules.timeout.min(Duration::from_millis(1500));
+        // The fence's etcd call may take this long: through an etcd leader
+        // election (a member died: ~1-3 s) when the lease allows it, and
+        // never longer than the lease a leader believes in (ttl - 1 s).
+        let within = self
+            .rules
+            .timeout
+            .min(self.fence_within)
+            .max(Duration::from_millis(500));
         loop {
             let (batch, failed) = {
                 let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
