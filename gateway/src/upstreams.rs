@@ -39,7 +39,12 @@ use crate::config::StaticUpstream;
 pub struct NodeState {
     /// As registered, e.g. `localhost:8081`.
     pub addr: String,
-    pub role: Role,
+    /// The registered role (`master` = 1, `slave` = 0): changed in place
+    /// when the registry entry changes (issue 14: an election), because
+    /// pingora keeps a backend whose address is unchanged — its `ext`,
+    /// this state, is not part of the backend's identity. Read it with
+    /// [`NodeState::role`].
+    role: std::sync::atomic::AtomicU8,
     /// The election term its registry entry names (0: none, e.g. a static
     /// entry or a master without election). Updated in place.
     pub term: std::sync::atomic::AtomicI64,
@@ -59,6 +64,25 @@ pub struct NodeState {
     pub from_registry: bool,
     /// The address the node proved (what fan-out calls are signed for).
     pub identity: Mutex<String>,
+}
+
+impl NodeState {
+    pub fn role(&self) -> Role {
+        if self.role.load(Ordering::Acquire) == 1 {
+            Role::Master
+        } else {
+            Role::Slave
+        }
+    }
+
+    /// The registry entry now says `role`: the proof is bound to the role,
+    /// so a changed one must be proven again (next health check).
+    fn set_role(&self, role: Role) {
+        let v = u8::from(role == Role::Master);
+        if self.role.swap(v, Ordering::AcqRel) != v {
+            self.proven.store(false, Ordering::Release);
+        }
+    }
 }
 
 /// At most one warning per unproven node in this time.
@@ -112,7 +136,7 @@ impl pingora::lb::health_check::HealthCheck for ProofHealthCheck {
             &[
                 challenge.as_bytes(),
                 identity.as_bytes(),
-                state.role.as_str().as_bytes(),
+                state.role().as_str().as_bytes(),
             ],
             &proof,
         );
@@ -127,7 +151,7 @@ impl pingora::lb::health_check::HealthCheck for ProofHealthCheck {
             // election, and its proof names the role it plays now. Proven
             // for the other role = the registry entry has not caught up
             // yet: not used until it has, but no warning either.
-            let other = match state.role {
+            let other = match state.role() {
                 Role::Master => Role::Slave,
                 Role::Slave => Role::Master,
             };
@@ -145,7 +169,7 @@ impl pingora::lb::health_check::HealthCheck for ProofHealthCheck {
                     addr = %state.addr,
                     "node {} proves role {other} while registered as {}: its role is changing",
                     state.addr,
-                    state.role
+                    state.role()
                 );
                 return Err(fail(format!("role changing to {other}")));
             }
@@ -159,10 +183,10 @@ impl pingora::lb::health_check::HealthCheck for ProofHealthCheck {
             if warn {
                 tracing::warn!(
                     addr = %state.addr,
-                    role = %state.role,
+                    role = %state.role(),
                     "node {} (registered as {}) ignored: it did not prove it holds the cluster secret",
                     state.addr,
-                    state.role
+                    state.role()
                 );
             }
             return Err(fail("no valid proof of the cluster secret".into()));
@@ -293,7 +317,8 @@ impl ServiceDiscovery for NodeDiscovery {
         let mut unresolved = HashSet::new();
         for ((addr, role, from_registry), term) in entries {
             let resolved = match known.get(&addr) {
-                Some((sock, state)) if state.role == role && state.from_registry == from_registry => {
+                Some((sock, state)) if state.from_registry == from_registry => {
+                    state.set_role(role);
                     Some((*sock, state.clone()))
                 }
                 _ => addr
@@ -306,7 +331,7 @@ impl ServiceDiscovery for NodeDiscovery {
                     .map(|sock| {
                         let state = Arc::new(NodeState {
                             addr: addr.clone(),
-                            role,
+                            role: std::sync::atomic::AtomicU8::new(u8::from(role == Role::Master)),
                             term: Default::default(),
                             ejected_until: AtomicU64::new(0),
                             traffic: Traffic::default(),
@@ -445,7 +470,7 @@ impl Upstreams {
         let all = self.lb.backends().get_backend();
         all.iter()
             .filter(|b| {
-                Self::state(b).is_some_and(|s| s.role == Role::Master)
+                Self::state(b).is_some_and(|s| s.role() == Role::Master)
                     && self.usable(b, self.lb.backends().ready(b), tried)
             })
             .max_by_key(|b| Self::state(b).map_or(0, |s| s.term.load(Ordering::Relaxed)))
@@ -489,7 +514,7 @@ impl Upstreams {
                 Some(NodeView {
                     addr: state.addr.clone(),
                     socket: b.addr.to_string(),
-                    role: state.role,
+                    role: state.role(),
                     healthy: self.lb.backends().ready(b) && proven,
                     proven,
                     identity: state.identity.lock().map(|i| i.clone()).unwrap_or_default(),
