@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::ToSocketAddrs;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,13 +39,12 @@ use crate::config::StaticUpstream;
 pub struct NodeState {
     /// As registered, e.g. `localhost:8081`.
     pub addr: String,
-    /// Its registered role ([`NodeState::role`]), updated in place like
-    /// `term`: pingora compares backends by address only, so a rebuild in
-    /// which only a role changed (a follower elected leader, a leader
-    /// stepping down) keeps the old `Backend` and its state; a new state
-    /// would never be seen, the node would keep being checked against its
-    /// old role, fail its proof and never become the master.
-    role: AtomicBool,
+    /// The registered role (`master` = 1, `slave` = 0): changed in place
+    /// when the registry entry changes (issue 14: an election), because
+    /// pingora keeps a backend whose address is unchanged — its `ext`,
+    /// this state, is not part of the backend's identity. Read it with
+    /// [`NodeState::role`].
+    role: std::sync::atomic::AtomicU8,
     /// The election term its registry entry names (0: none, e.g. a static
     /// entry or a master without election). Updated in place.
     pub term: std::sync::atomic::AtomicI64,
@@ -56,7 +55,7 @@ pub struct NodeState {
     pub traffic: Traffic,
     /// It answered the last health challenge with the right MAC (bound to
     /// its registered address and role). Until then it gets nothing.
-    pub proven: AtomicBool,
+    pub proven: std::sync::atomic::AtomicBool,
     /// When an unproven answer was last warned about.
     warned_at: Mutex<Option<Instant>>,
     /// Registered in etcd (its proof must name this very address), not
@@ -65,6 +64,25 @@ pub struct NodeState {
     pub from_registry: bool,
     /// The address the node proved (what fan-out calls are signed for).
     pub identity: Mutex<String>,
+}
+
+impl NodeState {
+    pub fn role(&self) -> Role {
+        if self.role.load(Ordering::Acquire) == 1 {
+            Role::Master
+        } else {
+            Role::Slave
+        }
+    }
+
+    /// The registry entry now says `role`: the proof is bound to the role,
+    /// so a changed one must be proven again (next health check).
+    fn set_role(&self, role: Role) {
+        let v = u8::from(role == Role::Master);
+        if self.role.swap(v, Ordering::AcqRel) != v {
+            self.proven.store(false, Ordering::Release);
+        }
+    }
 }
 
 /// At most one warning per unproven node in this time.
@@ -300,13 +318,7 @@ impl ServiceDiscovery for NodeDiscovery {
         for ((addr, role, from_registry), term) in entries {
             let resolved = match known.get(&addr) {
                 Some((sock, state)) if state.from_registry == from_registry => {
-                    if state.role() != role {
-                        // Elected or stepped down: unproven until it
-                        // answers a health check for its new role (the
-                        // next one, within one health interval).
-                        state.set_role(role);
-                        state.proven.store(false, Ordering::Relaxed);
-                    }
+                    state.set_role(role);
                     Some((*sock, state.clone()))
                 }
                 _ => addr
@@ -319,7 +331,7 @@ impl ServiceDiscovery for NodeDiscovery {
                     .map(|sock| {
                         let state = Arc::new(NodeState {
                             addr: addr.clone(),
-                            role: AtomicBool::new(role == Role::Master),
+                            role: std::sync::atomic::AtomicU8::new(u8::from(role == Role::Master)),
                             term: Default::default(),
                             ejected_until: AtomicU64::new(0),
                             traffic: Traffic::default(),
@@ -403,20 +415,6 @@ pub struct Upstreams {
 
 /// Ring steps a selection may walk (Ketama has 160 points per node).
 const MAX_RING_STEPS: usize = 2048;
-
-impl NodeState {
-    pub fn role(&self) -> Role {
-        if self.role.load(Ordering::Relaxed) {
-            Role::Master
-        } else {
-            Role::Slave
-        }
-    }
-
-    fn set_role(&self, role: Role) {
-        self.role.store(role == Role::Master, Ordering::Relaxed);
-    }
-}
 
 impl Upstreams {
     pub fn new(lb: Arc<LoadBalancer<Consistent>>, eject_for: Duration) -> Self {

@@ -200,7 +200,9 @@ fn the_leader_is_killed_under_load_a_follower_takes_over_and_no_acknowledged_wri
         members[l].dead.push(dead);
         assert!(
             eventually(Duration::from_secs(15), || successes_since(killed_at) > 0),
-            "round {round}: no write succeeded within 15 s of the kill"
+            "round {round}: no write succeeded within 15 s of the kill\n{}\n{}",
+            members.iter().map(Member::logs).collect::<String>(),
+            gw.log_text()
         );
         let first_ok = outcomes
             .lock()
