@@ -7,7 +7,7 @@ BINS := kamaitachi-node kamaitachi-gateway kamaitachi-bench
 # Sample data size for `make data`.
 SUBJECTS ?= 5000
 # Ports of the local cluster (see scripts/cluster.sh).
-export MASTER_PORT SLAVE1_PORT SLAVE2_PORT GATEWAY_PORT ETCD_PORT
+export MASTER_PORT SLAVE1_PORT SLAVE2_PORT GATEWAY_PORT ETCD_PORT ETCD_MEMBERS
 
 ifeq ($(PROFILE),release)
 CARGO_PROFILE_FLAG := --release

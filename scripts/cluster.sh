@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # The local Kamaitachi cluster: etcd, a master, two slaves and the gateway.
+# ETCD_MEMBERS=3 runs etcd as a 3-member cluster (client ports ETCD_PORT,
+# ETCD_PORT+100, ETCD_PORT+200; peers one above each); every process is
+# given all endpoints.
 #
 #   scripts/cluster.sh start        start everything (what `make cluster` runs)
 #   scripts/cluster.sh stop         graceful stop of what start started
@@ -19,6 +22,9 @@ SLAVE2_PORT=${SLAVE2_PORT:-8082}
 GATEWAY_PORT=${GATEWAY_PORT:-9000}
 ETCD_PORT=${ETCD_PORT:-2379}
 ETCD_PEER_PORT=${ETCD_PEER_PORT:-$((ETCD_PORT + 1))}
+# How many etcd members: remembered for stop/status/add of the same run.
+ETCD_MEMBERS=${ETCD_MEMBERS:-$(cat run/etcd-members 2>/dev/null || echo 1)}
+[[ "$ETCD_MEMBERS" =~ ^[135]$ ]] || { echo "cluster: ETCD_MEMBERS must be 1, 3 or 5 (got $ETCD_MEMBERS)" >&2; exit 1; }
 BIN=${BIN:-bin}
 RUN=run; LOGS=logs; DATA=data; CONF=$RUN/conf
 mkdir -p "$RUN" "$LOGS" "$DATA" "$CONF"
@@ -27,7 +33,24 @@ die() { echo "cluster: $*" >&2; exit 1; }
 pid_of() { cat "$RUN/$1.pid" 2>/dev/null || true; }
 alive() { local p; p=$(pid_of "$1"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-etcd_up() { curl -s -m 1 "http://127.0.0.1:$ETCD_PORT/health" 2>/dev/null | grep -q '"health":"true"'; }
+# Member i (1-based) of etcd: its client and peer ports, its name.
+member_port() { echo $((ETCD_PORT + 100 * ($1 - 1))); }
+member_peer_port() { if [ "$1" = 1 ]; then echo "$ETCD_PEER_PORT"; else echo $((ETCD_PEER_PORT + 100 * ($1 - 1))); fi; }
+member_name() { if [ "$ETCD_MEMBERS" = 1 ]; then echo kamaitachi; else echo "kamaitachi-$1"; fi; }
+member_pid() { if [ "$1" = 1 ]; then echo etcd; else echo "etcd-$1"; fi; }
+# The endpoints every process is given: host:port,host:port,...
+etcd_endpoints() {
+  local i out=""
+  for i in $(seq 1 "$ETCD_MEMBERS"); do out="$out${out:+,}localhost:$(member_port "$i")"; done
+  echo "$out"
+}
+member_up() { curl -s -m 1 "http://127.0.0.1:$(member_port "$1")/health" 2>/dev/null | grep -q '"health":"true"'; }
+# The cluster answers (its quorum is up) on any member.
+etcd_up() {
+  local i
+  for i in $(seq 1 "$ETCD_MEMBERS"); do member_up "$i" && return 0; done
+  return 1
+}
 
 # etcd credentials (made once, random, mode 600): root administers etcd; the
 # processes connect as $ETCD_USER, whose role may read/write only under
@@ -50,9 +73,9 @@ ctl() {
     "$ETCD_USER") user="$ETCD_USER:$(cat "$USER_PW_FILE")" ;;
   esac
   if [ -n "$user" ]; then
-    ETCDCTL_API=3 ETCDCTL_USER="$user" etcdctl --endpoints "127.0.0.1:$ETCD_PORT" --dial-timeout 2s "$@"
+    ETCDCTL_API=3 ETCDCTL_USER="$user" etcdctl --endpoints "$(etcd_endpoints)" --dial-timeout 2s "$@"
   else
-    ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ETCD_PORT" --dial-timeout 2s "$@"
+    ETCDCTL_API=3 etcdctl --endpoints "$(etcd_endpoints)" --dial-timeout 2s "$@"
   fi
 }
 
@@ -98,7 +121,7 @@ render() {
   sed -e "s/^port = [0-9]*/port = $port/" \
       -e "s/^service_addr = localhost:[0-9]*/service_addr = localhost:$port/" \
       -e "s/^master = localhost:[0-9]*/master = localhost:$MASTER_PORT/" \
-      -e "s/^endpoints = localhost:[0-9]*/endpoints = localhost:$ETCD_PORT/" \
+      -e "s/^endpoints = localhost:[0-9]*/endpoints = $(etcd_endpoints)/" \
       -e "s#^path = [^ ]*#path = ./data/$db.db#" \
       -e "s#^snapshot_path = [^ ]*#snapshot_path = ./data/${db}_snapshot.dat#" \
       "conf/$template.ini" | with_etcd_credentials >"$CONF/$name.ini"
@@ -143,19 +166,35 @@ wait_health() {
 
 start_etcd() {
   if etcd_up; then
-    echo "cluster: etcd already answers on :$ETCD_PORT; using it"
+    echo "cluster: etcd already answers on $(etcd_endpoints); using it"
     return 0
   fi
   command -v etcd >/dev/null || die "etcd not found: run scripts/install-deps.sh (Debian package etcd-server)"
-  port_busy "$ETCD_PORT" && die "port $ETCD_PORT is in use by something that is not a healthy etcd; stop it or set ETCD_PORT"
-  etcd --name kamaitachi --data-dir "$DATA/etcd" \
-    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
-    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-    --initial-cluster "kamaitachi=http://127.0.0.1:$ETCD_PEER_PORT" >"$LOGS/etcd.log" 2>&1 &
-  echo $! >"$RUN/etcd.pid"
-  for _ in $(seq 1 100); do etcd_up && return 0; sleep 0.2; done
+  local i initial="" dir
+  for i in $(seq 1 "$ETCD_MEMBERS"); do
+    port_busy "$(member_port "$i")" && die "port $(member_port "$i") is in use by something that is not a healthy etcd; stop it or set ETCD_PORT"
+    initial="$initial${initial:+,}$(member_name "$i")=http://127.0.0.1:$(member_peer_port "$i")"
+  done
+  echo "$ETCD_MEMBERS" >"$RUN/etcd-members"
+  for i in $(seq 1 "$ETCD_MEMBERS"); do
+    # One data directory per cluster shape: a single-member data dir cannot
+    # join a 3-member cluster, nor the other way round.
+    dir="$DATA/etcd"; [ "$ETCD_MEMBERS" = 1 ] || dir="$DATA/etcd-$ETCD_MEMBERS-$i"
+    etcd --name "$(member_name "$i")" --data-dir "$dir" \
+      --listen-client-urls "http://127.0.0.1:$(member_port "$i")" --advertise-client-urls "http://127.0.0.1:$(member_port "$i")" \
+      --listen-peer-urls "http://127.0.0.1:$(member_peer_port "$i")" --initial-advertise-peer-urls "http://127.0.0.1:$(member_peer_port "$i")" \
+      --initial-cluster-token "kamaitachi-$ETCD_MEMBERS" --initial-cluster "$initial" >"$LOGS/$(member_pid "$i").log" 2>&1 &
+    echo $! >"$RUN/$(member_pid "$i").pid"
+  done
+  local up
+  for _ in $(seq 1 150); do
+    up=0
+    for i in $(seq 1 "$ETCD_MEMBERS"); do member_up "$i" && up=$((up + 1)); done
+    [ "$up" = "$ETCD_MEMBERS" ] && { [ "$ETCD_MEMBERS" = 1 ] || echo "cluster: etcd runs as $ETCD_MEMBERS members ($(etcd_endpoints))"; return 0; }
+    sleep 0.2
+  done
   tail -n 20 "$LOGS/etcd.log" >&2
-  die "etcd did not become healthy on :$ETCD_PORT (log: $LOGS/etcd.log)"
+  die "etcd did not become healthy on $(etcd_endpoints) (logs: $LOGS/etcd*.log)"
 }
 
 start_node() {
@@ -197,7 +236,7 @@ start() {
   done
   alive gateway && die "the gateway is already running"
   port_busy "$GATEWAY_PORT" && die "port $GATEWAY_PORT (gateway) is in use: stop what listens there or set GATEWAY_PORT"
-  sed -e "s/^port = [0-9]*/port = $GATEWAY_PORT/" -e "s/^endpoints = localhost:[0-9]*/endpoints = localhost:$ETCD_PORT/" \
+  sed -e "s/^port = [0-9]*/port = $GATEWAY_PORT/" -e "s/^endpoints = localhost:[0-9]*/endpoints = $(etcd_endpoints)/" \
     -e "s/^service_addr = localhost:[0-9]*/service_addr = localhost:$GATEWAY_PORT/" \
     conf/gateway.ini | with_etcd_credentials >"$CONF/gateway.ini"
   "$BIN/kamaitachi-gateway" -config "$CONF/gateway.ini" >>"$LOGS/gateway.log" 2>&1 &
@@ -220,21 +259,34 @@ EOF
 }
 
 status() {
-  printf '%-8s %-6s %-8s %-8s %-9s %-6s %-9s %s\n' NAME PORT PID ROLE DATA_VER LAG HIT_RATE HEALTH
-  local name template port h role ver lag rate st pid
+  # ROLE is the role a node plays now (master while it leads for writes);
+  # LEADER is "yes" on the node etcd elected, TERM the leader's term as
+  # the node sees it (issue 14).
+  printf '%-8s %-6s %-8s %-8s %-6s %-6s %-9s %-6s %-9s %s\n' NAME PORT PID ROLE LEADER TERM DATA_VER LAG HIT_RATE HEALTH
+  local name template port h role ver lag rate st pid leads term
   for entry in $(nodes) gateway:gateway:$GATEWAY_PORT; do
     IFS=: read -r name template port <<<"$entry"
     pid=-; alive "$name" && pid=$(pid_of "$name")
     h=$(curl -s -m 2 "http://127.0.0.1:$port/health" || true)
-    role=$(sed -n 's/.*"mode":"\([a-z]*\)".*/\1/p' <<<"$h")
+    role=$(sed -n 's/.*"role":"\([a-z]*\)".*/\1/p' <<<"$h")
+    [ -n "$role" ] || role=$(sed -n 's/.*"mode":"\([a-z]*\)".*/\1/p' <<<"$h")
+    leads=-; grep -q '"term":[0-9]' <<<"$(sed 's/"leader":{[^}]*}//' <<<"$h")" && leads=yes
+    term=$(sed -n 's/.*"leader":{[^}]*"term":\([0-9]*\).*/\1/p' <<<"$h")
     ver=$(sed -n 's/.*"data_version":\([0-9]*\).*/\1/p' <<<"$h")
     lag=$(sed -n 's/.*"lag":\([0-9]*\).*/\1/p' <<<"$h")
     rate=$(curl -s -m 2 "http://127.0.0.1:$port/kamaitachi/api/data/v1/stats" | grep -o '"hit_rate":[0-9.]*' | tail -n 1 | cut -d: -f2 || true)
     st=$(sed -n 's/^{"[^}]*"status":"\([a-z]*\)".*/\1/p; s/.*,"status":"\([a-z]*\)".*/\1/p' <<<"$h" | head -n 1)
-    printf '%-8s %-6s %-8s %-8s %-9s %-6s %-9s %s\n' "$name" "$port" "$pid" "${role:--}" "${ver:--}" "${lag:--}" \
+    printf '%-8s %-6s %-8s %-8s %-6s %-6s %-9s %-6s %-9s %s\n' "$name" "$port" "$pid" "${role:--}" "$leads" "${term:--}" "${ver:--}" "${lag:--}" \
       "${rate:0:6}" "${st:-down}"
   done
   echo
+  if [ "$ETCD_MEMBERS" != 1 ]; then
+    local i
+    for i in $(seq 1 "$ETCD_MEMBERS"); do
+      if member_up "$i"; then st=healthy; else st=down; fi
+      echo "etcd member $(member_name "$i") :$(member_port "$i") $st"
+    done
+  fi
   if etcd_up; then
     echo "etcd :$ETCD_PORT registry (etcdctl get --prefix $ETCD_PREFIX/, as $ETCD_USER):"
     if [ -s "$USER_PW_FILE" ]; then
@@ -254,8 +306,9 @@ stop_all() {
     IFS=: read -r name template port <<<"$entry"
     stop_one "$name"
   done
-  stop_one etcd
-  rm -f "$RUN/extra-nodes"
+  local i
+  for i in $(seq 1 5); do stop_one "$(member_pid "$i")"; done
+  rm -f "$RUN/extra-nodes" "$RUN/etcd-members"
   [ "${1:-}" = quiet ] || echo "cluster: stopped (pid files removed)"
 }
 

@@ -15,6 +15,8 @@ have wrk     || need+=(wrk)
 have sqlite3 || need+=(sqlite3)
 have nginx   || need+=(nginx-light)
 have curl    || need+=(curl)
+# Network namespaces for the partition test (ip netns, veth, bridge).
+have ip      || need+=(iproute2)
 # Monitoring (make monitor, gateway/tests/monitor.rs): prometheus and promtool.
 have prometheus || need+=(prometheus)
 have promtool   || need+=(prometheus)

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod election;
 pub mod logging;
 pub mod registry;
 pub mod request_id;

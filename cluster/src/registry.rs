@@ -277,7 +277,7 @@ impl EtcdConfig {
     }
 
     /// A connected (and, with credentials, authenticated) client.
-    async fn connect(&self) -> Result<Client, String> {
+    pub(crate) async fn connect(&self) -> Result<Client, String> {
         let options = self.connect_options()?;
         match Client::connect(&self.endpoints, Some(options)).await {
             Ok(c) => Ok(c),
@@ -304,9 +304,33 @@ impl EtcdConfig {
         }
     }
 
+    /// [`EtcdConfig::connect`]; when that fails and there are several
+    /// endpoints, each endpoint on its own. A client over all endpoints
+    /// fails as a whole when its first call (authentication) lands on a
+    /// dead member; the election must reach a live one within its lease
+    /// (issue 14).
+    pub(crate) async fn connect_any(&self) -> Result<Client, String> {
+        match self.connect().await {
+            Ok(c) => Ok(c),
+            Err(e) if self.endpoints.len() > 1 => {
+                for endpoint in &self.endpoints {
+                    let one = EtcdConfig {
+                        endpoints: vec![endpoint.clone()],
+                        ..self.clone()
+                    };
+                    if let Ok(c) = one.connect().await {
+                        return Ok(c);
+                    }
+                }
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// What went wrong, in the words an operator needs: which user, which
     /// file, what to do.
-    fn describe(&self, e: &etcd_client::Error) -> String {
+    pub(crate) fn describe(&self, e: &etcd_client::Error) -> String {
         let text = e.to_string();
         match &self.auth {
             Some(auth) if text.contains("authentication failed") => format!(
@@ -392,6 +416,10 @@ pub struct ServiceInfo {
     pub role: Role,
     /// Unix seconds when the process started.
     pub started_at: u64,
+    /// The election term while this node leads for writes (issue 14);
+    /// omitted when absent, so older readers see the same JSON as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<i64>,
 }
 
 impl ServiceInfo {
@@ -404,6 +432,7 @@ impl ServiceInfo {
             addr: addr.to_string(),
             role,
             started_at,
+            term: None,
         }
     }
 }
@@ -432,6 +461,8 @@ impl Backoff {
 
 /// A node's registration, kept alive by a task until [`Registration::shutdown`].
 pub struct Registration {
+    /// The value to register; a change is put again under the same lease.
+    info: watch::Sender<ServiceInfo>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<oneshot::Receiver<()>>,
     registered: Arc<AtomicBool>,
@@ -446,10 +477,11 @@ impl Registration {
         let registered = Arc::new(AtomicBool::new(false));
         cfg.note_anonymous();
         let key = cfg.service_key(service_name, &info.addr);
+        let (info_tx, info_rx) = watch::channel(info);
         let task = RegisterTask {
             cfg,
             key,
-            info,
+            info: info_rx,
             registered: registered.clone(),
         };
         handle.spawn(async move {
@@ -457,11 +489,25 @@ impl Registration {
             let _ = done_tx.send(());
         });
         Registration {
+            info: info_tx,
             stop: Some(stop_tx),
             done: Some(done_rx),
             registered,
             handle: handle.clone(),
         }
+    }
+
+    /// Changes the registered value (a node's role and term after an
+    /// election): put again under the same lease, same key. The address
+    /// must stay the one the key names; a change of it is ignored.
+    pub fn set_info(&self, info: ServiceInfo) {
+        self.info.send_if_modified(|current| {
+            if *current == info || current.addr != info.addr {
+                return false;
+            }
+            *current = info;
+            true
+        });
     }
 
     /// Whether the key is in etcd under a live lease right now.
@@ -490,7 +536,7 @@ impl Registration {
 struct RegisterTask {
     cfg: EtcdConfig,
     key: String,
-    info: ServiceInfo,
+    info: watch::Receiver<ServiceInfo>,
     registered: Arc<AtomicBool>,
 }
 
@@ -500,7 +546,7 @@ enum Ended {
 }
 
 impl RegisterTask {
-    async fn run(self, mut stop: oneshot::Receiver<()>) {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let mut backoff = Backoff::new();
         loop {
             let client = tokio::select! {
@@ -530,7 +576,7 @@ impl RegisterTask {
     }
 
     async fn register_and_keep(
-        &self,
+        &mut self,
         client: &mut Client,
         stop: &mut oneshot::Receiver<()>,
         backoff: &mut Backoff,
@@ -548,7 +594,8 @@ impl RegisterTask {
                 return Ended::Failed;
             }
         };
-        let value = match serde_json::to_string(&self.info) {
+        let info = self.info.borrow_and_update().clone();
+        let value = match serde_json::to_string(&info) {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!("Failed to register service: {e}");
@@ -597,6 +644,28 @@ impl RegisterTask {
                         Err(_) => tracing::warn!("could not revoke lease of {}: timed out", self.key),
                     }
                     return Ended::Stopped;
+                }
+                changed = self.info.changed() => {
+                    if changed.is_ok() {
+                        let info = self.info.borrow_and_update().clone();
+                        let Ok(value) = serde_json::to_string(&info) else { continue };
+                        let put = client.put(self.key.as_str(), value, Some(PutOptions::new().with_lease(lease)));
+                        match tokio::time::timeout(Duration::from_secs(3), put).await {
+                            Ok(Ok(_)) => tracing::info!(
+                                key = %self.key,
+                                "registry entry {} now says role {} term {:?}",
+                                self.key,
+                                info.role.as_str(),
+                                info.term
+                            ),
+                            _ => {
+                                tracing::warn!("Failed to register service: could not update {}; registering again", self.key);
+                                // Marked changed again: the next registration puts it.
+                                return Ended::Failed;
+                            }
+                        }
+                    }
+                    continue;
                 }
                 _ = tokio::time::sleep(every) => {}
             }
@@ -820,6 +889,8 @@ pub fn validate_entry(value: &[u8]) -> Result<ServiceInfo, String> {
         addr: String,
         role: String,
         started_at: u64,
+        #[serde(default)]
+        term: Option<i64>,
     }
     let raw: Raw = serde_json::from_slice(value).map_err(|e| format!("not a service record ({e})"))?;
     validate_addr(&raw.addr)?;
@@ -833,6 +904,7 @@ pub fn validate_entry(value: &[u8]) -> Result<ServiceInfo, String> {
         addr: raw.addr,
         role,
         started_at: raw.started_at,
+        term: raw.term.filter(|t| *t > 0),
     })
 }
 
@@ -1071,10 +1143,28 @@ mod tests {
             addr: "localhost:8081".into(),
             role: Role::Slave,
             started_at: 5,
+            term: None,
         };
         assert_eq!(
             serde_json::to_string(&info).unwrap(),
             r#"{"addr":"localhost:8081","role":"slave","started_at":5}"#
         );
+        // A leader's entry carries its term; an older reader's JSON (no
+        // term) still decodes, as no term.
+        let leader = ServiceInfo {
+            role: Role::Master,
+            term: Some(42),
+            ..info.clone()
+        };
+        let json = serde_json::to_string(&leader).unwrap();
+        assert_eq!(
+            json,
+            r#"{"addr":"localhost:8081","role":"master","started_at":5,"term":42}"#
+        );
+        assert_eq!(validate_entry(json.as_bytes()).unwrap().term, Some(42));
+        let old = br#"{"addr":"localhost:8081","role":"master","started_at":5}"#;
+        assert_eq!(validate_entry(old).unwrap().term, None);
+        let plain: ServiceInfo = serde_json::from_slice(old).unwrap();
+        assert_eq!(plain.term, None);
     }
 }

@@ -267,8 +267,16 @@ fn make_cluster_serves_the_readme_examples_and_make_stop_cleans_up() {
         assert!(gone, "process {pid} still runs after make stop");
     }
     assert!(
-        root_keys("/kamaitachi").is_empty(),
+        root_keys("/kamaitachi/services").is_empty(),
         "registry not empty: {:?}",
+        root_keys("/kamaitachi")
+    );
+    // Issue 14: the acknowledged position outlives every leader (no lease)
+    // so the next start elects only a node holding it; the leader key goes
+    // with the leader's resignation.
+    assert!(
+        !root_keys("/kamaitachi").contains(&"/kamaitachi/election/leader".to_string()),
+        "the leader did not resign: {:?}",
         root_keys("/kamaitachi")
     );
     assert!(std::fs::read_dir(checkout.join("run")).unwrap().all(|e| !e
@@ -276,4 +284,203 @@ fn make_cluster_serves_the_readme_examples_and_make_stop_cleans_up() {
         .file_name()
         .to_string_lossy()
         .ends_with(".pid")));
+}
+
+/// A base port `p` with `p`, `p+1`, `p+100`, `p+101`, `p+200`, `p+201` free:
+/// the client and peer ports of a 3-member `make cluster` etcd.
+fn free_etcd_base() -> u16 {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let seed = std::process::id() as u16;
+    (0..400u16)
+        .map(|i| 20_000 + (seed.wrapping_mul(7).wrapping_add(i * 97)) % 20_000)
+        .find(|&p| [0, 1, 100, 101, 200, 201].iter().all(|d| free(p + d)))
+        .expect("no free etcd port range")
+}
+
+/// `etcdctl` against the 3 members as root: (success, stdout).
+fn etcdctl_root(checkout: &Path, endpoints: &str, args: &[&str]) -> (bool, String) {
+    let root = std::fs::read_to_string(checkout.join("run/etcd-root.password")).unwrap();
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .env("ETCDCTL_USER", format!("root:{}", root.trim()))
+        .args([
+            "--endpoints",
+            endpoints,
+            "--dial-timeout",
+            "2s",
+            "--command-timeout",
+            "5s",
+        ])
+        .args(args)
+        .output()
+        .expect("etcdctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn make_cluster_with_three_etcd_members_loses_one_and_no_request_fails() {
+    let dir = temp_dir("make-cluster-etcd3");
+    let checkout = dir.join("checkout");
+    copy_checkout(&checkout);
+    let base = free_etcd_base();
+    let ports: Vec<(&str, u16)> = vec![
+        ("MASTER_PORT", free_port()),
+        ("SLAVE1_PORT", free_port()),
+        ("SLAVE2_PORT", free_port()),
+        ("GATEWAY_PORT", free_port()),
+    ];
+    let mut env: Vec<(String, String)> = ports
+        .iter()
+        .map(|(k, p)| (k.to_string(), p.to_string()))
+        .collect();
+    env.push(("ETCD_PORT".into(), base.to_string()));
+    env.push(("ETCD_MEMBERS".into(), "3".into()));
+    env.push(("PROFILE".into(), "debug".into()));
+    env.push(("SUBJECTS".into(), "200".into()));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| workspace().join("target").display().to_string());
+    env.push(("CARGO_TARGET_DIR".into(), target));
+    let gw = ports[3].1;
+    let endpoints = format!(
+        "127.0.0.1:{base},127.0.0.1:{},127.0.0.1:{}",
+        base + 100,
+        base + 200
+    );
+
+    let (ok, out) = make(&checkout, &env, &["cluster"]);
+    // Whatever happens next, stop what make cluster started.
+    struct Stop<'a>(&'a Path, &'a [(String, String)]);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = make(self.0, self.1, &["stop"]);
+        }
+    }
+    let _stop = Stop(&checkout, &env);
+    assert!(ok, "make cluster ETCD_MEMBERS=3 failed:\n{out}");
+    assert!(out.contains("etcd runs as 3 members"), "{out}");
+    // Every process is given all three endpoints.
+    for conf in ["master", "slave1", "slave2", "gateway"] {
+        let text = std::fs::read_to_string(checkout.join(format!("run/conf/{conf}.ini"))).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("endpoints"))
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(
+            line.split(';')
+                .next()
+                .unwrap_or_default()
+                .matches("localhost:")
+                .count(),
+            3,
+            "{conf}: {line}"
+        );
+    }
+    let (ok, list) = etcdctl_root(&checkout, &endpoints, &["member", "list"]);
+    assert!(
+        ok && list.lines().filter(|l| l.contains("started")).count() == 3,
+        "{list}"
+    );
+
+    // Read and write load through the gateway while etcd's leader member is
+    // killed: not one request may fail.
+    let token = std::fs::read_to_string(checkout.join("run/admin.token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, auth) = (stop.clone(), auth.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let started = std::time::Instant::now();
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(60)
+                && n < 20_000
+            {
+                n += 1;
+                let r = if n.is_multiple_of(5) {
+                    let body = format!(
+                        r#"{{"records":[{{"subject":"33:{:06}","name":"Etcd3 {n}","report_date":1703980800,"end_date":"2023-12-31","year":"2023","period":"Q4","declare_date":"2024-03-30","values":{{"net_profit":{n}}}}}]}}"#,
+                        900_000 + n % 50
+                    );
+                    kamaitachi_testkit::try_request(
+                        gw,
+                        "POST",
+                        "/data/kamaitachi/api/data/v1/ingest",
+                        body.as_bytes(),
+                        &[("Authorization", &auth)],
+                    )
+                } else {
+                    let body = format!(r#"{{"ids":"net_profit","subjects":"33:{:06}"}}"#, 1 + n % 150);
+                    kamaitachi_testkit::try_request(
+                        gw,
+                        "POST",
+                        "/data/kamaitachi/api/data/v1/snapshot",
+                        body.as_bytes(),
+                        &[],
+                    )
+                };
+                match r {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("{} {}", r.status, r.text())),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let (ok, status) = etcdctl_root(&checkout, &endpoints, &["endpoint", "status", "-w", "json"]);
+    assert!(ok, "{status}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let leader_index = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|m| m["Status"]["header"]["member_id"] == m["Status"]["leader"])
+        .expect("no etcd leader");
+    let pid_file = if leader_index == 0 {
+        "etcd.pid".to_string()
+    } else {
+        format!("etcd-{}.pid", leader_index + 1)
+    };
+    let pid = std::fs::read_to_string(checkout.join("run").join(&pid_file))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_secs(8));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed after killing etcd member {}: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        leader_index + 1,
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 200, "too little load: {ok}");
+    // make status shows the dead member; the registry still answers.
+    let (ok, status) = make(&checkout, &env, &["status"]);
+    assert!(ok, "{status}");
+    assert_eq!(
+        status
+            .lines()
+            .filter(|l| l.starts_with("etcd member") && l.ends_with("down"))
+            .count(),
+        1,
+        "{status}"
+    );
+    assert!(
+        status.contains("/kamaitachi/services/kamaitachi-master/"),
+        "{status}"
+    );
 }

@@ -12,7 +12,11 @@
 //!
 //! Reads are hashed on their key over the Ketama ring of healthy read nodes
 //! (master and slaves); a retry walks on to the next node of the ring,
-//! skipping the ones already tried. Writes go to the master.
+//! skipping the ones already tried. Writes go to the master: with an
+//! election (issue 14) several entries may say `master` for a moment (a
+//! deposed leader whose lease has not run out yet); the proven one with the
+//! highest term wins. A role change reaches the gateway as a changed
+//! registry value, through the same discovery push.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::ToSocketAddrs;
@@ -35,7 +39,15 @@ use crate::config::StaticUpstream;
 pub struct NodeState {
     /// As registered, e.g. `localhost:8081`.
     pub addr: String,
-    pub role: Role,
+    /// The registered role (`master` = 1, `slave` = 0): changed in place
+    /// when the registry entry changes (issue 14: an election), because
+    /// pingora keeps a backend whose address is unchanged — its `ext`,
+    /// this state, is not part of the backend's identity. Read it with
+    /// [`NodeState::role`].
+    role: std::sync::atomic::AtomicU8,
+    /// The election term its registry entry names (0: none, e.g. a static
+    /// entry or a master without election). Updated in place.
+    pub term: std::sync::atomic::AtomicI64,
     /// Milliseconds since the gateway started until which the node is
     /// ejected; 0 = not ejected.
     ejected_until: AtomicU64,
@@ -52,6 +64,25 @@ pub struct NodeState {
     pub from_registry: bool,
     /// The address the node proved (what fan-out calls are signed for).
     pub identity: Mutex<String>,
+}
+
+impl NodeState {
+    pub fn role(&self) -> Role {
+        if self.role.load(Ordering::Acquire) == 1 {
+            Role::Master
+        } else {
+            Role::Slave
+        }
+    }
+
+    /// The registry entry now says `role`: the proof is bound to the role,
+    /// so a changed one must be proven again (next health check).
+    fn set_role(&self, role: Role) {
+        let v = u8::from(role == Role::Master);
+        if self.role.swap(v, Ordering::AcqRel) != v {
+            self.proven.store(false, Ordering::Release);
+        }
+    }
 }
 
 /// At most one warning per unproven node in this time.
@@ -105,17 +136,43 @@ impl pingora::lb::health_check::HealthCheck for ProofHealthCheck {
             &[
                 challenge.as_bytes(),
                 identity.as_bytes(),
-                state.role.as_str().as_bytes(),
+                state.role().as_str().as_bytes(),
             ],
             &proof,
         );
         if proven {
             if let Ok(mut id) = state.identity.lock() {
-                *id = identity;
+                *id = identity.clone();
             }
         }
         state.proven.store(proven, Ordering::Relaxed);
         if !proven {
+            // Write availability (issue 14): a node's role changes with the
+            // election, and its proof names the role it plays now. Proven
+            // for the other role = the registry entry has not caught up
+            // yet: not used until it has, but no warning either.
+            let other = match state.role() {
+                Role::Master => Role::Slave,
+                Role::Slave => Role::Master,
+            };
+            let changing = self.key.verify(
+                "health",
+                &[
+                    challenge.as_bytes(),
+                    identity.as_bytes(),
+                    other.as_str().as_bytes(),
+                ],
+                &proof,
+            );
+            if changing {
+                tracing::debug!(
+                    addr = %state.addr,
+                    "node {} proves role {other} while registered as {}: its role is changing",
+                    state.addr,
+                    state.role()
+                );
+                return Err(fail(format!("role changing to {other}")));
+            }
             let warn = match state.warned_at.lock() {
                 Ok(mut at) if at.is_none_or(|t| t.elapsed() >= UNPROVEN_WARN_EVERY) => {
                     *at = Some(Instant::now());
@@ -126,10 +183,10 @@ impl pingora::lb::health_check::HealthCheck for ProofHealthCheck {
             if warn {
                 tracing::warn!(
                     addr = %state.addr,
-                    role = %state.role,
+                    role = %state.role(),
                     "node {} (registered as {}) ignored: it did not prove it holds the cluster secret",
                     state.addr,
-                    state.role
+                    state.role()
                 );
             }
             return Err(fail("no valid proof of the cluster secret".into()));
@@ -232,17 +289,17 @@ impl NodeDiscovery {
         }
     }
 
-    /// `(addr, role, from the registry)`.
-    fn entries(&self) -> Vec<Entry> {
-        let mut out: Vec<Entry> = self
+    /// `((addr, role, from the registry), term)`.
+    fn entries(&self) -> Vec<(Entry, i64)> {
+        let mut out: Vec<(Entry, i64)> = self
             .statics
             .iter()
-            .map(|s| (s.addr.clone(), s.role, false))
+            .map(|s| ((s.addr.clone(), s.role, false), 0))
             .collect();
         if let Some(d) = &self.discovery {
             for e in d.services().iter() {
-                out.retain(|(a, _, _)| a != &e.info.addr);
-                out.push((e.info.addr.clone(), e.info.role, true));
+                out.retain(|((a, _, _), _)| a != &e.info.addr);
+                out.push(((e.info.addr.clone(), e.info.role, true), e.info.term.unwrap_or(0)));
             }
         }
         out
@@ -258,9 +315,10 @@ impl ServiceDiscovery for NodeDiscovery {
             return Ok((set, HashMap::new()));
         };
         let mut unresolved = HashSet::new();
-        for (addr, role, from_registry) in entries {
+        for ((addr, role, from_registry), term) in entries {
             let resolved = match known.get(&addr) {
-                Some((sock, state)) if state.role == role && state.from_registry == from_registry => {
+                Some((sock, state)) if state.from_registry == from_registry => {
+                    state.set_role(role);
                     Some((*sock, state.clone()))
                 }
                 _ => addr
@@ -273,7 +331,8 @@ impl ServiceDiscovery for NodeDiscovery {
                     .map(|sock| {
                         let state = Arc::new(NodeState {
                             addr: addr.clone(),
-                            role,
+                            role: std::sync::atomic::AtomicU8::new(u8::from(role == Role::Master)),
+                            term: Default::default(),
                             ejected_until: AtomicU64::new(0),
                             traffic: Traffic::default(),
                             proven: Default::default(),
@@ -289,6 +348,7 @@ impl ServiceDiscovery for NodeDiscovery {
                 unresolved.insert((addr, role, from_registry));
                 continue;
             };
+            state.term.store(term, Ordering::Relaxed);
             let mut backend = Backend {
                 addr: SocketAddr::Inet(sock),
                 weight: 1,
@@ -404,14 +464,16 @@ impl Upstreams {
         }
     }
 
-    /// The master, if it is usable.
+    /// The master, if it is usable: of several usable entries saying
+    /// `master`, the one with the highest term (the latest elected).
     pub fn pick_master(&self, tried: &[SocketAddr]) -> Option<Backend> {
         let all = self.lb.backends().get_backend();
         all.iter()
-            .find(|b| {
-                Self::state(b).is_some_and(|s| s.role == Role::Master)
+            .filter(|b| {
+                Self::state(b).is_some_and(|s| s.role() == Role::Master)
                     && self.usable(b, self.lb.backends().ready(b), tried)
             })
+            .max_by_key(|b| Self::state(b).map_or(0, |s| s.term.load(Ordering::Relaxed)))
             .cloned()
     }
 
@@ -452,7 +514,7 @@ impl Upstreams {
                 Some(NodeView {
                     addr: state.addr.clone(),
                     socket: b.addr.to_string(),
-                    role: state.role,
+                    role: state.role(),
                     healthy: self.lb.backends().ready(b) && proven,
                     proven,
                     identity: state.identity.lock().map(|i| i.clone()).unwrap_or_default(),

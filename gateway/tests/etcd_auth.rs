@@ -43,10 +43,10 @@ fn with_auth_nodes_and_the_gateway_use_their_credentials() {
     let master = node_with(&etcd, "master", &etcd.ini_auth());
     let key = format!("/kmt-gw/services/kamaitachi-master/localhost:{}", master.port);
     assert!(
-        eventually(Duration::from_secs(10), || etcd.keys("/kmt-gw")
+        eventually(Duration::from_secs(10), || etcd.keys("/kmt-gw/services")
             == vec![key.clone()]),
         "master not registered: {:?}\n{}",
-        etcd.keys("/kmt-gw"),
+        etcd.keys("/kmt-gw/services"),
         master.log_text()
     );
     assert!(!master.log_text().contains("without authentication"));
@@ -90,7 +90,7 @@ fn with_auth_nodes_and_the_gateway_use_their_credentials() {
         bad.log_text()
     );
     assert!(bad.log_text().contains(&wrong.display().to_string()));
-    assert_eq!(etcd.keys("/kmt-gw").len(), 1);
+    assert_eq!(etcd.keys("/kmt-gw/services").len(), 1);
 
     // No credentials against an etcd with auth on: told what to set.
     let anon = node_with(&etcd, "master", "");
@@ -101,7 +101,7 @@ fn with_auth_nodes_and_the_gateway_use_their_credentials() {
         "{}",
         anon.log_text()
     );
-    assert_eq!(etcd.keys("/kmt-gw").len(), 1);
+    assert_eq!(etcd.keys("/kmt-gw/services").len(), 1);
 }
 
 #[test]
@@ -109,7 +109,10 @@ fn without_credentials_an_open_etcd_works_and_says_so_once() {
     let dir = temp_dir("gw-etcd-open");
     let etcd = Etcd::start(&dir);
     let master = node_with(&etcd, "master", "");
-    assert!(eventually(Duration::from_secs(10), || etcd.keys("/kmt-gw").len() == 1));
+    assert!(eventually(Duration::from_secs(10), || etcd
+        .keys("/kmt-gw/services")
+        .len()
+        == 1));
     let said = master
         .log_text()
         .lines()

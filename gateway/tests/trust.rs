@@ -202,10 +202,16 @@ fn rogue_masters_in_etcd_learn_nothing_and_change_nothing() {
         assert!(ok, "etcdctl put: {out}");
     }
     let asked = |seen: &Heads, what: &str| seen.lock().unwrap().iter().any(|h| h.contains(what));
+    // Issue 14: a follower follows the leader etcd elected first; entries
+    // that merely say `master` are tried only when no elected leader
+    // answers. (Before, the slave tried these rogues first, by key order,
+    // and refused what they sent — `node/tests/replication.rs` still
+    // covers answers without the right MAC.) So the slave asks them
+    // nothing at all while the real master leads.
+    std::thread::sleep(Duration::from_secs(3));
     assert!(
-        eventually(Duration::from_secs(15), || asked(&seen_a, "/replication/changes")
-            && asked(&seen_b, "/replication/image")),
-        "the slave never tried the rogues: {:?} {:?}\n{}",
+        !asked(&seen_a, "/replication/") && !asked(&seen_b, "/replication/"),
+        "the slave asked the rogues although an elected leader exists: {:?} {:?}\n{}",
         seen_a.lock().unwrap(),
         seen_b.lock().unwrap(),
         slave.log_text()
@@ -307,7 +313,8 @@ fn rogue_masters_in_etcd_learn_nothing_and_change_nothing() {
     for rogue in [port_a, port_b] {
         let me = format!("node 127.0.0.1:{rogue} (registered as master) ignored");
         assert_eq!(gw_log.matches(&me).count(), 1, "{gw_log}");
+        // The slave never asked them (see above): nothing to warn about.
         let me = format!("at 127.0.0.1:{rogue}: it did not prove");
-        assert_eq!(slave_log.matches(&me).count(), 1, "{slave_log}");
+        assert_eq!(slave_log.matches(&me).count(), 0, "{slave_log}");
     }
 }

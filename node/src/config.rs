@@ -45,6 +45,19 @@ pub struct NodeConfig {
     pub master: Option<String>,
     /// `[replication] log_retain`: change-log entries the master keeps.
     pub log_retain: u64,
+    /// Write availability (issue 14): campaigns for the lead through etcd.
+    /// `mode = master`, or `[replication] candidate = true` on a slave.
+    /// Only meaningful with an `[etcd]` section.
+    pub candidate: bool,
+    /// `[replication] sync_replicas`: candidate followers that must have
+    /// applied a write before it is acknowledged (default 1).
+    pub sync_replicas: usize,
+    /// `[replication] sync_timeout_ms`: longest wait for them (default 5000).
+    pub sync_timeout: Duration,
+    /// `[replication] sync_strict`: refuse writes (503) while fewer
+    /// candidates than `sync_replicas` are connected, instead of
+    /// acknowledging with the ones connected (default false).
+    pub sync_strict: bool,
     pub max_body_bytes: usize,
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
@@ -138,6 +151,34 @@ impl NodeConfig {
         }
         let log_retain: u64 =
             ini.get_or("replication", "log_retain", 100_000, "a number of changes (>= 1)")?;
+        let bool_key = |key: &str, default: bool| -> Result<bool, ConfigError> {
+            match ini.get_str("replication", key).as_deref().map(str::trim) {
+                None => Ok(default),
+                Some("true" | "yes" | "on" | "1") => Ok(true),
+                Some("false" | "no" | "off" | "0") => Ok(false),
+                Some(other) => Err(ini.invalid("replication", key, other, "true or false")),
+            }
+        };
+        let candidate = mode == Mode::Master || bool_key("candidate", false)?;
+        let sync_strict = bool_key("sync_strict", false)?;
+        let sync_replicas: usize = ini.get_or(
+            "replication",
+            "sync_replicas",
+            1,
+            "a number of candidate followers (0-16)",
+        )?;
+        if sync_replicas > 16 {
+            return Err(ini.invalid("replication", "sync_replicas", &sync_replicas.to_string(), "0-16"));
+        }
+        let sync_ms: u64 = ini.get_or("replication", "sync_timeout_ms", 5000, "milliseconds (10-600000)")?;
+        if !(10..=600_000).contains(&sync_ms) {
+            return Err(ini.invalid(
+                "replication",
+                "sync_timeout_ms",
+                &sync_ms.to_string(),
+                "milliseconds (10-600000)",
+            ));
+        }
         Ok(NodeConfig {
             file: ini.path().to_path_buf(),
             mode,
@@ -159,6 +200,10 @@ impl NodeConfig {
             etcd,
             master,
             log_retain: log_retain.max(1),
+            candidate,
+            sync_replicas,
+            sync_timeout: Duration::from_millis(sync_ms),
+            sync_strict,
             max_body_bytes,
             idle_timeout: Duration::from_secs(idle.max(1)),
             request_timeout: Duration::from_secs(request_secs.max(1)),

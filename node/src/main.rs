@@ -50,6 +50,7 @@ use crate::engine::cache::DataCache;
 use crate::engine::{preload, query};
 use crate::model::catalog;
 use crate::server::api::{Api, NodeIdentity};
+use crate::server::ha::{Ha, SyncRules};
 use crate::server::{http, metrics};
 use crate::storage::pool::WorkerPool;
 use crate::storage::state::DataState;
@@ -404,6 +405,39 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
     let engine = Arc::new(query::QueryEngine::new(catalog, cache.clone(), readers, compute));
     let writer = Writer::new(writer, state.clone(), engine.clone());
     let preloader = cfg.preload.then(|| preload::Preloader::new(engine.clone()));
+
+    // The registry and the election run on a small tokio runtime of their
+    // own, made here on a plain thread before the first coroutine.
+    // It lives as long as `run`, that is, as long as the process.
+    let registry_rt = cluster::registry::runtime().context("cannot start the registry runtime")?;
+    // Write availability (issue 14): with etcd, etcd elects the leader
+    // among the candidates; without it a `mode = master` node leads alone.
+    let election = cfg.etcd.clone().map(|etcd| {
+        Arc::new(cluster::election::Election::spawn(
+            registry_rt.handle(),
+            etcd,
+            &cfg.service_addr,
+            cfg.candidate,
+            Arc::new(NodeHistory {
+                state: state.clone(),
+                writer: writer.clone(),
+            }),
+        ))
+    });
+    let ha = Ha::new(
+        election.clone(),
+        cfg.mode == Mode::Master && cfg.etcd.is_none(),
+        cfg.candidate && cfg.etcd.is_some(),
+        SyncRules {
+            replicas: cfg.sync_replicas,
+            timeout: cfg.sync_timeout,
+            strict: cfg.sync_strict,
+        },
+        &cfg.service_addr,
+        Duration::from_secs(cfg.etcd.as_ref().map_or(10, |e| e.ttl as u64)),
+    );
+    ha.spawn_acknowledger()
+        .context("cannot start the acknowledger thread")?;
     let api = Arc::new(Api {
         engine: engine.clone(),
         identity: NodeIdentity {
@@ -419,23 +453,25 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
         db_path: cfg.db_path.clone(),
         slow: Duration::from_millis(cfg.log.slow_ms),
         preloader: preloader.clone(),
+        ha: ha.clone(),
     });
 
     let addr = format!("{}:{}", cfg.bind, cfg.port);
     let listener = http::bind(&addr)
         .map_err(|e| anyhow!(cluster::config::listen_error(&addr, cfg.port, &cfg.file, &e)))?;
 
-    // The registry runs on a small tokio runtime of its own, made here on a
-    // plain thread before the first coroutine.
-    // It lives as long as `run`, that is, as long as the process.
-    let registry_rt = cluster::registry::runtime().context("cannot start the registry runtime")?;
-    if cfg.mode == Mode::Slave {
+    // Every node follows the leader while it does not lead (with etcd, a
+    // master too: it may have lost an election); a master without etcd
+    // leads alone.
+    if cfg.mode == Mode::Slave || cfg.etcd.is_some() {
         let locator = replication::MasterLocator {
             registry: cfg
                 .etcd
                 .clone()
                 .map(|e| Discovery::spawn(registry_rt.handle(), e)),
             fallback: cfg.master.clone(),
+            election: election.clone(),
+            own_addr: cfg.service_addr.clone(),
         };
         replication::Follower {
             state: state.clone(),
@@ -444,6 +480,8 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
             key: cluster_key,
             db_path: cfg.db_path.clone(),
             preloader: preloader.clone(),
+            ha: ha.clone(),
+            log_retain: cfg.log_retain,
         }
         .spawn()
         .context("cannot start the replication thread")?;
@@ -454,22 +492,39 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
     match &cfg.etcd {
         None => tracing::info!("no [etcd] section in {}: not registering", cfg.file.display()),
         Some(etcd) => {
-            let (slot, state, handle) = (registration.clone(), state.clone(), registry_rt.handle().clone());
+            let (slot, reg_state, handle) =
+                (registration.clone(), state.clone(), registry_rt.handle().clone());
             let (etcd, name) = (etcd.clone(), cfg.service_name.clone());
-            let info = ServiceInfo::new(
-                &cfg.service_addr,
-                cfg.mode.try_into().map_err(anyhow::Error::msg)?,
-            );
+            let base = ServiceInfo::new(&cfg.service_addr, cluster::Role::Slave);
+            let (ha_reg, reg_base) = (ha.clone(), base.clone());
             std::thread::Builder::new()
                 .name("register".into())
                 .spawn(move || {
                     // Woken by `set_ready` (a slave: after its first sync).
-                    state.wait_ready();
+                    reg_state.wait_ready();
+                    // A candidate registers with the role the election gave
+                    // it: wait (briefly) until the election keys are known.
+                    if ha_reg.candidate {
+                        let until = Instant::now() + Duration::from_secs(3);
+                        // Until it leads, or another node does.
+                        let undecided = |e: &cluster::election::Election| {
+                            let v = e.view();
+                            !v.synced || v.leader.as_ref().is_none_or(|l| l.addr == reg_base.addr)
+                        };
+                        while Instant::now() < until
+                            && ha_reg.leading_term().is_none()
+                            && ha_reg.election().is_some_and(|e| undecided(e))
+                        {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                    let info = role_info(&reg_base, &ha_reg);
                     if let Ok(mut slot) = slot.lock() {
                         *slot = Some(Registration::spawn(&handle, etcd, &name, info));
                     }
                 })
                 .context("cannot start the registration thread")?;
+            spawn_role_thread(ha.clone(), state.clone(), registration.clone(), base)?;
         }
     }
 
@@ -485,6 +540,7 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
         .context("cannot duplicate the listening socket")?;
     let stopping = drain.clone();
     let signals = spawn_signal_thread(
+        election.clone(),
         api.clone(),
         dumper.clone(),
         registration,
@@ -529,6 +585,77 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
         return Ok(());
     }
     Err(anyhow!("the accept loop stopped unexpectedly"))
+}
+
+/// What the election needs to know of this node's data.
+struct NodeHistory {
+    state: Arc<DataState>,
+    writer: Writer,
+}
+
+impl cluster::election::History for NodeHistory {
+    fn position(&self) -> u64 {
+        self.state.applied()
+    }
+
+    fn digest_at(&self, seq: u64) -> Option<String> {
+        if seq == 0 {
+            return Some(String::new());
+        }
+        self.writer.digest_at(seq).ok().flatten()
+    }
+}
+
+/// The registry value for the role this node plays now.
+fn role_info(base: &ServiceInfo, ha: &Ha) -> ServiceInfo {
+    let term = ha.leading_term();
+    ServiceInfo {
+        role: ha.role(),
+        term: term.filter(|t| *t > 0),
+        ..base.clone()
+    }
+}
+
+/// Follows the election: on taking the lead the node becomes ready (a
+/// candidate follower that never synced may lead) and its registry entry
+/// says `master` with the term; on losing it, `slave`.
+fn spawn_role_thread(
+    ha: Arc<Ha>,
+    state: Arc<DataState>,
+    registration: Arc<Mutex<Option<Registration>>>,
+    base: ServiceInfo,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("role".into())
+        .spawn(move || {
+            let mut was: Option<i64> = None;
+            loop {
+                let now = ha.leading_term();
+                if now != was {
+                    match now {
+                        Some(term) => {
+                            ha.elections_won.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(term, "this node leads for writes from term {term}");
+                            if let Ok(mut m) = state.master_addr.lock() {
+                                *m = None;
+                            }
+                            state.set_ready(true);
+                        }
+                        None => tracing::warn!(
+                            "this node no longer leads (was term {}); following the new leader",
+                            was.unwrap_or(0)
+                        ),
+                    }
+                    was = now;
+                }
+                if let Some(reg) = registration.lock().ok().as_ref().and_then(|r| r.as_ref()) {
+                    reg.set_info(role_info(&base, &ha));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .context("cannot start the role thread")?;
+    Ok(())
 }
 
 fn warm_from_dump(cache: &DataCache, path: &Path, version: DataVersion) {
@@ -608,6 +735,7 @@ struct Stop {
 /// refused), let the requests in progress finish (at most
 /// `[limits] drain_timeout_secs`), write the cache dump, exit.
 fn spawn_signal_thread(
+    election: Option<Arc<cluster::election::Election>>,
     api: Arc<Api>,
     dumper: Option<Dumper>,
     registration: Arc<Mutex<Option<Registration>>>,
@@ -622,6 +750,10 @@ fn spawn_signal_thread(
             if let Some(sig) = signals.forever().next() {
                 tracing::info!("signal {sig}: stopping");
                 api.state.set_ready(false);
+                if let Some(e) = &election {
+                    // A leader resigns: a successor is elected at once.
+                    e.shutdown_blocking(Duration::from_secs(2));
+                }
                 if let Some(reg) = registration.lock().ok().and_then(|mut r| r.take()) {
                     // Leave the registry at once rather than after the lease.
                     reg.shutdown_blocking(Duration::from_secs(2));

@@ -9,8 +9,19 @@
 //! - `GET …/replication/image`: a consistent image of the master's database
 //!   (SQLite backup API), with its sequence, dataset id and CRC-32 in headers.
 //!
-//! The [`Follower`] runs on its own OS thread in a slave: it finds the master
-//! (etcd entry with role `master`, else `[replication] master`), pulls
+//! Write availability (issue 14): with etcd every node runs the follower
+//! (a `mode = master` node too: it may have lost the election); while the
+//! node leads, the loop idles. The poll names the follower (`node`,
+//! `candidate`: what the leader's sync acknowledgment counts); an answer
+//! carries the leader's term and is refused when older than the highest
+//! term seen ([`check_term`]); a `410` because this node is ahead of the
+//! leader or its history differs means it holds changes never acknowledged:
+//! they are discarded by copying the leader's image. Applied changes are
+//! kept in this node's own change log, so it can serve others if promoted.
+//!
+//! The [`Follower`] runs on its own OS thread: it finds the master (the
+//! elected leader, then etcd entries with role `master`, highest term
+//! first, else `[replication] master`), pulls
 //! changes from its applied sequence, applies each in one transaction with
 //! the new sequence (`Store::apply_replicated` refuses gaps and repeats), and
 //! then drops the touched subjects from the cache. An empty slave, one too
@@ -44,24 +55,40 @@ const MAX_IMAGE_BYTES: u64 = 64 << 30;
 pub struct MasterLocator {
     pub registry: Option<Discovery>,
     pub fallback: Option<String>,
+    /// The election (issue 14): its leader is followed first.
+    pub election: Option<Arc<cluster::election::Election>>,
+    /// This node's registered address: never its own master.
+    pub own_addr: String,
 }
 
 impl MasterLocator {
-    /// Every candidate: `(registry key or "[replication] master", addr)`,
-    /// registry entries with role `master` first. None is believed until
-    /// it proves it holds the cluster secret (see [`Follower`]).
+    /// Every candidate: `(where it was learned, addr)`: the elected leader
+    /// first, then registry entries with role `master` (highest term
+    /// first), then `[replication] master`. None is believed until it
+    /// proves it holds the cluster secret (see [`Follower`]).
     pub fn candidates(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = self
+        let mut out: Vec<(String, String)> = Vec::new();
+        if let Some(l) = self.election.as_ref().and_then(|e| e.view().leader.clone()) {
+            out.push((format!("elected leader (term {})", l.term), l.addr));
+        }
+        let mut masters: Vec<(i64, String, String)> = self
             .registry
             .as_ref()
             .map(|d| {
                 d.services()
                     .iter()
                     .filter(|e| e.info.role == cluster::Role::Master)
-                    .map(|e| (e.key.clone(), e.info.addr.clone()))
+                    .map(|e| (e.info.term.unwrap_or(0), e.key.clone(), e.info.addr.clone()))
                     .collect()
             })
             .unwrap_or_default();
+        masters.sort_by_key(|m| std::cmp::Reverse(m.0));
+        for (_, key, addr) in masters {
+            if !out.iter().any(|(_, a)| *a == addr) {
+                out.push((key, addr));
+            }
+        }
+        out.retain(|(_, a)| *a != self.own_addr);
         if out.is_empty() {
             if let Some(f) = &self.fallback {
                 out.push(("[replication] master".to_string(), f.clone()));
@@ -86,12 +113,18 @@ struct ChangesEnvelope {
 #[derive(Deserialize)]
 struct ChangesData {
     master_seq: u64,
+    /// The term the answering leader leads under (0: no election).
+    #[serde(default)]
+    term: i64,
     changes: Vec<Change>,
 }
 
 #[derive(Deserialize)]
 struct Change {
     seq: u64,
+    /// The term of the leader that made this change.
+    #[serde(default)]
+    term: i64,
     /// The master's running digest of its history after this change.
     #[serde(default)]
     digest: Option<String>,
@@ -99,8 +132,25 @@ struct Change {
 }
 
 enum Pull {
-    Changes { master_seq: u64, changes: Vec<Change> },
+    Changes {
+        master_seq: u64,
+        term: i64,
+        changes: Vec<Change>,
+    },
     NeedImage(String),
+}
+
+/// The fence on the follower's side (issue 14): an answer from a leader
+/// whose term is older than the highest term this node has seen, or than
+/// the elected leader's, comes from a deposed leader and is not applied.
+pub fn check_term(answer: i64, seen: i64, elected: Option<i64>) -> Result<(), String> {
+    let floor = seen.max(elected.unwrap_or(0));
+    if answer < floor {
+        return Err(format!(
+            "refusing changes of term {answer}: a newer term ({floor}) is known (a deposed leader?)"
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +166,8 @@ enum FollowError {
     /// The answer's MAC is missing or wrong: not a holder of the secret.
     #[error("the answer is not proven by the cluster secret ({0})")]
     Unproven(String),
+    #[error("{0}")]
+    StaleTerm(String),
 }
 
 pub struct Follower {
@@ -128,6 +180,11 @@ pub struct Follower {
     pub db_path: PathBuf,
     /// Warms the cache again after a full sync (`[cache] preload = all`).
     pub preloader: Option<Arc<crate::engine::preload::Preloader>>,
+    /// Who leads (issue 14): while this node leads, it follows nobody.
+    pub ha: Arc<crate::server::ha::Ha>,
+    /// Change-log entries kept of what is applied (a promoted follower
+    /// serves the others from them).
+    pub log_retain: u64,
 }
 
 impl Follower {
@@ -156,7 +213,13 @@ impl Follower {
         let mut unproven: std::collections::HashMap<String, Instant> = Default::default();
         let mut warned: std::collections::HashMap<String, Instant> = Default::default();
         let mut sync_backoff = SyncBackoff::new();
+        let mut seen_term = self.writer.term().unwrap_or(0);
         loop {
+            if self.ha.leading_term().is_some() {
+                // Leading: the loop idles (the leader follows nobody).
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
             unproven.retain(|_, at| at.elapsed() < UNPROVEN_SKIP);
             let candidates = self.locator.candidates();
             let Some((key, master)) = candidates.into_iter().find(|(_, a)| !unproven.contains_key(a)) else {
@@ -168,14 +231,49 @@ impl Follower {
                 continue;
             };
             let step = match self.pull(&poll, &master) {
-                Ok(Pull::Changes { master_seq, changes }) => self.apply(master_seq, changes),
+                Ok(Pull::Changes {
+                    master_seq,
+                    term,
+                    changes,
+                }) => {
+                    let elected = self
+                        .locator
+                        .election
+                        .as_ref()
+                        .and_then(|e| e.view().leader.as_ref().map(|l| l.term));
+                    match check_term(term, seen_term, elected) {
+                        Err(why) => {
+                            tracing::error!(master = %master, "replication from {master}: {why}");
+                            Err(FollowError::StaleTerm(why))
+                        }
+                        Ok(()) => {
+                            if term > seen_term {
+                                seen_term = term;
+                                if let Err(e) = self.writer.raise_term(term) {
+                                    tracing::warn!("replication: could not record term {term}: {e}");
+                                }
+                            }
+                            self.apply(master_seq, changes)
+                        }
+                    }
+                }
                 Ok(Pull::NeedImage(why)) => {
                     let wait = sync_backoff.wait();
                     if !wait.is_zero() {
                         std::thread::sleep(wait);
                     }
-                    tracing::info!(master = %master, "replication: copying the database from {master} ({why})");
+                    if why.contains("ahead") || why.contains("diverges") {
+                        tracing::warn!(
+                            master = %master,
+                            "replication: discarding changes never acknowledged (this node's history is not the leader's: {why}): copying the leader's image from {master}"
+                        );
+                    } else {
+                        tracing::info!(master = %master, "replication: copying the database from {master} ({why})");
+                    }
                     let r = self.full_sync(&master);
+                    if r.is_ok() {
+                        seen_term = seen_term.max(self.writer.term().unwrap_or(0));
+                    }
                     if r.is_err() {
                         sync_backoff.failed();
                     } else {
@@ -250,9 +348,11 @@ impl Follower {
             .map(|d| format!("&digest={d}"))
             .unwrap_or_default();
         let target = format!(
-            "{API}/changes?from={}&wait_ms={POLL_WAIT_MS}&dataset={}{digest}",
+            "{API}/changes?from={}&wait_ms={POLL_WAIT_MS}&dataset={}{digest}&node={}&candidate={}",
             self.state.applied(),
-            self.state.dataset_id.load(Ordering::Acquire)
+            self.state.dataset_id.load(Ordering::Acquire),
+            self.locator.own_addr,
+            u8::from(self.ha.candidate)
         );
         let (mut resp, nonce) = self.signed_get(agent, master, &target)?;
         let proof = resp
@@ -285,6 +385,7 @@ impl Follower {
                     .map_err(|e| FollowError::Http(format!("changes do not decode: {e}")))?;
                 Ok(Pull::Changes {
                     master_seq: env.data.master_seq,
+                    term: env.data.term,
                     changes: env.data.changes,
                 })
             }
@@ -303,8 +404,13 @@ impl Follower {
 
     fn apply(&self, master_seq: u64, changes: Vec<Change>) -> Result<(), FollowError> {
         for change in changes {
-            let Change { seq, digest, batch } = change;
-            self.writer.apply(seq, digest, batch)?;
+            let Change {
+                seq,
+                term,
+                digest,
+                batch,
+            } = change;
+            self.writer.apply(seq, digest, term, self.log_retain, batch)?;
         }
         self.state
             .master_seq
@@ -511,6 +617,21 @@ fn receive_image(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_of_an_older_term_are_refused() {
+        assert!(check_term(5, 5, Some(5)).is_ok());
+        assert!(check_term(7, 5, Some(7)).is_ok());
+        assert!(check_term(0, 0, None).is_ok(), "no election: term 0 everywhere");
+        let e = check_term(4, 5, None).unwrap_err();
+        assert!(
+            e.contains("refusing changes of term 4") && e.contains("(5)"),
+            "{e}"
+        );
+        // The elected leader's term counts even before this node saw it in
+        // an answer: a deposed leader that still answers is refused.
+        assert!(check_term(5, 5, Some(9)).is_err());
+    }
 
     #[test]
     fn full_sync_retries_back_off_exponentially_up_to_the_cap() {

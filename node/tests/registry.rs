@@ -23,15 +23,32 @@ fn registers_and_revokes_on_sigterm() {
     let etcd = Etcd::start(&temp_dir("reg-etcd"));
     let mut node = node_with_etcd(&etcd, 10);
     let key = format!("/kmt-node/services/kamaitachi-master/localhost:{}", node.port);
-    assert!(eventually(Duration::from_secs(10), || etcd.keys("/kmt-node")
+    assert!(eventually(Duration::from_secs(10), || etcd
+        .keys("/kmt-node/services")
         == vec![key.clone()]));
     let (_, value) = etcd.etcdctl(&["get", &key, "--print-value-only"]);
     let v: serde_json::Value = serde_json::from_str(value.trim()).unwrap();
     assert_eq!(v["role"], "master");
     assert_eq!(v["addr"], format!("localhost:{}", node.port));
+    // Write availability (issue 14): the master leads, and the election's
+    // keys show under the prefix.
+    assert!(eventually(Duration::from_secs(10), || etcd
+        .keys("/kmt-node/election")
+        .contains(&"/kmt-node/election/leader".to_string())));
+    assert_eq!(v["term"].as_i64(), node.get("/health").json()["term"].as_i64());
 
     assert!(node.stop().success());
-    assert!(etcd.keys("/kmt-node").is_empty(), "lease not revoked at stop");
+    assert!(
+        etcd.keys("/kmt-node/services").is_empty(),
+        "lease not revoked at stop"
+    );
+    // A graceful stop resigns: the leader key goes at once.
+    assert!(
+        !etcd
+            .keys("/kmt-node/election")
+            .contains(&"/kmt-node/election/leader".to_string()),
+        "the leader did not resign at stop"
+    );
 }
 
 #[test]
@@ -39,13 +56,13 @@ fn killed_node_leaves_within_ttl() {
     let etcd = Etcd::start(&temp_dir("kill-etcd"));
     let mut node = node_with_etcd(&etcd, 2);
     assert!(eventually(Duration::from_secs(10), || etcd
-        .keys("/kmt-node")
+        .keys("/kmt-node/services")
         .len()
         == 1));
     node.kill9();
     let killed = Instant::now();
     assert!(eventually(Duration::from_secs(6), || etcd
-        .keys("/kmt-node")
+        .keys("/kmt-node/services")
         .is_empty()));
     assert!(
         killed.elapsed() <= Duration::from_secs(3),
@@ -67,13 +84,13 @@ fn serves_without_etcd_and_registers_when_it_comes() {
         .contains("Failed to connect to etcd")));
     etcd.restart(false);
     assert!(eventually(Duration::from_secs(15), || etcd
-        .keys("/kmt-node")
+        .keys("/kmt-node/services")
         .len()
         == 1));
     // An etcd restart with its data wiped: registered again with a new lease.
     etcd.restart(true);
     assert!(eventually(Duration::from_secs(20), || etcd
-        .keys("/kmt-node")
+        .keys("/kmt-node/services")
         .len()
         == 1));
     assert_eq!(node.get("/health").status, 200);

@@ -2,20 +2,24 @@
 //! directory of its own (config, admin token, cluster secret, log), killed
 //! when dropped. Its upstreams come from the `[gateway]`/`[etcd]` lines a
 //! test passes; active health checks run every 300 ms so tests see nodes
-//! come and go quickly.
+//! come and go quickly. [`Gateway::start_on`] runs it inside a host of a
+//! [`crate::TestNet`], bound to the host's address.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use crate::process::Process;
 use crate::{
-    eventually, free_port, request, temp_dir, try_request, workspace_bin, write_cluster_secret, Resp,
-    TestDir, TOKEN,
+    eventually, free_port, request_at, temp_dir, try_request_at, workspace_bin, write_cluster_secret,
+    NetHost, Resp, TestDir, TOKEN,
 };
 
 pub struct Gateway {
     pub port: u16,
+    /// Where it listens: `127.0.0.1:PORT`, or its host's `IP:PORT`.
+    pub addr: SocketAddr,
     pub log: PathBuf,
     process: Process,
     /// Last, so it is removed after the process is gone.
@@ -31,14 +35,32 @@ impl Gateway {
 
     /// [`Gateway::start`] with the binary `bin`; waits until it answers.
     pub fn start_with_bin(bin: &Path, extra: &str) -> Gateway {
+        Gateway::launch(bin, extra, None)
+    }
+
+    /// The workspace's gateway inside `host`'s namespace, bound to its
+    /// address (`bind` and `service_addr`), with `extra` as for
+    /// [`Gateway::start`].
+    pub fn start_on(host: &NetHost, extra: &str) -> Gateway {
+        Gateway::launch(&workspace_bin("kamaitachi-gateway"), extra, Some(host))
+    }
+
+    fn launch(bin: &Path, extra: &str, host: Option<&NetHost>) -> Gateway {
         let dir = TestDir::new(temp_dir("gateway"));
         let port = free_port();
         let config = dir.join("gateway.ini");
         let token = dir.join("admin.token");
         std::fs::write(&token, TOKEN).expect("write token");
         let secret = write_cluster_secret(&dir);
+        let (addr, bind) = match host {
+            Some(h) => (
+                h.socket(port),
+                format!("bind = {}\nservice_addr = {}\n", h.ip, h.addr(port)),
+            ),
+            None => (SocketAddr::from((Ipv4Addr::LOCALHOST, port)), String::new()),
+        };
         let ini = format!(
-            "[server]\nport = {port}\nmode = gateway\nthreads = 2\n\
+            "[server]\nport = {port}\nmode = gateway\nthreads = 2\n{bind}\
              [security]\nadmin_token_file = {}\ncluster_secret_file = {}\n{extra}",
             token.display(),
             secret.display()
@@ -50,12 +72,17 @@ impl Gateway {
         };
         std::fs::write(&config, ini).expect("write config");
         let log = dir.join("gateway.log");
-        let mut process = Process::spawn("gateway", Command::new(bin).arg("-config").arg(&config), &log);
+        let mut cmd = match host {
+            Some(h) => h.command(bin),
+            None => Command::new(bin),
+        };
+        let mut process = Process::spawn("gateway", cmd.arg("-config").arg(&config), &log);
         process.wait_ready(Duration::from_secs(20), "did not start", || {
-            try_request(port, "GET", "/metrics", b"", &[]).is_ok()
+            try_request_at(addr, "GET", "/metrics", b"", &[]).is_ok()
         });
         Gateway {
             port,
+            addr,
             log,
             process,
             _dir: dir,
@@ -67,7 +94,7 @@ impl Gateway {
     }
 
     pub fn health(&self) -> serde_json::Value {
-        request(self.port, "GET", "/health", b"", &[]).json()
+        request_at(self.addr, "GET", "/health", b"", &[]).json()
     }
 
     /// Waits until `/health` lists `n` usable nodes.
@@ -80,7 +107,7 @@ impl Gateway {
     }
 
     pub fn post(&self, path: &str, body: &str) -> Resp {
-        request(self.port, "POST", path, body.as_bytes(), &[])
+        request_at(self.addr, "POST", path, body.as_bytes(), &[])
     }
 
     /// The process id; 0 once stopped.

@@ -4,6 +4,11 @@
 //! directory of its own and killed when dropped, sample data, and a
 //! minimal HTTP/1.1 client that can also send raw bytes.
 //!
+//! The same processes also run on a host of a private test network
+//! ([`TestNet`], Linux network namespaces: issue 14's cross-host and
+//! partition tests): [`Etcd::start_on`], [`NodeOpts::host`],
+//! [`Gateway::start_on`]; the client's `*_at` functions take any address.
+//!
 //! It is a crate of its own, not a feature of the `cluster` library, so
 //! nothing the binaries link carries test code or its dependencies
 //! (rusqlite for the fingerprints); the crates' tests use it as they use
@@ -15,15 +20,17 @@
 //! test keeps its files for a post-mortem (see [`TestDir`]).
 
 mod gateway;
+mod netns;
 mod process;
 mod test_dir;
 
 pub use gateway::Gateway;
+pub use netns::{netns_exists, NetHost, TestNet};
 pub use process::Process;
 pub use test_dir::TestDir;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -116,6 +123,10 @@ pub fn free_port() -> u16 {
 }
 
 pub struct Etcd {
+    /// The address it listens on: 127.0.0.1, or its host's on a [`TestNet`].
+    pub ip: IpAddr,
+    /// Set when it runs in a namespace of a [`TestNet`].
+    host: Option<NetHost>,
     pub client_port: u16,
     peer_port: u16,
     pub data_dir: PathBuf,
@@ -144,6 +155,27 @@ impl Etcd {
     /// Starts etcd in a fresh data dir under `dir` and waits until it answers.
     pub fn start(dir: &std::path::Path) -> Etcd {
         let mut etcd = Etcd {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            host: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            data_dir: dir.join("etcd-data"),
+            log: dir.join("etcd.log"),
+            child: None,
+            auth: None,
+            token_ttl: None,
+        };
+        etcd.launch();
+        etcd
+    }
+
+    /// Starts etcd inside `host`'s namespace, listening on its address
+    /// (clients and peer), data and log in `dir`; waits until it answers
+    /// (etcdctl from the test's namespace, through the test network).
+    pub fn start_on(dir: &std::path::Path, host: &NetHost) -> Etcd {
+        let mut etcd = Etcd {
+            ip: IpAddr::V4(host.ip),
+            host: Some(host.clone()),
             client_port: free_port(),
             peer_port: free_port(),
             data_dir: dir.join("etcd-data"),
@@ -177,6 +209,8 @@ impl Etcd {
                 .expect("write etcd password file");
         }
         let mut etcd = Etcd {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            host: None,
             client_port: free_port(),
             peer_port: free_port(),
             data_dir: dir.join("etcd-data"),
@@ -297,20 +331,24 @@ impl Etcd {
         self.etcdctl_as(None, args, None)
     }
 
-    /// `127.0.0.1:PORT`, as an `[etcd] endpoints` value.
+    /// `IP:PORT` (`127.0.0.1:PORT` unless on a [`TestNet`] host), as an
+    /// `[etcd] endpoints` value.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        SocketAddr::new(self.ip, self.client_port).to_string()
     }
 
     fn launch(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let client = format!("http://{}", SocketAddr::new(self.ip, self.client_port));
+        let peer = format!("http://{}", SocketAddr::new(self.ip, self.peer_port));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("etcd log");
-        let mut cmd = Command::new("etcd");
+        let mut cmd = match &self.host {
+            Some(h) => h.command("etcd"),
+            None => Command::new("etcd"),
+        };
         if let Some(ttl) = self.token_ttl {
             cmd.arg(format!("--auth-token-ttl={ttl}"));
         }
@@ -409,6 +447,9 @@ pub struct NodeOpts {
     pub extra: String,
     /// Extra environment variables for the process.
     pub env: Vec<(String, String)>,
+    /// Run inside this host's namespace of a [`TestNet`], with `bind` and
+    /// `service_addr` its address (`None`: loopback, `localhost:PORT`).
+    pub host: Option<NetHost>,
 }
 
 impl NodeOpts {
@@ -420,6 +461,7 @@ impl NodeOpts {
             dump: None,
             extra: String::new(),
             env: Vec::new(),
+            host: None,
         }
     }
 }
@@ -428,6 +470,10 @@ impl NodeOpts {
 /// its directory and removes it when dropped (unless the test is failing).
 pub struct Node {
     pub port: u16,
+    /// Where it listens: `127.0.0.1:PORT`, or its host's `IP:PORT`.
+    pub addr: SocketAddr,
+    /// Its host on a [`TestNet`], if any.
+    pub host: Option<NetHost>,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
@@ -453,8 +499,12 @@ impl Node {
             .map(|d| format!("snapshot_path = {}\nsnapshot_interval = 0\n", d.display()))
             .unwrap_or_default();
         let config = dir.join("node.ini");
+        let (bind, service_addr) = match &opts.host {
+            Some(h) => (h.ip.to_string(), h.addr(port)),
+            None => ("127.0.0.1".to_string(), format!("localhost:{port}")),
+        };
         let ini = format!(
-            "[server]\nport = {port}\nmode = {}\nbind = 127.0.0.1\nservice_addr = localhost:{port}\n\
+            "[server]\nport = {port}\nmode = {}\nbind = {bind}\nservice_addr = {service_addr}\n\
              [database]\npath = {}\n\
              [cache]\nmax_bytes = {}\n{dump}\
              [security]\nadmin_token_file = {}\ncluster_secret_file = {}\n{}",
@@ -466,13 +516,25 @@ impl Node {
             opts.extra
         );
         std::fs::write(&config, ini).expect("write config");
-        Self::start_with_env(bin, dir, config, port, &opts.env, Some(owned))
+        Self::start_with_env(bin, dir, config, port, &opts.env, opts.host.as_ref(), Some(owned))
     }
 
     /// Starts `bin` on an existing `config` in `dir` (e.g. a restart of a
     /// killed node, whose harness still owns `dir`).
     pub fn start_with_config(bin: &Path, dir: PathBuf, config: PathBuf, port: u16) -> Node {
-        Self::start_with_env(bin, dir, config, port, &[], None)
+        Self::start_with_env(bin, dir, config, port, &[], None, None)
+    }
+
+    /// [`Node::start_with_config`] inside `host`'s namespace (a restart of
+    /// a node started with [`NodeOpts::host`]).
+    pub fn start_with_config_on(
+        bin: &Path,
+        dir: PathBuf,
+        config: PathBuf,
+        port: u16,
+        host: &NetHost,
+    ) -> Node {
+        Self::start_with_env(bin, dir, config, port, &[], Some(host), None)
     }
 
     fn start_with_env(
@@ -481,21 +543,26 @@ impl Node {
         config: PathBuf,
         port: u16,
         env: &[(String, String)],
+        host: Option<&NetHost>,
         owned: Option<TestDir>,
     ) -> Node {
         let log = dir.join("node.log");
-        let mut cmd = Command::new(bin);
+        let addr = host.map_or(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), |h| h.socket(port));
+        let mut cmd = match host {
+            Some(h) => h.command(bin),
+            None => Command::new(bin),
+        };
         cmd.envs(env.iter().map(|(k, v)| (k, v)))
             .arg("-config")
             .arg(&config);
         let mut process = Process::spawn("node", &mut cmd, &log);
-        process.wait_ready(
-            Duration::from_secs(20),
-            &format!("on port {port} not healthy"),
-            || try_request(port, "GET", "/health", b"", &[]).is_ok_and(|r| r.status == 200),
-        );
+        process.wait_ready(Duration::from_secs(20), &format!("on {addr} not healthy"), || {
+            try_request_at(addr, "GET", "/health", b"", &[]).is_ok_and(|r| r.status == 200)
+        });
         Node {
             port,
+            addr,
+            host: host.cloned(),
             dir,
             config,
             log,
@@ -509,11 +576,11 @@ impl Node {
     }
 
     pub fn post(&self, path: &str, body: &str) -> Resp {
-        request(self.port, "POST", path, body.as_bytes(), &[])
+        request_at(self.addr, "POST", path, body.as_bytes(), &[])
     }
 
     pub fn get(&self, path: &str) -> Resp {
-        request(self.port, "GET", path, b"", &[])
+        request_at(self.addr, "GET", path, b"", &[])
     }
 
     pub fn stats(&self) -> serde_json::Value {
@@ -629,8 +696,21 @@ impl Resp {
     }
 }
 
+/// How long the client waits for a connection: a host cut off from the
+/// test network never answers a SYN.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
 pub fn request(port: u16, method: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Resp {
-    try_request(port, method, path, body, headers).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    request_at(loopback(port), method, path, body, headers)
+}
+
+/// [`request`] to any address (a node on a [`TestNet`] host).
+pub fn request_at(addr: SocketAddr, method: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Resp {
+    try_request_at(addr, method, path, body, headers).unwrap_or_else(|e| panic!("{method} {addr}{path}: {e}"))
 }
 
 pub fn try_request(
@@ -640,8 +720,25 @@ pub fn try_request(
     body: &[u8],
     headers: &[(&str, &str)],
 ) -> std::io::Result<Resp> {
+    try_request_at(loopback(port), method, path, body, headers)
+}
+
+/// [`try_request`] to any address; the `Host` header is `localhost` on
+/// loopback (as it always was), the address otherwise.
+pub fn try_request_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> std::io::Result<Resp> {
+    let host = if addr.ip().is_loopback() {
+        "localhost".to_string()
+    } else {
+        addr.to_string()
+    };
     let mut raw = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (k, v) in headers {
@@ -650,7 +747,7 @@ pub fn try_request(
     raw.push_str("Connection: close\r\n\r\n");
     let mut bytes = raw.into_bytes();
     bytes.extend_from_slice(body);
-    let out = send_raw(port, &bytes)?;
+    let out = send_raw_at(addr, &bytes)?;
     parse_responses(&out)
         .into_iter()
         .next()
@@ -659,7 +756,12 @@ pub fn try_request(
 
 /// Sends bytes and reads until the server closes (or 5 s pass).
 pub fn send_raw(port: u16, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    send_raw_at(loopback(port), bytes)
+}
+
+/// [`send_raw`] to any address (connecting gives up after 3 s).
+pub fn send_raw_at(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(bytes)?;
     let mut out = Vec::new();
@@ -752,7 +854,12 @@ pub struct KeepAlive {
 
 impl KeepAlive {
     pub fn connect(port: u16) -> std::io::Result<Self> {
-        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        Self::connect_at(loopback(port))
+    }
+
+    /// [`KeepAlive::connect`] to any address.
+    pub fn connect_at(addr: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_nodelay(true)?;
         Ok(KeepAlive {

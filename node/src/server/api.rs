@@ -27,6 +27,7 @@ use crate::engine::query::QueryEngine;
 use crate::json;
 use crate::model::batch::Batch;
 use crate::server::error::ApiError;
+use crate::server::ha::{Admit, Ha};
 use crate::server::http::{Body, Request, Response, Service, TransportError};
 use crate::server::image_stream::ImageStream;
 use crate::server::metrics::{Metrics, RouteLabel};
@@ -63,6 +64,8 @@ pub struct Api {
     pub slow: Duration,
     /// The background warm-up, when `[cache] preload = all`.
     pub preloader: Option<Arc<crate::engine::preload::Preloader>>,
+    /// Who leads for writes, and the sync acknowledgment (issue 14).
+    pub ha: Arc<Ha>,
 }
 
 /// Longest a change-feed request may wait for a change.
@@ -132,9 +135,15 @@ impl Api {
                 .and_then(|nonce| self.changes(req, &nonce)),
             // A slave (signed with the cluster key; the answer is MACed), or
             // an operator's `kamaitachi-node backup` (admin token).
-            RouteLabel::Image if req.header(cluster::auth::PROOF_HEADER).is_some() => self
-                .authorize_peer(req, "repl-request")
-                .and_then(|nonce| self.image(Some(&nonce))),
+            RouteLabel::Image if req.header(cluster::auth::PROOF_HEADER).is_some() => {
+                self.authorize_peer(req, "repl-request").and_then(|nonce| {
+                    // Followers copy only the leader's image (issue 14).
+                    if self.ha.enabled() && self.ha.leading_term().is_none() {
+                        return Err(ApiError::Unavailable(self.ha.not_leader()));
+                    }
+                    self.image(Some(&nonce))
+                })
+            }
             RouteLabel::Image => self.authorize(req).and_then(|()| self.image(None)),
             RouteLabel::Health => Ok(self.health(req)),
             RouteLabel::Metrics => Ok(self.metrics()),
@@ -203,13 +212,17 @@ impl Api {
 
     /// The parts every replication answer's MAC starts with: the slave's
     /// nonce (freshness), this node's address and role.
-    fn answer_mac(&self, label: &str, nonce: &str) -> cluster::auth::StreamMac {
+    /// `role`: the role the answer is made in (taken when the request
+    /// was admitted: a leader that steps down during a long-poll still
+    /// signs what it answers as the leader it was; the term in the answer
+    /// tells the follower whether to believe it).
+    fn answer_mac(&self, label: &str, nonce: &str, role: cluster::Role) -> cluster::auth::StreamMac {
         self.cluster_key.begin(
             label,
             &[
                 nonce.as_bytes(),
                 self.identity.addr.as_bytes(),
-                self.identity.mode.as_str().as_bytes(),
+                role.as_str().as_bytes(),
             ],
         )
     }
@@ -217,8 +230,14 @@ impl Api {
     /// `POST …/ingest` and `…/delete` (master only): validate the whole
     /// batch, commit it with its change-log entry on the writer thread,
     /// publish it, reply.
+    ///
+    /// With an election (issue 14) only the leader writes, under its term,
+    /// and the answer waits for the sync acknowledgment (`server/ha.rs`).
     fn write(&self, req: &Request<'_>, label: RouteLabel) -> Result<Response, ApiError> {
-        if self.identity.mode != Mode::Master {
+        let Some(term) = self.ha.leading_term() else {
+            if self.ha.enabled() {
+                return Err(ApiError::Unavailable(self.ha.not_leader()));
+            }
             let at = self
                 .state
                 .master_addr()
@@ -226,20 +245,33 @@ impl Api {
             return Err(ApiError::Unavailable(format!(
                 "this node is a slave: send writes to the master{at}"
             )));
-        }
+        };
+        let needed = match self.ha.admit() {
+            Admit::Refuse(why) => return Err(ApiError::Unavailable(why)),
+            Admit::Wait { needed, .. } => needed,
+        };
         let catalog = self.engine.catalog();
         let batch = match label {
             RouteLabel::Ingest => Batch::from_ingest(req.body, &catalog)?,
             _ => Batch::from_delete(req.body)?,
         };
-        let (written, seq) = self.writer.write(batch, self.log_retain).map_err(|e| match e {
-            // The writer thread is gone or its job panicked: as the
-            // pool's own error (503 or 500), not as a store failure.
-            StoreError::Worker(e) => ApiError::from(e),
-            e => ApiError::from(e),
-        })?;
+        let committed = self
+            .writer
+            .write(batch, self.log_retain, term)
+            .map_err(|e| match e {
+                // The writer thread is gone or its job panicked: as the
+                // pool's own error (503 or 500), not as a store failure.
+                StoreError::Worker(e) => ApiError::from(e),
+                e => ApiError::from(e),
+            })?;
+        let (written, seq) = (committed.written, committed.seq);
         tracing::debug!(request_id = %request_id(req), seq, written, "write committed");
-        Ok(ok_json(&serde_json::json!({"written": written, "seq": seq})))
+        self.ha
+            .acknowledge(term, seq, committed.digest, needed)
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        Ok(ok_json(
+            &serde_json::json!({"written": written, "seq": seq, "term": term}),
+        ))
     }
 
     /// `GET …/replication/changes?from=S&wait_ms=W&dataset=D`.
@@ -258,7 +290,31 @@ impl Api {
                 )),
             }
         };
+        // A follower must not follow a deposed leader (issue 14).
+        if self.ha.enabled() && self.ha.leading_term().is_none() {
+            return Err(ApiError::Unavailable(self.ha.not_leader()));
+        }
+        let role = self.ha.role();
         let from = param("from", MAX_SEQ)?.ok_or_else(|| ApiError::field("from", "required"))?;
+        // Who polls (inside the signed target): its progress is what the
+        // sync acknowledgment waits on.
+        let node = match query_param(req.query, "node") {
+            None => None,
+            Some(n) => {
+                cluster::registry::validate_addr(n).map_err(|e| ApiError::field("node", e))?;
+                Some(n.to_string())
+            }
+        };
+        let candidate = match query_param(req.query, "candidate") {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(v) => {
+                return Err(ApiError::field(
+                    "candidate",
+                    format!("expected 0 or 1, got {:?}", truncate(v, 40)),
+                ))
+            }
+        };
         let wait = Duration::from_millis(param("wait_ms", MAX_WAIT.as_millis() as u64)?.unwrap_or(0));
         let dataset = self.state.dataset_id.load(Ordering::Acquire);
         if let Some(d) = param("dataset", u64::MAX)? {
@@ -289,6 +345,18 @@ impl Api {
                 )));
             }
         }
+        // A follower ahead of this node holds changes this node never made
+        // (a former leader's, never acknowledged): it must copy the image.
+        let applied = self.state.applied();
+        if from > applied {
+            return Err(ApiError::Gone(format!(
+                "the follower is ahead: it has applied {from}, this node only {applied} (diverged history)"
+            )));
+        }
+        if let Some(node) = &node {
+            self.ha.record_progress(node, from, candidate);
+        }
+        let term = self.ha.leading_term().unwrap_or(0);
         // Parks this coroutine (not its worker thread) until the writer
         // publishes a change past `from`, or the wait runs out.
         self.state.wait_applied_past(from, wait);
@@ -302,18 +370,23 @@ impl Api {
             )));
         }
         // The stored batches are JSON already: copied, not re-serialised.
-        let mut data = Vec::with_capacity(128 + changes.iter().map(|c| c.1.len() + 32).sum::<usize>());
+        let mut data = Vec::with_capacity(128 + changes.iter().map(|c| c.batch.len() + 48).sum::<usize>());
         data.extend_from_slice(b"{\"master_seq\":");
         json::push_i64(&mut data, self.state.applied() as i64);
+        data.extend_from_slice(b",\"term\":");
+        json::push_i64(&mut data, term);
         data.extend_from_slice(b",\"dataset_id\":");
         json::push_i64(&mut data, dataset as i64);
         data.extend_from_slice(b",\"changes\":[");
-        for (n, (seq, batch, digest)) in changes.iter().enumerate() {
+        for (n, c) in changes.iter().enumerate() {
+            let (seq, batch, digest) = (c.seq, &c.batch, &c.digest);
             if n > 0 {
                 data.push(b',');
             }
             data.extend_from_slice(b"{\"seq\":");
-            json::push_i64(&mut data, *seq as i64);
+            json::push_i64(&mut data, seq as i64);
+            data.extend_from_slice(b",\"term\":");
+            json::push_i64(&mut data, c.term);
             if let Some(d) = digest {
                 data.extend_from_slice(b",\"digest\":\"");
                 data.extend_from_slice(d.as_bytes());
@@ -325,7 +398,7 @@ impl Api {
         }
         data.extend_from_slice(b"]}");
         let body = json::envelope(0, "success", &data);
-        let mut mac = self.answer_mac("repl-changes", nonce);
+        let mut mac = self.answer_mac("repl-changes", nonce, role);
         mac.update(&body);
         let mut resp = Response::json(200, Body::Owned(body));
         resp.headers.push((cluster::auth::PROOF_HEADER, mac.finish_hex()));
@@ -351,7 +424,7 @@ impl Api {
         let path = tmp.clone();
         let (addr, role, nonce) = (
             self.identity.addr.clone(),
-            self.identity.mode.as_str(),
+            self.ha.role().as_str(),
             nonce.to_string(),
         );
         let key = self.cluster_key.clone();
@@ -407,13 +480,37 @@ impl Api {
     }
 
     fn replication_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "role": self.identity.mode.as_str(),
+        let mut v = serde_json::json!({
+            "role": self.ha.role().as_str(),
             "applied_seq": self.state.applied(),
             "master_seq": self.state.master_seq.load(Ordering::Acquire),
             "lag": self.state.lag(),
             "master": self.state.master_addr(),
-        })
+        });
+        self.add_election_json(&mut v);
+        v
+    }
+
+    /// `role`, `candidate`, `leader`, `term`, `sync` (issue 14).
+    fn add_election_json(&self, v: &mut serde_json::Value) {
+        v["role"] = self.ha.role().as_str().into();
+        v["candidate"] = self.ha.candidate.into();
+        v["leader"] = match (self.ha.leader(), self.ha.enabled(), self.ha.leading_term()) {
+            (Some(l), _, _) => serde_json::json!({"addr": l.addr, "term": l.term, "since": l.since}),
+            // No election: a master leads itself, term 0.
+            (None, false, Some(t)) => {
+                serde_json::json!({"addr": self.identity.addr, "term": t, "since": null})
+            }
+            _ => serde_json::Value::Null,
+        };
+        v["term"] = self.ha.leading_term().into();
+        v["sync"] = self.ha.sync_json();
+        if let Some(e) = self.ha.election() {
+            let view = e.view();
+            if !view.waiting.is_empty() {
+                v["election_waiting"] = view.waiting.clone().into();
+            }
+        }
     }
 
     fn health(&self, req: &Request<'_>) -> Response {
@@ -427,6 +524,7 @@ impl Api {
             "master_seq": self.state.master_seq.load(Ordering::Acquire),
             "lag": self.state.lag(),
         });
+        self.add_election_json(&mut body);
         if let Some(p) = &self.preloader {
             body["preload"] = p.json();
         }
@@ -447,7 +545,8 @@ impl Api {
             .and_then(|v| std::str::from_utf8(v).ok())
             .filter(|c| (16..=128).contains(&c.len()));
         if let Some(c) = challenge {
-            let role = self.identity.mode.as_str();
+            // The role it plays now: master while it leads.
+            let role = self.ha.role().as_str();
             resp.headers.push((
                 cluster::auth::PROOF_HEADER,
                 self.cluster_key.health_proof(c, &self.identity.addr, role),
@@ -486,6 +585,22 @@ impl Api {
             self.state.lag(),
             self.engine.store_loads(),
         );
+        let mut body = body;
+        let connected = self.ha.connected_candidates();
+        let extra = format!(
+            "# HELP kamaitachi_leader 1 while this node leads for writes.\n# TYPE kamaitachi_leader gauge\nkamaitachi_leader {}\n\
+             # HELP kamaitachi_term The election term this node leads under (0 when it does not).\n# TYPE kamaitachi_term gauge\nkamaitachi_term {}\n\
+             # HELP kamaitachi_sync_replicas_connected Candidate followers that polled within 3 s.\n# TYPE kamaitachi_sync_replicas_connected gauge\nkamaitachi_sync_replicas_connected {connected}\n\
+             # HELP kamaitachi_sync_degraded 1 while fewer candidates are connected than sync_replicas.\n# TYPE kamaitachi_sync_degraded gauge\nkamaitachi_sync_degraded {}\n\
+             # HELP kamaitachi_writes_unconfirmed_total Writes committed but not acknowledged (503).\n# TYPE kamaitachi_writes_unconfirmed_total counter\nkamaitachi_writes_unconfirmed_total {}\n\
+             # HELP kamaitachi_elections_won_total Elections this process won.\n# TYPE kamaitachi_elections_won_total counter\nkamaitachi_elections_won_total {}\n",
+            u8::from(self.ha.leading_term().is_some()),
+            self.ha.leading_term().unwrap_or(0),
+            u8::from(self.ha.sync_state(connected) == "degraded"),
+            self.ha.writes_unconfirmed.load(Ordering::Relaxed),
+            self.ha.elections_won.load(Ordering::Relaxed),
+        );
+        body.extend_from_slice(extra.as_bytes());
         Response {
             status: 200,
             content_type: "text/plain; version=0.0.4",

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod error;
+pub mod ha;
 pub mod http;
 pub mod image_stream;
 pub mod metrics;

@@ -804,8 +804,10 @@ mod tests {
             let mut rng = ChaCha8Rng::seed_from_u64(13);
             let mut batch = seed;
             for round in 0..60 {
-                let (_, seq) = master.write_batch(&mut batch, 1000).unwrap();
-                slave.apply_replicated(&mut batch.clone(), seq, None).unwrap();
+                let (_, seq, _) = master.write_batch(&mut batch, 1000, 0).unwrap();
+                slave
+                    .apply_replicated(&mut batch.clone(), seq, None, 0, 1000)
+                    .unwrap();
                 check_all(&mut master, &format!("master after round {round}"));
                 check_all(&mut slave, &format!("slave after round {round}"));
                 batch = random_batch(&mut rng, round, &mut codes);

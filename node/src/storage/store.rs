@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS reports (
 CREATE TABLE IF NOT EXISTS changelog (
     seq        INTEGER PRIMARY KEY,
     batch      TEXT NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    term       INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS changelog_digest (
     seq    INTEGER PRIMARY KEY,
@@ -144,6 +145,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        migrate_term(&conn)?;
         let mut store = Store {
             conn,
             interner: blob::Interner::default(),
@@ -386,7 +388,14 @@ impl Store {
     /// Master: applies `batch` as the next change, records it in the change
     /// log in the same transaction, keeps the log to `retain` entries, and
     /// commits (fsync'd). Returns what changed and the new sequence.
-    pub fn write_batch(&mut self, batch: &mut Batch, retain: u64) -> Result<(Applied, u64), StoreError> {
+    /// `term`: the leader's election term (0 without an election), kept
+    /// with the change. Returns the running digest after it too.
+    pub fn write_batch(
+        &mut self,
+        batch: &mut Batch,
+        retain: u64,
+        term: i64,
+    ) -> Result<(Applied, u64, String), StoreError> {
         let current = self.data_version()?.version;
         let seq = current + 1;
         let tx = self.write_transaction()?;
@@ -399,41 +408,34 @@ impl Store {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        tx.execute(
-            "INSERT INTO changelog (seq, batch, created_at) VALUES (?1, ?2, ?3)",
-            params![seq as i64, json, now],
-        )?;
-        tx.execute(
-            "DELETE FROM changelog WHERE seq <= ?1",
-            params![seq.saturating_sub(retain.max(1)) as i64],
-        )?;
         // The running digest of the history (issue 11): a slave whose
         // history differs at the same sequence is told to copy the image.
         let previous = meta_in(&tx, "log_digest")?.unwrap_or_default();
         let digest = cluster::auth::chain_digest(&previous, seq, json.as_bytes());
-        tx.execute(
-            "INSERT OR REPLACE INTO changelog_digest (seq, digest) VALUES (?1, ?2)",
-            params![seq as i64, digest],
-        )?;
-        tx.execute(
-            "DELETE FROM changelog_digest WHERE seq <= ?1",
-            params![seq.saturating_sub(retain.max(1)) as i64],
-        )?;
+        log_change(&tx, seq, &json, now, term, &digest, retain)?;
         set_meta(&tx, "log_digest", &digest)?;
+        raise_term_in(&tx, term)?;
         set_version(&tx, seq)?;
         blob::advance(&tx, current, seq)?;
         tx.commit()?;
-        Ok((applied, seq))
+        Ok((applied, seq, digest))
     }
 
     /// Slave: applies change `seq` from the master; it must be the next one.
     /// `digest`: the master's running digest after this change, kept so the
     /// master can tell whether this node's history is its own.
+    ///
+    /// The change is kept in this node's change log and digest log too
+    /// (same `retain` rule as the leader's), with the leader's `term`, so a
+    /// follower promoted to leader serves the others without making them
+    /// copy the whole database (issue 14).
     pub fn apply_replicated(
         &mut self,
         batch: &mut Batch,
         seq: u64,
         digest: Option<&str>,
+        term: i64,
+        retain: u64,
     ) -> Result<Applied, StoreError> {
         let tx = self.write_transaction()?;
         let have: u64 = tx
@@ -448,11 +450,23 @@ impl Store {
         }
         let applied = apply::apply(&tx, batch, false)?;
         match digest {
-            Some(d) => set_meta(&tx, "log_digest", d)?,
+            Some(d) => {
+                set_meta(&tx, "log_digest", d)?;
+                let json = serde_json::to_string(&*batch).map_err(|e| StoreError::BadImage(e.to_string()))?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                log_change(&tx, seq, &json, now, term, d, retain)?;
+            }
             None => {
                 tx.execute("DELETE FROM meta WHERE key = 'log_digest'", [])?;
+                // Without the leader's digest this node cannot serve its
+                // history to others: its logs end before this change.
+                tx.execute("DELETE FROM changelog", [])?;
+                tx.execute("DELETE FROM changelog_digest", [])?;
             }
         }
+        raise_term_in(&tx, term)?;
         set_version(&tx, seq)?;
         blob::advance(&tx, have, seq)?;
         tx.commit()?;
@@ -479,24 +493,36 @@ impl Store {
         Ok(None)
     }
 
-    /// Changes after `from` with the digest after each (when known).
-    pub fn changes_with_digests(
-        &self,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, String, Option<String>)>, StoreError> {
+    /// Changes after `from` with the digest after each (when known) and
+    /// the term of the leader that made it.
+    pub fn changes_with_digests(&self, from: u64, limit: usize) -> Result<Vec<LoggedChange>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT c.seq, c.batch, d.digest FROM changelog c LEFT JOIN changelog_digest d ON d.seq = c.seq
+            "SELECT c.seq, c.batch, d.digest, c.term FROM changelog c LEFT JOIN changelog_digest d ON d.seq = c.seq
              WHERE c.seq > ?1 ORDER BY c.seq LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![from as i64, limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)? as u64,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-            ))
+            Ok(LoggedChange {
+                seq: r.get::<_, i64>(0)? as u64,
+                batch: r.get::<_, String>(1)?,
+                digest: r.get::<_, Option<String>>(2)?,
+                term: r.get::<_, i64>(3)?,
+            })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The highest election term this node has seen (meta `term`, 0 when
+    /// none).
+    pub fn term(&self) -> Result<i64, StoreError> {
+        Ok(self.meta("term")?.and_then(|t| t.parse().ok()).unwrap_or(0))
+    }
+
+    /// Raises the persisted highest term to `term` (never lowers it).
+    pub fn raise_term(&mut self, term: i64) -> Result<(), StoreError> {
+        let tx = self.write_transaction()?;
+        raise_term_in(&tx, term)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// The oldest sequence still in the change log (one past the data
@@ -596,6 +622,7 @@ impl Store {
         backup.step(-1)?;
         drop(backup);
         self.conn.execute_batch(SCHEMA)?;
+        migrate_term(&self.conn)?;
         self.sync_blobs()
     }
 
@@ -618,6 +645,61 @@ fn set_meta(tx: &rusqlite::Transaction<'_>, key: &str, value: &str) -> Result<()
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         params![key, value],
     )?;
+    Ok(())
+}
+
+/// One change-log entry as the change feed sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedChange {
+    pub seq: u64,
+    /// The batch as JSON (what the digest covers).
+    pub batch: String,
+    pub digest: Option<String>,
+    /// The term of the leader that made the change (0: no election).
+    pub term: i64,
+}
+
+/// Adds `term` to an older database's change log (issue 14).
+fn migrate_term(conn: &Connection) -> Result<(), StoreError> {
+    let has: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('changelog') WHERE name = 'term'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch("ALTER TABLE changelog ADD COLUMN term INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
+}
+
+/// Records change `seq` in the change log and the digest log, both kept
+/// to `retain` entries.
+fn log_change(
+    tx: &rusqlite::Transaction<'_>,
+    seq: u64,
+    json: &str,
+    now: i64,
+    term: i64,
+    digest: &str,
+    retain: u64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT OR REPLACE INTO changelog (seq, batch, created_at, term) VALUES (?1, ?2, ?3, ?4)",
+        params![seq as i64, json, now, term],
+    )?;
+    tx.execute(
+        "INSERT OR REPLACE INTO changelog_digest (seq, digest) VALUES (?1, ?2)",
+        params![seq as i64, digest],
+    )?;
+    let floor = seq.saturating_sub(retain.max(1)) as i64;
+    tx.execute("DELETE FROM changelog WHERE seq <= ?1", params![floor])?;
+    tx.execute("DELETE FROM changelog_digest WHERE seq <= ?1", params![floor])?;
+    Ok(())
+}
+
+fn raise_term_in(tx: &rusqlite::Transaction<'_>, term: i64) -> Result<(), StoreError> {
+    let have: i64 = meta_in(tx, "term")?.and_then(|t| t.parse().ok()).unwrap_or(0);
+    if term > have {
+        set_meta(tx, "term", &term.to_string())?;
+    }
     Ok(())
 }
 

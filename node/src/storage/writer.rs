@@ -36,6 +36,14 @@ pub trait Publish: Send + Sync + 'static {
     fn after_restore(&self, catalog: Catalog);
 }
 
+/// A leader's committed write.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub written: u64,
+    pub seq: u64,
+    pub digest: String,
+}
+
 #[derive(Clone)]
 pub struct Writer {
     pool: WritePool,
@@ -48,24 +56,49 @@ impl Writer {
         Writer { pool, state, publish }
     }
 
-    /// Master: commits `batch` as the next change (with its change-log
-    /// entry, the log kept to `retain`) and publishes it. Returns the rows
-    /// written and the new sequence.
-    pub fn write(&self, mut batch: Batch, retain: u64) -> Result<(u64, u64), StoreError> {
+    /// Leader: commits `batch` as the next change of `term` (with its
+    /// change-log entry, the log kept to `retain`) and publishes it.
+    /// Returns the rows written, the new sequence and the running history
+    /// digest after it (what the acknowledgment records in etcd).
+    pub fn write(&self, mut batch: Batch, retain: u64, term: i64) -> Result<Committed, StoreError> {
         self.commit(move |store| {
-            let (applied, seq) = store.write_batch(&mut batch, retain)?;
+            let (applied, seq, digest) = store.write_batch(&mut batch, retain, term)?;
             let written = applied.written;
-            Ok((applied, seq, (written, seq)))
+            Ok((applied, seq, Committed { written, seq, digest }))
         })
     }
 
-    /// Slave: applies change `seq` from the master (it must be the next
-    /// one) and publishes it.
-    pub fn apply(&self, seq: u64, digest: Option<String>, mut batch: Batch) -> Result<(), StoreError> {
+    /// Follower: applies change `seq` of `term` from the leader (it must be
+    /// the next one), logs it (kept to `retain`) and publishes it.
+    pub fn apply(
+        &self,
+        seq: u64,
+        digest: Option<String>,
+        term: i64,
+        retain: u64,
+        mut batch: Batch,
+    ) -> Result<(), StoreError> {
         self.commit(move |store| {
-            let applied = store.apply_replicated(&mut batch, seq, digest.as_deref())?;
+            let applied = store.apply_replicated(&mut batch, seq, digest.as_deref(), term, retain)?;
             Ok((applied, seq, ()))
         })
+    }
+
+    /// Raises the persisted highest term seen (a follower that learned of
+    /// a newer leader).
+    pub fn raise_term(&self, term: i64) -> Result<(), StoreError> {
+        self.pool.call(move |store| store.raise_term(term))?
+    }
+
+    /// The persisted highest term seen, on the writer's connection.
+    pub fn term(&self) -> Result<i64, StoreError> {
+        self.pool.call(move |store| store.term())?
+    }
+
+    /// The running digest after change `seq`, on the writer's connection
+    /// (the election's history check).
+    pub fn digest_at(&self, seq: u64) -> Result<Option<String>, StoreError> {
+        self.pool.call(move |store| store.digest_at(seq))?
     }
 
     /// Slave: replaces the database with the image at `path` and publishes

@@ -1,0 +1,309 @@
+//! Write availability (issue 14), on loopback with one real etcd: two
+//! candidates (a `mode = master` node with the data and a slave with
+//! `candidate = true`), a plain follower and the gateway. Under a steady
+//! ingest load through the gateway the leader is killed with -9, five
+//! times in turn: a write succeeds again within ttl + 2 s of each kill;
+//! the killed node, restarted, follows the new leader, discards what was
+//! never acknowledged and converges. At the end every node holds the same
+//! rows (row-level fingerprint), every acknowledged write is on every node,
+//! and every failed write is on every node or on none.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Lease ttl of the test cluster (seconds).
+const TTL: u64 = 2;
+/// Kill/restart rounds (the takeover time is measured in each).
+const ROUNDS: usize = 5;
+/// Bounds of the ingest loop.
+const MAX_WRITES: usize = 20_000;
+const MAX_LOAD_TIME: Duration = Duration::from_secs(240);
+
+struct Member {
+    /// The running process, if any.
+    node: Option<Node>,
+    /// Killed processes: kept, since the first one owns the node's
+    /// directory (config, logs) and removes it when dropped.
+    dead: Vec<Node>,
+    dir: PathBuf,
+    config: PathBuf,
+    port: u16,
+    db: PathBuf,
+}
+
+impl Member {
+    fn start(
+        etcd: &Etcd,
+        dir: &std::path::Path,
+        name: &str,
+        mode: &'static str,
+        extra: &str,
+        data: bool,
+    ) -> Member {
+        let db = dir.join(format!("{name}.db"));
+        if data {
+            std::fs::copy(sample_db(), &db).unwrap();
+        }
+        let mut opts = NodeOpts::new(&db);
+        opts.mode = mode;
+        opts.extra = format!(
+            "[etcd]\nendpoints = {}\nprefix = /kmt-ha\nttl = {TTL}\n[replication]\nsync_timeout_ms = 2000\n{extra}",
+            etcd.endpoint()
+        );
+        let node = Node::start(&node_bin(), &opts);
+        Member {
+            dir: node.dir.clone(),
+            config: node.config.clone(),
+            port: node.port,
+            node: Some(node),
+            dead: Vec::new(),
+            db,
+        }
+    }
+
+    fn health(&self) -> serde_json::Value {
+        try_request(self.port, "GET", "/health", b"", &[])
+            .map(|r| r.json())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    fn leads(&self) -> bool {
+        self.node.is_some() && self.health()["term"].as_i64().is_some()
+    }
+
+    /// The tail of every log of this member (for failure messages).
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in self.dead.iter().chain(self.node.iter()) {
+            let text = n.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- node {} ---\n", self.port));
+            out.push_str(&lines[lines.len().saturating_sub(40)..].join("\n"));
+            out.push('\n');
+        }
+        out
+    }
+
+    fn applied(&self) -> Option<u64> {
+        self.health()["applied_seq"].as_u64()
+    }
+}
+
+/// One ingest: a new subject per write, so every write is one row.
+fn write(port: u16, i: usize) -> u16 {
+    let body = serde_json::json!({"records": [{
+        "subject": row_subject(i), "name": format!("ha {i}"), "report_date": 1_751_241_600i64,
+        "end_date": "2025-06-30", "year": "2025", "period": "Q2", "declare_date": "2025-08-01",
+        "values": {"net_profit": i as f64}
+    }]})
+    .to_string();
+    let auth = format!("Bearer {TOKEN}");
+    try_request(
+        port,
+        "POST",
+        "/data/kamaitachi/api/data/v1/ingest",
+        body.as_bytes(),
+        &[("Authorization", &auth)],
+    )
+    .map_or(0, |r| r.status)
+}
+
+fn row_subject(i: usize) -> String {
+    format!("88:{i:06}")
+}
+
+#[derive(Default)]
+struct Outcomes {
+    /// (write, status, when it was answered)
+    all: Vec<(usize, u16, Instant)>,
+}
+
+#[test]
+fn the_leader_is_killed_under_load_a_follower_takes_over_and_no_acknowledged_write_is_lost() {
+    let dir = temp_dir("write-ha");
+    let etcd = Etcd::start(&dir);
+    let mut members = [
+        Member::start(&etcd, &dir, "a", "master", "", true),
+        Member::start(&etcd, &dir, "b", "slave", "candidate = true\n", false),
+        Member::start(&etcd, &dir, "c", "slave", "", false),
+    ];
+    assert!(
+        eventually(Duration::from_secs(10), || members[0].leads()),
+        "the master with the data did not take the lead: {}",
+        members[0].health()
+    );
+    let gw = Gateway::start(&format!(
+        "[etcd]\nendpoints = {}\nprefix = /kmt-ha\n[gateway]\neject_ms = 500\n",
+        etcd.endpoint()
+    ));
+    gw.wait_nodes(3);
+
+    // The load: one write at a time through the gateway, bounded in count
+    // and time, every answer recorded.
+    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (outcomes, stop, port) = (outcomes.clone(), stop.clone(), gw.port);
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            for i in 0..MAX_WRITES {
+                if stop.load(Ordering::Relaxed) || started.elapsed() > MAX_LOAD_TIME {
+                    break;
+                }
+                let status = write(port, i);
+                outcomes.lock().unwrap().all.push((i, status, Instant::now()));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let successes_since = |t: Instant| {
+        outcomes
+            .lock()
+            .unwrap()
+            .all
+            .iter()
+            .filter(|(_, s, at)| *s == 200 && *at > t)
+            .count()
+    };
+
+    let mut takeovers = Vec::new();
+    for round in 0..ROUNDS {
+        // Steady state: one leader, the other candidate connected to it and
+        // caught up, writes succeeding.
+        let round_start = Instant::now();
+        let mut leader = None;
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                leader = members.iter().position(Member::leads);
+                let Some(l) = leader else { return false };
+                let h = members[l].health();
+                h["sync"]["state"] == "ok" && successes_since(round_start) >= 20
+            }),
+            "round {round}: no steady state: {:?}\n{}\n{}",
+            members.iter().map(Member::health).collect::<Vec<_>>(),
+            members.iter().map(Member::logs).collect::<String>(),
+            gw.log_text()
+        );
+        let l = leader.unwrap();
+        let old_term = members[l].health()["term"].as_i64().unwrap();
+
+        let killed_at = Instant::now();
+        let mut dead = members[l].node.take().unwrap();
+        dead.kill9();
+        members[l].dead.push(dead);
+        assert!(
+            eventually(Duration::from_secs(15), || successes_since(killed_at) > 0),
+            "round {round}: no write succeeded within 15 s of the kill\n{}\n{}",
+            members.iter().map(Member::logs).collect::<String>(),
+            gw.log_text()
+        );
+        let first_ok = outcomes
+            .lock()
+            .unwrap()
+            .all
+            .iter()
+            .find(|(_, s, at)| *s == 200 && *at > killed_at)
+            .map(|(_, _, at)| *at)
+            .unwrap();
+        let takeover = first_ok - killed_at;
+        eprintln!(
+            "write_ha: round {round}: takeover {:.2} s after kill -9 of the leader (ttl {TTL} s)",
+            takeover.as_secs_f64()
+        );
+        takeovers.push(takeover);
+        assert!(
+            takeover <= Duration::from_secs(TTL + 2),
+            "round {round}: writes came back after {takeover:?} (> ttl + 2 s)"
+        );
+        let new_leader = members.iter().position(Member::leads).expect("a new leader");
+        assert_ne!(new_leader, l);
+        let new_term = members[new_leader].health()["term"].as_i64().unwrap();
+        assert!(new_term > old_term, "term {new_term} after {old_term}");
+
+        // The old leader comes back: it follows and converges.
+        let m = &mut members[l];
+        m.node = Some(Node::start_with_config(
+            &node_bin(),
+            m.dir.clone(),
+            m.config.clone(),
+            m.port,
+        ));
+        let (leader_port, back_port) = (members[new_leader].port, members[l].port);
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                let lead = try_request(leader_port, "GET", "/health", b"", &[]).map(|r| r.json());
+                let back = try_request(back_port, "GET", "/health", b"", &[]).map(|r| r.json());
+                matches!((lead, back), (Ok(a), Ok(b))
+                    if b["term"].is_null() && b["applied_seq"].as_u64() >= a["applied_seq"].as_u64().map(|s| s.saturating_sub(5)))
+            }),
+            "round {round}: the restarted node did not follow: {}",
+            members[l].health()
+        );
+        assert!(!members[l].leads(), "round {round}: two leaders");
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+
+    // Converged: every node at the same version, same rows.
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let seqs: BTreeSet<Option<u64>> = members.iter().map(Member::applied).collect();
+            seqs.len() == 1 && !seqs.contains(&None)
+        }),
+        "nodes did not converge: {:?}",
+        members.iter().map(Member::health).collect::<Vec<_>>()
+    );
+    let prints: Vec<String> = members.iter().map(|m| db_fingerprint(&m.db)).collect();
+    for (m, p) in members.iter().zip(&prints).skip(1) {
+        assert!(
+            p == &prints[0],
+            "node on {} holds other rows than node on {}",
+            m.port,
+            members[0].port
+        );
+    }
+    let held: Vec<BTreeSet<String>> = members
+        .iter()
+        .map(|m| subjects(&m.db).into_iter().collect())
+        .collect();
+    let all = outcomes.lock().unwrap().all.clone();
+    let (mut acked, mut failed, mut failed_present) = (0, 0, 0);
+    for (i, status, _) in &all {
+        let s = row_subject(*i);
+        let on: usize = held.iter().filter(|h| h.contains(&s)).count();
+        if *status == 200 {
+            acked += 1;
+            assert_eq!(
+                on,
+                held.len(),
+                "acknowledged write {i} is on {on} of {} nodes",
+                held.len()
+            );
+        } else {
+            failed += 1;
+            assert!(
+                on == 0 || on == held.len(),
+                "failed write {i} is on {on} of {} nodes",
+                held.len()
+            );
+            failed_present += usize::from(on > 0);
+        }
+    }
+    let secs: Vec<String> = takeovers
+        .iter()
+        .map(|t| format!("{:.2}", t.as_secs_f64()))
+        .collect();
+    eprintln!(
+        "write_ha: {} writes: {acked} acknowledged (all on every node), {failed} failed ({failed_present} applied everywhere, the rest nowhere); takeover times (s): {}",
+        all.len(),
+        secs.join(", ")
+    );
+    assert!(acked > 100, "too few acknowledged writes: {acked}");
+}
