@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use kamaitachi_testkit::{eventually, free_port, temp_dir, Etcd};
+use kamaitachi_testkit::{eventually, temp_dir, Etcd};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -75,17 +75,40 @@ fn make(dir: &Path, env: &[(String, String)], args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// The two `make cluster` tests run one at a time: each builds, then holds
+/// its ports for minutes, and two at once only wait on cargo's lock while
+/// the first one's chosen ports age.
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A free port below the kernel's ephemeral range (32768+), so no outgoing
+/// connection of another test can take it while `make cluster` builds
+/// before it binds (a port from `free_port()` can be reused that way).
+fn stable_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() as u16).wrapping_mul(31) % 6000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < 6000, "no free port in 20000-26000");
+        let p = 20_000 + (start + n) % 6000;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
 #[test]
 fn make_cluster_serves_the_readme_examples_and_make_stop_cleans_up() {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = temp_dir("make-cluster");
     let checkout = dir.join("checkout");
     copy_checkout(&checkout);
     let etcd = Etcd::start(&dir);
     let ports: Vec<(&str, u16)> = vec![
-        ("MASTER_PORT", free_port()),
-        ("SLAVE1_PORT", free_port()),
-        ("SLAVE2_PORT", free_port()),
-        ("GATEWAY_PORT", free_port()),
+        ("MASTER_PORT", stable_port()),
+        ("SLAVE1_PORT", stable_port()),
+        ("SLAVE2_PORT", stable_port()),
+        ("GATEWAY_PORT", stable_port()),
     ];
     let mut env: Vec<(String, String)> = ports
         .iter()
@@ -292,7 +315,7 @@ fn free_etcd_base() -> u16 {
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     let seed = std::process::id() as u16;
     (0..400u16)
-        .map(|i| 20_000 + (seed.wrapping_mul(7).wrapping_add(i * 97)) % 20_000)
+        .map(|i| 26_000 + (seed.wrapping_mul(7).wrapping_add(i * 97)) % 5_500)
         .find(|&p| [0, 1, 100, 101, 200, 201].iter().all(|d| free(p + d)))
         .expect("no free etcd port range")
 }
@@ -322,15 +345,16 @@ fn etcdctl_root(checkout: &Path, endpoints: &str, args: &[&str]) -> (bool, Strin
 
 #[test]
 fn make_cluster_with_three_etcd_members_loses_one_and_no_request_fails() {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = temp_dir("make-cluster-etcd3");
     let checkout = dir.join("checkout");
     copy_checkout(&checkout);
     let base = free_etcd_base();
     let ports: Vec<(&str, u16)> = vec![
-        ("MASTER_PORT", free_port()),
-        ("SLAVE1_PORT", free_port()),
-        ("SLAVE2_PORT", free_port()),
-        ("GATEWAY_PORT", free_port()),
+        ("MASTER_PORT", stable_port()),
+        ("SLAVE1_PORT", stable_port()),
+        ("SLAVE2_PORT", stable_port()),
+        ("GATEWAY_PORT", stable_port()),
     ];
     let mut env: Vec<(String, String)> = ports
         .iter()
