@@ -546,6 +546,29 @@ mod tests {
     }
 
     #[test]
+    fn a_role_change_is_made_in_place_and_must_be_proven_again() {
+        let state = NodeState {
+            addr: "localhost:8081".into(),
+            role: std::sync::atomic::AtomicU8::new(0),
+            term: Default::default(),
+            ejected_until: AtomicU64::new(0),
+            traffic: Traffic::default(),
+            proven: true.into(),
+            warned_at: Mutex::new(None),
+            from_registry: true,
+            identity: Mutex::new("localhost:8081".into()),
+        };
+        state.set_role(Role::Slave);
+        assert!(state.proven.load(Ordering::Relaxed), "same role: still proven");
+        state.set_role(Role::Master);
+        assert_eq!(state.role(), Role::Master);
+        assert!(
+            !state.proven.load(Ordering::Relaxed),
+            "the proof named the old role: prove again"
+        );
+    }
+
+    #[test]
     fn p99_is_the_bucket_of_the_99th_percentile() {
         let t = Traffic::default();
         assert_eq!(t.p99_ms(), None);

@@ -193,6 +193,27 @@ fn the_leader_is_killed_under_load_a_follower_takes_over_and_no_acknowledged_wri
         );
         let l = leader.unwrap();
         let old_term = members[l].health()["term"].as_i64().unwrap();
+        if round == 0 {
+            // A node that does not lead refuses writes, naming the leader.
+            let f = (l + 1) % members.len();
+            let auth = format!("Bearer {TOKEN}");
+            let r = request(
+                members[f].port,
+                "POST",
+                "/kamaitachi/api/data/v1/ingest",
+                br#"{"records":[]}"#,
+                &[("Authorization", &auth)],
+            );
+            assert_eq!(r.status, 503, "{}", r.text());
+            let want = format!("the leader is localhost:{} (term {old_term})", members[l].port);
+            assert!(r.msg().contains(&want), "{}", r.msg());
+            let metrics = request(members[l].port, "GET", "/metrics", b"", &[]).text();
+            assert!(metrics.contains("\nkamaitachi_leader 1\n"), "{metrics}");
+            assert!(
+                metrics.contains(&format!("\nkamaitachi_term {old_term}\n")),
+                "{metrics}"
+            );
+        }
 
         let killed_at = Instant::now();
         let mut dead = members[l].node.take().unwrap();

@@ -6,9 +6,9 @@
 //! | `POST /kamaitachi/api/data/v1/period` | [`QueryEngine::period`] |
 //! | `GET /kamaitachi/api/data/v1/stats` | counts, cache, replication |
 //! | `POST /kamaitachi/api/data/v1/cache/reset` | admin: empty the cache |
-//! | `POST /kamaitachi/api/data/v1/ingest` | admin, master: upsert rows (`engine/write_request.rs`, `storage/writer.rs`) |
-//! | `POST /kamaitachi/api/data/v1/delete` | admin, master: delete rows |
-//! | `GET /kamaitachi/api/data/v1/replication/changes` | cluster MAC: change feed (`replication.rs`) |
+//! | `POST /kamaitachi/api/data/v1/ingest` | admin, the leader only: upsert rows (`engine/write_request.rs`, `storage/writer.rs`), acknowledged per `server/ha.rs` |
+//! | `POST /kamaitachi/api/data/v1/delete` | admin, the leader only: delete rows |
+//! | `GET /kamaitachi/api/data/v1/replication/changes` | cluster MAC, the leader only: change feed (`replication.rs`); records the follower's progress |
 //! | `GET /kamaitachi/api/data/v1/replication/image` | cluster MAC: database image |
 //! | `GET /health` | readiness for the gateway |
 //! | `GET /metrics` | Prometheus text |
