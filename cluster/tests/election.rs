@@ -7,27 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster::election::{AckError, Election, History};
-use cluster::{EtcdConfig, IniFile};
+use cluster::EtcdConfig;
 use kamaitachi_testkit::{eventually, temp_dir, Etcd};
 
 fn config(etcd: &Etcd, ttl: i64) -> EtcdConfig {
-    let ini = IniFile::parse(
-        "test.ini",
-        &format!(
-            "[etcd]\nendpoints = {}\nprefix = /kmt-el\nttl = {ttl}\n",
-            etcd.endpoint()
-        ),
-    )
-    .unwrap();
-    EtcdConfig::from_ini(&ini).unwrap()
+    etcd.client_config("/kmt-el", ttl)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
+    cluster::registry::runtime().expect("tokio runtime")
 }
 
 /// A node's history for the election: a position and one digest per

@@ -7,23 +7,11 @@ use cluster::{Discovery, EtcdConfig, IniFile, Registration, Role, ServiceInfo};
 use kamaitachi_testkit::{eventually, Etcd};
 
 fn config(etcd: &Etcd, ttl: i64) -> EtcdConfig {
-    let ini = IniFile::parse(
-        "test.ini",
-        &format!(
-            "[etcd]\nendpoints = {}\nprefix = /kmt-test\nttl = {ttl}\n",
-            etcd.endpoint()
-        ),
-    )
-    .unwrap();
-    EtcdConfig::from_ini(&ini).unwrap()
+    etcd.client_config("/kmt-test", ttl)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
+    cluster::registry::runtime().expect("tokio runtime")
 }
 
 fn temp(name: &str) -> std::path::PathBuf {

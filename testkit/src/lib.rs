@@ -337,6 +337,19 @@ impl Etcd {
         SocketAddr::new(self.ip, self.client_port).to_string()
     }
 
+    /// The `[etcd]` config a process would read for this etcd, under
+    /// `prefix` with leases of `ttl` seconds (and this etcd's credentials
+    /// when its auth is on).
+    pub fn client_config(&self, prefix: &str, ttl: i64) -> cluster::EtcdConfig {
+        let text = format!(
+            "[etcd]\nendpoints = {}\nprefix = {prefix}\nttl = {ttl}\n{}",
+            self.endpoint(),
+            self.ini_auth()
+        );
+        let ini = cluster::IniFile::parse("test.ini", &text).expect("etcd test config");
+        cluster::EtcdConfig::from_ini(&ini).expect("etcd test config")
+    }
+
     fn launch(&mut self) {
         let client = format!("http://{}", SocketAddr::new(self.ip, self.client_port));
         let peer = format!("http://{}", SocketAddr::new(self.ip, self.peer_port));
