@@ -75,6 +75,16 @@ fn make(dir: &Path, env: &[(String, String)], args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Runs `make stop` in the checkout when dropped, so a test that fails
+/// half-way leaves no process behind.
+struct StopOnDrop<'a>(&'a Path, &'a [(String, String)]);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = make(self.0, self.1, &["stop"]);
+    }
+}
+
 /// The two `make cluster` tests run one at a time: each builds, then holds
 /// its ports for minutes, and two at once only wait on cargo's lock while
 /// the first one's chosen ports age.
@@ -122,6 +132,9 @@ fn make_cluster_serves_the_readme_examples_and_make_stop_cleans_up() {
     env.push(("CARGO_TARGET_DIR".into(), target));
 
     let (ok, out) = make(&checkout, &env, &["cluster"]);
+    // A failed assertion below must not leave the cluster running (the
+    // `make stop` at the end is then not reached).
+    let _stop = StopOnDrop(&checkout, &env);
     assert!(ok, "make cluster failed:\n{out}");
     assert!(
         out.contains("curl -s -X POST http://localhost:"),
@@ -376,13 +389,7 @@ fn make_cluster_with_three_etcd_members_loses_one_and_no_request_fails() {
 
     let (ok, out) = make(&checkout, &env, &["cluster"]);
     // Whatever happens next, stop what make cluster started.
-    struct Stop<'a>(&'a Path, &'a [(String, String)]);
-    impl Drop for Stop<'_> {
-        fn drop(&mut self) {
-            let _ = make(self.0, self.1, &["stop"]);
-        }
-    }
-    let _stop = Stop(&checkout, &env);
+    let _stop = StopOnDrop(&checkout, &env);
     assert!(ok, "make cluster ETCD_MEMBERS=3 failed:\n{out}");
     assert!(out.contains("etcd runs as 3 members"), "{out}");
     // Every process is given all three endpoints.
