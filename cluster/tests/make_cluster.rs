@@ -107,6 +107,30 @@ fn stable_port() -> u16 {
     }
 }
 
+/// `make`'s environment: `(name, value)` pairs.
+type Env = Vec<(String, String)>;
+
+/// The ports (`MASTER_PORT` … `GATEWAY_PORT`, each from [`stable_port`])
+/// and the environment `make` runs with: those ports, `ETCD_PORT`, the
+/// debug build in this workspace's target dir, and `extra`.
+fn cluster_env(etcd_port: u16, extra: &[(&str, &str)]) -> (Vec<(&'static str, u16)>, Env) {
+    let ports: Vec<(&'static str, u16)> = ["MASTER_PORT", "SLAVE1_PORT", "SLAVE2_PORT", "GATEWAY_PORT"]
+        .into_iter()
+        .map(|k| (k, stable_port()))
+        .collect();
+    let mut env: Vec<(String, String)> = ports
+        .iter()
+        .map(|(k, p)| (k.to_string(), p.to_string()))
+        .collect();
+    env.push(("ETCD_PORT".into(), etcd_port.to_string()));
+    env.push(("PROFILE".into(), "debug".into()));
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| workspace().join("target").display().to_string());
+    env.push(("CARGO_TARGET_DIR".into(), target));
+    (ports, env)
+}
+
 #[test]
 fn make_cluster_serves_the_readme_examples_and_make_stop_cleans_up() {
     let _one = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -114,22 +138,7 @@ fn make_cluster_serves_the_readme_examples_and_make_stop_cleans_up() {
     let checkout = dir.join("checkout");
     copy_checkout(&checkout);
     let etcd = Etcd::start(&dir);
-    let ports: Vec<(&str, u16)> = vec![
-        ("MASTER_PORT", stable_port()),
-        ("SLAVE1_PORT", stable_port()),
-        ("SLAVE2_PORT", stable_port()),
-        ("GATEWAY_PORT", stable_port()),
-    ];
-    let mut env: Vec<(String, String)> = ports
-        .iter()
-        .map(|(k, p)| (k.to_string(), p.to_string()))
-        .collect();
-    env.push(("ETCD_PORT".into(), etcd.client_port.to_string()));
-    env.push(("PROFILE".into(), "debug".into()));
-    env.push(("SUBJECTS".into(), "300".into()));
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .unwrap_or_else(|_| workspace().join("target").display().to_string());
-    env.push(("CARGO_TARGET_DIR".into(), target));
+    let (ports, env) = cluster_env(etcd.client_port, &[("SUBJECTS", "300")]);
 
     let (ok, out) = make(&checkout, &env, &["cluster"]);
     // A failed assertion below must not leave the cluster running (the
@@ -363,23 +372,7 @@ fn make_cluster_with_three_etcd_members_loses_one_and_no_request_fails() {
     let checkout = dir.join("checkout");
     copy_checkout(&checkout);
     let base = free_etcd_base();
-    let ports: Vec<(&str, u16)> = vec![
-        ("MASTER_PORT", stable_port()),
-        ("SLAVE1_PORT", stable_port()),
-        ("SLAVE2_PORT", stable_port()),
-        ("GATEWAY_PORT", stable_port()),
-    ];
-    let mut env: Vec<(String, String)> = ports
-        .iter()
-        .map(|(k, p)| (k.to_string(), p.to_string()))
-        .collect();
-    env.push(("ETCD_PORT".into(), base.to_string()));
-    env.push(("ETCD_MEMBERS".into(), "3".into()));
-    env.push(("PROFILE".into(), "debug".into()));
-    env.push(("SUBJECTS".into(), "200".into()));
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .unwrap_or_else(|_| workspace().join("target").display().to_string());
-    env.push(("CARGO_TARGET_DIR".into(), target));
+    let (ports, env) = cluster_env(base, &[("ETCD_MEMBERS", "3"), ("SUBJECTS", "200")]);
     let gw = ports[3].1;
     let endpoints = format!(
         "127.0.0.1:{base},127.0.0.1:{},127.0.0.1:{}",

@@ -154,28 +154,20 @@ pub struct EtcdTestAuth {
 impl Etcd {
     /// Starts etcd in a fresh data dir under `dir` and waits until it answers.
     pub fn start(dir: &std::path::Path) -> Etcd {
-        let mut etcd = Etcd {
-            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            host: None,
-            client_port: free_port(),
-            peer_port: free_port(),
-            data_dir: dir.join("etcd-data"),
-            log: dir.join("etcd.log"),
-            child: None,
-            auth: None,
-            token_ttl: None,
-        };
-        etcd.launch();
-        etcd
+        Self::start_at(dir, IpAddr::V4(Ipv4Addr::LOCALHOST), None)
     }
 
     /// Starts etcd inside `host`'s namespace, listening on its address
     /// (clients and peer), data and log in `dir`; waits until it answers
     /// (etcdctl from the test's namespace, through the test network).
     pub fn start_on(dir: &std::path::Path, host: &NetHost) -> Etcd {
+        Self::start_at(dir, IpAddr::V4(host.ip), Some(host.clone()))
+    }
+
+    fn start_at(dir: &std::path::Path, ip: IpAddr, host: Option<NetHost>) -> Etcd {
         let mut etcd = Etcd {
-            ip: IpAddr::V4(host.ip),
-            host: Some(host.clone()),
+            ip,
+            host,
             client_port: free_port(),
             peer_port: free_port(),
             data_dir: dir.join("etcd-data"),
