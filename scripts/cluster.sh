@@ -161,6 +161,14 @@ wait_health() {
   done
   echo "cluster: $name did not become healthy on :$port; last lines of $LOGS/$name.log:" >&2
   tail -n 20 "$LOGS/$name.log" >&2 || true
+  # A node often waits on another (a slave on the leader): say what each
+  # of the others reports, election and replication included.
+  local entry other oport
+  for entry in $(nodes); do
+    IFS=: read -r other _ oport <<<"$entry"
+    [ "$other" = "$name" ] && continue
+    echo "cluster: $other (:$oport) /health: $(curl -s -m 1 "http://127.0.0.1:$oport/health" 2>&1 || echo 'no answer')" >&2
+  done
   exit 1
 }
 

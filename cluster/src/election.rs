@@ -25,13 +25,19 @@
 //!   candidate with data runs at once and an empty one waits one lease ttl
 //!   first, so the node that holds the data wins the first election.
 //! - A new leader first records its whole history as acknowledged (the
-//!   baseline): from then on no node without that history may lead.
-//! - **Losing the lease**: the leader renews it every ttl/3. If a renewal
-//!   has not succeeded for ttl − [`STEP_DOWN_MARGIN`] since it was sent, or
-//!   etcd says the lease is gone, or the watch shows the key gone or
-//!   someone else's, it steps down (and the acknowledgment fence makes that
-//!   timing a matter of speed, not of safety). A graceful stop deletes the
-//!   key and revokes the lease, so a successor is elected at once.
+//!   baseline): from then on no node without that history may lead. A node
+//!   that cannot name its history (its [`History::digest_at`] is `None` at
+//!   its own position) does not lead: an unnamed baseline would bar every
+//!   node from leading after it.
+//! - **Losing the lease**: the leader renews it every ttl/3, each renewal
+//!   on a keep-alive stream of its own (a stream that fails on one member
+//!   costs a retry through another, not the term). If a renewal has not
+//!   succeeded for ttl − [`STEP_DOWN_MARGIN`] since it was sent, or etcd
+//!   says the lease is gone, or the watch shows the key gone or someone
+//!   else's, it steps down (and the acknowledgment fence makes that timing
+//!   a matter of speed, not of safety), then deletes the key if it is
+//!   still its own and revokes the lease, so a successor need not wait for
+//!   the lease to run out. A graceful stop does the same.
 //!
 //! The election and the watch run as tokio tasks on the registry runtime;
 //! the node learns what changed from [`Election::view`] and
@@ -103,6 +109,10 @@ pub struct ElectionView {
     pub my_term: Option<i64>,
     /// Whether the watch has listed the election keys at least once.
     pub synced: bool,
+    /// The etcd revision the watch has seen up to: what it says of the
+    /// keys is true as of this revision (a leader's own key appears in it
+    /// only once it reaches the leader's term).
+    pub revision: i64,
     /// Why this candidate is not running right now (empty when it is, or
     /// when it is not a candidate).
     pub waiting: String,
@@ -112,8 +122,10 @@ pub struct ElectionView {
 pub trait History: Send + Sync + 'static {
     /// The last change this node has durably applied.
     fn position(&self) -> u64;
-    /// This node's running history digest after change `seq`, if it has
-    /// applied `seq` and still knows the digest (empty string for seq 0).
+    /// This node's history after change `seq` as 64 hex digits, if it has
+    /// applied `seq` and can still name it (empty string for seq 0). At its
+    /// own position a node must always name it (for data with no change
+    /// log the node derives one from the data's identity).
     fn digest_at(&self, seq: u64) -> Option<String>;
 }
 
@@ -127,7 +139,9 @@ pub fn may_lead(acked: Option<&Acked>, position: u64, digest_at_acked: Option<&s
             a.seq, a.term
         ));
     }
-    if a.seq > 0 && digest_at_acked != Some(a.digest.as_str()) {
+    // An empty digest past change 0 names no history (an earlier version
+    // recorded one for data without a change log): only the length counts.
+    if a.seq > 0 && !a.digest.is_empty() && digest_at_acked != Some(a.digest.as_str()) {
         return Err(format!(
             "history differs from the acknowledged one at change {} (term {})",
             a.seq, a.term
@@ -369,6 +383,28 @@ async fn record_acked(
     }
 }
 
+/// Whether `view` shows the leader key of `term` gone or someone else's.
+/// Only a view as new as the term can say so: the watch delivers the key's
+/// creation after the campaign's answer, and a view from before it (a busy
+/// host) once deposed every new leader the moment it took the lead.
+fn key_lost(view: &ElectionView, term: i64) -> bool {
+    view.synced && view.revision >= term && view.leader.as_ref().is_none_or(|l| l.term != term)
+}
+
+/// Renews `lease` once, within `within` (at most [`CALL_TIMEOUT`]):
+/// `Ok(true)` renewed, `Ok(false)` etcd says the lease is gone, `Err` no
+/// answer. Each renewal opens its own keep-alive stream (whose first
+/// answer is the renewal), so a stream broken on one member, or never
+/// opened because a member refused it, costs one retry, not the term.
+async fn renew(client: &mut Client, lease: i64, within: Duration) -> Result<bool, String> {
+    match tokio::time::timeout(CALL_TIMEOUT.min(within), client.lease_keep_alive(lease)).await {
+        Ok(Ok(_)) => Ok(true),
+        Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) if e.contains("lease not found") => Ok(false),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -426,6 +462,7 @@ impl Watcher {
             v.leader = leader.clone();
             v.acked = acked.clone();
             v.synced = true;
+            v.revision = revision;
         });
         *wait = Duration::from_millis(200);
         let mut stream = client
@@ -449,6 +486,9 @@ impl Watcher {
                     EventType::Put => self.apply(kv.key(), Some((kv.value(), kv.create_revision()))),
                     EventType::Delete => self.apply(kv.key(), None),
                 }
+            }
+            if let Some(r) = resp.header().map(|h| h.revision()) {
+                self.publisher.update(|v| v.revision = v.revision.max(r));
             }
         }
         Ok(())
@@ -590,7 +630,13 @@ impl Campaign {
                     );
                     return Ended::Lost;
                 }
-                Err(_) => return Ended::Lost,
+                Err(_) => {
+                    tracing::warn!(
+                        "election: etcd did not grant a lease within {}s; retrying",
+                        CALL_TIMEOUT.as_secs()
+                    );
+                    return Ended::Lost;
+                }
             };
             let granted_at = Instant::now();
             let record = LeaderRecord {
@@ -616,17 +662,27 @@ impl Campaign {
                 Ok(Ok(_)) => None,
                 Ok(Err(e)) => {
                     tracing::warn!("Failed to connect to etcd: {} (election)", self.cfg.describe(&e));
-                    let _ = client.lease_revoke(lease).await;
+                    let _ = tokio::time::timeout(CALL_TIMEOUT, client.lease_revoke(lease)).await;
                     return Ended::Lost;
                 }
                 Err(_) => {
-                    let _ = client.lease_revoke(lease).await;
+                    tracing::warn!(
+                        "election: etcd did not answer the campaign within {}s; retrying",
+                        CALL_TIMEOUT.as_secs()
+                    );
+                    let _ = tokio::time::timeout(CALL_TIMEOUT, client.lease_revoke(lease)).await;
                     return Ended::Lost;
                 }
             };
             let Some(term) = won else {
-                // Someone else was quicker.
-                let _ = client.lease_revoke(lease).await;
+                // Someone else was quicker: wait for the watch to show
+                // it (or half a second) rather than grant lease after lease.
+                let _ = tokio::time::timeout(CALL_TIMEOUT, client.lease_revoke(lease)).await;
+                tokio::select! {
+                    _ = self.changes.changed() => {},
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+                    _ = &mut *stop => return Ended::Stopped,
+                }
                 continue;
             };
             return self.lead(client, lease, term, granted_at, stop).await;
@@ -645,16 +701,29 @@ impl Campaign {
         let ttl = Duration::from_secs(self.cfg.ttl as u64);
         let mut alive_until = granted_at + ttl.saturating_sub(STEP_DOWN_MARGIN);
         // The baseline: everything this node holds counts as acknowledged
-        // from now on, so nobody without it may lead after this node.
+        // from now on, so nobody without it may lead after this node. A
+        // history this node cannot name is no baseline: recorded as empty
+        // it would bar every node, this one included, from leading again.
         let history = self.history.clone();
         let baseline = tokio::task::spawn_blocking(move || {
             let p = history.position();
-            (p, history.digest_at(p).unwrap_or_default())
+            (p, history.digest_at(p))
         })
         .await;
-        let Ok((seq, digest)) = baseline else {
-            self.resign(&mut client, lease, term).await;
-            return Ended::Lost;
+        let (seq, digest) = match baseline {
+            Ok((seq, Some(digest))) => (seq, digest),
+            Ok((seq, None)) => {
+                tracing::warn!(
+                    "election: won term {term} but cannot name its history at change {seq}; resigning"
+                );
+                self.resign(&mut client, lease, term).await;
+                return Ended::Lost;
+            }
+            Err(e) => {
+                tracing::warn!("election: won term {term} but could not read its history ({e}); resigning");
+                self.resign(&mut client, lease, term).await;
+                return Ended::Lost;
+            }
         };
         if let Err(e) = record_acked(&self.client, &self.keys, term, seq, &digest, ttl / 2).await {
             tracing::warn!("election: won term {term} but could not record the baseline ({e}); resigning");
@@ -674,18 +743,10 @@ impl Campaign {
         // 333 ms may take up to ~660 ms.
         let every =
             Duration::from_millis((ttl.saturating_sub(STEP_DOWN_MARGIN).as_millis() as u64 / 3).max(200));
-        let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::warn!("election: keep-alive for term {term} failed to start: {e}; stepping down");
-                self.step_down(term);
-                return Ended::Lost;
-            }
-        };
         // The next renewal is a deadline, not a sleep started afresh on each
         // turn: the view changes with every acknowledged write (the acked
         // key), and a sleep restarted on each change would never renew.
-        let mut renew_at = Instant::now() + every;
+        let mut renew_at = Instant::now();
         loop {
             let wake = renew_at.min(alive_until);
             tokio::select! {
@@ -695,10 +756,10 @@ impl Campaign {
                     return Ended::Stopped;
                 }
                 _ = self.changes.changed() => {
-                    let view = self.publisher.view.load_full();
-                    if view.synced && view.leader.as_ref().is_none_or(|l| l.term != term) {
+                    if key_lost(&self.publisher.view.load_full(), term) {
                         tracing::warn!("election: the leader key of term {term} is gone or replaced; stepping down");
                         self.step_down(term);
+                        self.resign(&mut client, lease, term).await;
                         return Ended::Lost;
                     }
                     continue;
@@ -710,34 +771,28 @@ impl Campaign {
                     "election: lease of term {term} not renewed in time (etcd unreachable?); stepping down"
                 );
                 self.step_down(term);
+                self.resign(&mut client, lease, term).await;
                 return Ended::Lost;
             }
             let sent = Instant::now();
             renew_at = sent + every;
-            let renewed = tokio::time::timeout(CALL_TIMEOUT.min(alive_until - sent), async {
-                keeper.keep_alive().await?;
-                responses.message().await
-            })
-            .await;
-            match renewed {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                    alive_until = sent + ttl.saturating_sub(STEP_DOWN_MARGIN);
-                }
-                Ok(Ok(Some(_))) => {
+            match renew(&mut client, lease, alive_until - sent).await {
+                Ok(true) => alive_until = sent + ttl.saturating_sub(STEP_DOWN_MARGIN),
+                Ok(false) => {
                     tracing::warn!("election: lease of term {term} expired in etcd; stepping down");
                     self.step_down(term);
+                    self.resign(&mut client, lease, term).await;
                     return Ended::Lost;
                 }
-                _ => {
+                Err(e) => {
+                    tracing::debug!("election: renewing the lease of term {term} failed: {e}; retrying");
                     renew_at = Instant::now() + RENEW_RETRY;
-                    // This member or the stream failed: renew the same lease
-                    // through a fresh connection (another member answers).
+                    // This member or the connection failed: renew the same
+                    // lease through a fresh connection (another member
+                    // answers).
                     if let Ok(Ok(c)) = tokio::time::timeout(CALL_TIMEOUT, self.cfg.connect_any()).await {
                         client = c;
                         self.client.store(Some(Arc::new(client.clone())));
-                        if let Ok(k) = client.lease_keep_alive(lease).await {
-                            (keeper, responses) = k;
-                        }
                     }
                 }
             }
@@ -804,6 +859,40 @@ mod tests {
         assert!(may_lead(Some(&acked(10, &d)), 11, None).is_err());
         // Nothing acknowledged yet beyond an empty history.
         assert!(may_lead(Some(&acked(0, "")), 0, None).is_ok());
+    }
+
+    #[test]
+    fn an_acknowledgment_naming_no_history_checks_the_length_only() {
+        // As an earlier version recorded for data without a change log: a
+        // node holding that much may lead (else nobody ever could again).
+        assert!(may_lead(Some(&acked(3, "")), 3, None).is_ok());
+        assert!(may_lead(Some(&acked(3, "")), 4, Some(&"c".repeat(64))).is_ok());
+        assert!(may_lead(Some(&acked(3, "")), 2, None).is_err());
+    }
+
+    #[test]
+    fn a_leader_steps_down_only_on_a_view_that_has_seen_its_term() {
+        let leader = |term| Leader {
+            addr: "10.0.0.1:8080".into(),
+            term,
+            since: 1,
+        };
+        let view = |revision, l: Option<Leader>| ElectionView {
+            synced: true,
+            revision,
+            leader: l,
+            ..ElectionView::default()
+        };
+        // Just elected at revision 9; the watch has not delivered it yet.
+        assert!(!key_lost(&view(8, None), 9));
+        assert!(!key_lost(&view(8, Some(leader(4))), 9));
+        assert!(!key_lost(&ElectionView::default(), 9));
+        // Seen, and still its own.
+        assert!(!key_lost(&view(9, Some(leader(9))), 9));
+        assert!(!key_lost(&view(15, Some(leader(9))), 9));
+        // Gone, or replaced, after the term began.
+        assert!(key_lost(&view(12, None), 9));
+        assert!(key_lost(&view(14, Some(leader(14))), 9));
     }
 
     #[test]

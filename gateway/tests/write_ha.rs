@@ -328,3 +328,71 @@ fn the_leader_is_killed_under_load_a_follower_takes_over_and_no_acknowledged_wri
     );
     assert!(acked > 100, "too few acknowledged writes: {acked}");
 }
+
+/// A leader of data that has no change log yet (generated, imported, a
+/// KamaitachiGo database) loses its first term before any write: some
+/// candidate must lead again, and after a kill -9 of that one, the other.
+/// (The baseline of such a term was once recorded with an empty digest,
+/// which no node could match afterwards: the cluster stayed leaderless for
+/// good, as `make cluster ETCD_MEMBERS=3` once did in CI.)
+#[test]
+fn a_term_lost_before_any_write_is_followed_by_another_leader() {
+    let dir = temp_dir("write-ha-first-term");
+    let etcd = Etcd::start(&dir);
+    let mut members = [
+        Member::start(&etcd, &dir, "a", "master", "", true),
+        Member::start(&etcd, &dir, "b", "slave", "candidate = true\n", false),
+    ];
+    let leader_term = |members: &[Member]| -> Option<(usize, i64)> {
+        members
+            .iter()
+            .enumerate()
+            .find_map(|(i, m)| m.node.as_ref().and(m.health()["term"].as_i64()).map(|t| (i, t)))
+    };
+    let report = |members: &[Member]| {
+        format!(
+            "{:?}\n{}",
+            members.iter().map(Member::health).collect::<Vec<_>>(),
+            members.iter().map(Member::logs).collect::<String>()
+        )
+    };
+    let mut first = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            first = leader_term(&members);
+            first.is_some_and(|(i, _)| i == 0)
+                && members[1].applied().is_some()
+                && members[1].applied() == members[0].applied()
+        }),
+        "the master with the data did not lead, or the candidate did not copy its image: {}",
+        report(&members)
+    );
+    let (_, first_term) = first.unwrap();
+
+    // The term ends in etcd (as when its lease runs out): a new one begins.
+    let (ok, out) = etcd.etcdctl(&["del", "/kmt-ha/election/leader"]);
+    assert!(ok, "etcdctl del: {out}");
+    let mut second = None;
+    assert!(
+        eventually(Duration::from_secs(TTL + 3), || {
+            second = leader_term(&members).filter(|(_, t)| *t > first_term);
+            second.is_some()
+        }),
+        "no node led again after term {first_term} ended: {}",
+        report(&members)
+    );
+    let (l, second_term) = second.unwrap();
+
+    // That leader dies: the other candidate takes over.
+    let mut gone = members[l].node.take().unwrap();
+    gone.kill9();
+    members[l].dead.push(gone);
+    let other = 1 - l;
+    assert!(
+        eventually(Duration::from_secs(TTL + 3), || {
+            leader_term(&members).is_some_and(|(i, t)| i == other && t > second_term)
+        }),
+        "the other candidate did not take over after term {second_term}'s leader died: {}",
+        report(&members)
+    );
+}

@@ -602,7 +602,7 @@ impl cluster::election::History for NodeHistory {
         if seq == 0 {
             return Some(String::new());
         }
-        self.writer.digest_at(seq).ok().flatten()
+        self.writer.history_digest_at(seq).ok().flatten()
     }
 }
 

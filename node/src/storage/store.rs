@@ -493,6 +493,26 @@ impl Store {
         Ok(None)
     }
 
+    /// This node's history at `seq` as the election compares it (issue 14):
+    /// the running digest when known ([`Store::digest_at`]); for data with
+    /// no change log at its version (generated, imported, a KamaitachiGo
+    /// database, or followed from a master that sends no digests) one
+    /// derived from the dataset id and the sequence, which every copy of
+    /// that image shares and no other dataset does. Without it a leader of
+    /// such data recorded an empty digest as its baseline, and after losing
+    /// that first term no node (itself included) could ever lead again.
+    pub fn history_digest_at(&self, seq: u64) -> Result<Option<String>, StoreError> {
+        if let Some(d) = self.digest_at(seq)? {
+            return Ok(Some(d));
+        }
+        let version = self.data_version()?;
+        if version.version != seq {
+            return Ok(None);
+        }
+        let base = format!("kamaitachi base dataset {}", version.dataset_id);
+        Ok(Some(cluster::auth::chain_digest("", seq, base.as_bytes())))
+    }
+
     /// Changes after `from` with the digest after each (when known) and
     /// the term of the leader that made it.
     pub fn changes_with_digests(&self, from: u64, limit: usize) -> Result<Vec<LoggedChange>, StoreError> {
@@ -852,4 +872,57 @@ where
     F: FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
 {
     pool.call(f)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::batch::{Batch, NewIndicator};
+
+    fn temp_db(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("kmt-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("t.db")
+    }
+
+    fn is_hex64(d: &str) -> bool {
+        d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+
+    #[test]
+    fn data_without_a_change_log_still_names_its_history() {
+        let path = temp_db("named");
+        let mut store = Store::open_rw(&path).unwrap();
+        assert!(store.init_dataset(&[("net_profit", "net profit")]).unwrap());
+        // No change log: no running digest, but a name for the election.
+        assert_eq!(store.digest_at(0).unwrap(), None);
+        let base = store.history_digest_at(0).unwrap().expect("named at its version");
+        assert!(is_hex64(&base), "{base}");
+        assert_eq!(
+            store.history_digest_at(1).unwrap(),
+            None,
+            "a version it does not hold"
+        );
+
+        // A copy of the image names it alike; another dataset does not.
+        let copy = temp_db("named-copy");
+        store.image_to(&copy).unwrap();
+        let copied = Store::open_rw(&copy).unwrap();
+        assert_eq!(copied.history_digest_at(0).unwrap(), Some(base.clone()));
+        let mut other = Store::open_rw(&temp_db("named-other")).unwrap();
+        other.init_dataset(&[("net_profit", "net profit")]).unwrap();
+        assert_ne!(other.history_digest_at(0).unwrap(), Some(base.clone()));
+
+        // Once a change is logged, the running digest is the name.
+        let mut batch = Batch::default();
+        batch.indicators.push(NewIndicator {
+            id: 0,
+            code: "operating_income".into(),
+            name: "operating income".into(),
+        });
+        let (_, seq, digest) = store.write_batch(&mut batch, 100, 1).unwrap();
+        assert_eq!(store.history_digest_at(seq).unwrap(), Some(digest.clone()));
+        assert_eq!(store.digest_at(seq).unwrap(), Some(digest));
+    }
 }

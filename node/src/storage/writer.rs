@@ -95,10 +95,10 @@ impl Writer {
         self.pool.call(move |store| store.term())?
     }
 
-    /// The running digest after change `seq`, on the writer's connection
-    /// (the election's history check).
-    pub fn digest_at(&self, seq: u64) -> Result<Option<String>, StoreError> {
-        self.pool.call(move |store| store.digest_at(seq))?
+    /// This node's history at `seq` as the election compares it
+    /// ([`Store::history_digest_at`]), on the writer's connection.
+    pub fn history_digest_at(&self, seq: u64) -> Result<Option<String>, StoreError> {
+        self.pool.call(move |store| store.history_digest_at(seq))?
     }
 
     /// Slave: replaces the database with the image at `path` and publishes
