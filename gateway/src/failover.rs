@@ -52,14 +52,32 @@ pub enum Target<'k> {
 }
 
 /// The nodes one request has been sent to, in order; the last is the one
-/// it is at now. A connection reuses one for all its requests (`clear`
-/// keeps the allocation).
+/// it is at now, and how often it was sent to the same node again because
+/// a pooled connection had gone stale. A connection reuses one for all
+/// its requests (`clear` keeps the allocation).
 #[derive(Debug, Default)]
-pub struct Tries(Vec<SocketAddr>);
+pub struct Tries(Vec<SocketAddr>, u8);
+
+/// How often one request may be sent to the same node again after a
+/// pooled connection to it failed (pingora may hand out another pooled
+/// one, stale too, before a fresh one): more says the node is in trouble.
+pub const MAX_STALE_RETRIES: u8 = 2;
 
 impl Tries {
     pub fn clear(&mut self) {
         self.0.clear();
+        self.1 = 0;
+    }
+
+    /// Whether the request may still go to the same node again.
+    fn stale_retry_left(&self) -> bool {
+        self.1 < MAX_STALE_RETRIES
+    }
+
+    /// The node tried last may be picked again (counted).
+    fn again(&mut self) {
+        self.0.pop();
+        self.1 += 1;
     }
 
     /// How many nodes were tried.
@@ -83,12 +101,14 @@ pub enum Failure {
     Node,
     /// Pingora's proxy failed mid-request.
     MidProxy {
-        /// On a pooled connection, which may just have gone stale: not
-        /// the node's fault for sure, so it is not ejected.
+        /// On a pooled connection, which may just have gone stale (closed
+        /// by the node as it was reused): not the node's fault for sure,
+        /// so it is not ejected, and a request that may be sent again goes
+        /// to the same node on another connection.
         reused: bool,
-        /// The request is a read that can be sent again whole (no body,
-        /// or a body held whole in the retry buffer) and nothing of its
-        /// answer went downstream.
+        /// The request can be sent again whole (no body, or a body held
+        /// whole in the retry buffer) and nothing of its answer went
+        /// downstream.
         replayable: bool,
         /// The request is a read.
         read: bool,
@@ -99,8 +119,9 @@ pub enum Failure {
 
 impl Failure {
     /// The policy's decision, as `(eject the node, retry)`, given whether
-    /// the request may go to one more node (`max_tries`).
-    pub fn decide(self, tries_left: bool) -> (bool, Retry) {
+    /// the request may go to one more node (`max_tries`) and to the same
+    /// node once more ([`MAX_STALE_RETRIES`]).
+    pub fn decide(self, tries_left: bool, stale_retry_left: bool) -> (bool, Retry) {
         match self {
             Failure::Node => (true, if tries_left { Retry::NextNode } else { Retry::No }),
             Failure::MidProxy {
@@ -109,13 +130,16 @@ impl Failure {
                 read,
                 idempotent,
             } => {
-                if replayable && tries_left {
-                    // A fresh connection failed: the node is in trouble.
+                // A read or an idempotent request that can be sent again
+                // whole (pingora's own rule for a stale pooled connection).
+                if reused && replayable && (read || idempotent) && stale_retry_left {
+                    (false, Retry::SameNode)
+                } else if read && replayable && tries_left {
+                    // A fresh connection failed (or stale ones kept
+                    // failing): the node is in trouble.
                     (!reused, Retry::NextNode)
-                } else if read || !idempotent {
-                    (false, Retry::No)
                 } else {
-                    (false, Retry::IfReused)
+                    (false, Retry::No)
                 }
             }
         }
@@ -129,10 +153,10 @@ pub enum Retry {
     NextNode,
     /// Not at all: the failure is answered.
     No,
-    /// Only if the failed connection was a pooled one (pingora's
-    /// `RetryType::decide_reuse`): an idempotent non-read, which pingora may
-    /// send once more on a fresh connection.
-    IfReused,
+    /// To the same node, on another connection: the pooled one it was
+    /// sent on had gone stale, which says nothing about the node. (With
+    /// one node, or the last one, sending it elsewhere was a 503.)
+    SameNode,
 }
 
 /// Why a request got no answer from any node: how it is answered.
@@ -235,8 +259,11 @@ impl Failover<'_> {
     /// The attempt at `addr` failed as `failure`: ejects the node when
     /// [`Failure::decide`] says so, and says whether the request is sent
     /// again.
-    pub fn failed(&self, addr: &SocketAddr, failure: Failure, tries: &Tries) -> Retry {
-        let (eject, retry) = failure.decide(self.tries_left(tries));
+    pub fn failed(&self, addr: &SocketAddr, failure: Failure, tries: &mut Tries) -> Retry {
+        let (eject, retry) = failure.decide(self.tries_left(tries), tries.stale_retry_left());
+        if retry == Retry::SameNode {
+            tries.again();
+        }
         if eject {
             self.upstreams.eject(addr);
         }
@@ -285,25 +312,61 @@ mod tests {
         use Retry::*;
         // Nothing sent, or known to be the node: eject, next node while
         // tries are left (on the read path, even on the last try).
-        assert_eq!(Failure::Node.decide(true), (true, NextNode));
-        assert_eq!(Failure::Node.decide(false), (true, No));
+        assert_eq!(Failure::Node.decide(true, true), (true, NextNode));
+        assert_eq!(Failure::Node.decide(false, true), (true, No));
         let mid = |reused, replayable, read, idempotent| Failure::MidProxy {
             reused,
             replayable,
             read,
             idempotent,
         };
-        // A replayable read: the next node; ejected unless the connection
-        // was a pooled one.
-        assert_eq!(mid(false, true, true, true).decide(true), (true, NextNode));
-        assert_eq!(mid(true, true, true, true).decide(true), (false, NextNode));
+        // A replayable read on a fresh connection: the next node, ejected.
+        assert_eq!(mid(false, true, true, true).decide(true, true), (true, NextNode));
+        // On a pooled connection: the same node again, even on the last
+        // try, not ejected; once stale retries are used up, the next node.
+        assert_eq!(mid(true, true, true, true).decide(true, true), (false, SameNode));
+        assert_eq!(mid(true, true, true, true).decide(false, true), (false, SameNode));
+        assert_eq!(mid(true, true, true, true).decide(true, false), (false, NextNode));
         // Out of tries, or not replayable: no retry, no ejection.
-        assert_eq!(mid(false, true, true, true).decide(false), (false, No));
-        assert_eq!(mid(false, false, true, true).decide(true), (false, No));
+        assert_eq!(mid(false, true, true, true).decide(false, true), (false, No));
+        assert_eq!(mid(false, false, true, true).decide(true, true), (false, No));
+        assert_eq!(mid(true, false, true, true).decide(true, true), (false, No));
         // A write is never sent again; an idempotent non-read only when
-        // pingora finds its pooled connection was stale.
-        assert_eq!(mid(true, false, false, false).decide(true), (false, No));
-        assert_eq!(mid(true, false, false, true).decide(true), (false, IfReused));
+        // its pooled connection was stale, to the same node, and only if
+        // its body can be sent again.
+        assert_eq!(mid(true, true, false, false).decide(true, true), (false, No));
+        assert_eq!(mid(true, true, false, true).decide(true, true), (false, SameNode));
+        assert_eq!(mid(true, false, false, true).decide(true, true), (false, No));
+        assert_eq!(mid(false, true, false, true).decide(true, true), (false, No));
+    }
+
+    #[test]
+    fn a_stale_pooled_connection_sends_the_request_to_the_same_node_a_bounded_number_of_times() {
+        let lb = pingora::lb::LoadBalancer::try_from_iter(["127.0.0.1:1"]).expect("a node set");
+        let upstreams = Upstreams::new(std::sync::Arc::new(lb), std::time::Duration::from_secs(1));
+        let metrics = Metrics::new().expect("metrics");
+        let failover = Failover {
+            upstreams: &upstreams,
+            metrics: &metrics,
+            max_tries: 3,
+        };
+        let node = SocketAddr::Inet("127.0.0.1:1".parse().expect("an address"));
+        let stale = Failure::MidProxy {
+            reused: true,
+            replayable: true,
+            read: true,
+            idempotent: true,
+        };
+        let mut tries = Tries::default();
+        for _ in 0..MAX_STALE_RETRIES {
+            tries.0.push(node.clone());
+            assert_eq!(failover.failed(&node, stale, &mut tries), Retry::SameNode);
+            // The node may be picked again.
+            assert_eq!(tries.count(), 0);
+        }
+        tries.0.push(node.clone());
+        assert_eq!(failover.failed(&node, stale, &mut tries), Retry::NextNode);
+        assert_eq!(tries.count(), 1);
     }
 
     struct Timeout;

@@ -10,9 +10,11 @@
 //!    (writes and admin), skipping nodes already tried for this request.
 //! 3. `upstream_request_filter`: strip `/data`, keep the query string.
 //! 4. Failures: a connect failure ejects the node and retries elsewhere; an
-//!    error mid-proxy retries a read on the next node unless a response has
-//!    started downstream or its body was streamed (not replayable); a 5xx
-//!    answer ejects the node. At most `max_tries`.
+//!    error mid-proxy on a pooled connection (gone stale) sends a read or
+//!    an idempotent request to the same node again on another connection;
+//!    any other error mid-proxy retries a read on the next node; neither
+//!    when a response has started downstream or the body was streamed (not
+//!    replayable). A 5xx answer ejects the node. At most `max_tries` nodes.
 //! 5. `fail_to_proxy`: a JSON error (502/503/504) when no node could answer.
 //!
 //! Steps 2, 4 and 5 only supply pingora with the failover policy, which is
@@ -371,7 +373,9 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing was sent: safe to try the next node, for reads and writes.
-        let retry = self.failover().failed(&peer._address, Failure::Node, &ctx.tried);
+        let retry = self
+            .failover()
+            .failed(&peer._address, Failure::Node, &mut ctx.tried);
         e.set_retry(retry == Retry::NextNode);
         e
     }
@@ -388,17 +392,13 @@ impl ProxyHttp for Gateway {
         let read = matches!(ctx.route, Route::Read(_));
         let failure = Failure::MidProxy {
             reused: client_reused,
-            replayable: read
-                && ctx.replayable
-                && !ctx.response_started
-                && !session.as_ref().retry_buffer_truncated(),
+            replayable: ctx.replayable && !ctx.response_started && !session.as_ref().retry_buffer_truncated(),
             read,
             idempotent: session.req_header().method.is_idempotent(),
         };
-        match self.failover().failed(&peer._address, failure, &ctx.tried) {
-            Retry::NextNode => e.set_retry(true),
+        match self.failover().failed(&peer._address, failure, &mut ctx.tried) {
+            Retry::NextNode | Retry::SameNode => e.set_retry(true),
             Retry::No => e.set_retry(false),
-            Retry::IfReused => e.retry.decide_reuse(client_reused),
         }
         e
     }

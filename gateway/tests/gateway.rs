@@ -174,6 +174,35 @@ fn reads_and_other_requests_share_a_connection() {
     assert_eq!(count("period"), 30.0, "{metrics}");
 }
 
+/// A node that closes a pooled keep-alive connection just as the gateway
+/// reuses it costs the client nothing, on pingora's path and on the read
+/// path, even when it is the only node: the request goes to it again on
+/// another connection (once it went to "the next node", and with none left
+/// the client got a 503).
+#[test]
+fn a_pooled_connection_closed_under_a_request_costs_the_client_nothing() {
+    let rec = Recorder::dropping_reused();
+    let gw = static_gateway(&rec, "");
+    for i in 0..4 {
+        let r = request(gw.port, "GET", &format!("/data/anything/else?i={i}"), b"", &[]);
+        assert_eq!(r.status, 200, "pingora's path, request {i}: {}", r.text());
+    }
+    // The node did drop requests sent on reused connections.
+    let sent = rec.data_requests.load(Ordering::SeqCst);
+    assert!(sent > 4, "no pooled connection was reused ({sent} sent)");
+    for i in 0..4 {
+        let subject = format!("1:{i}");
+        let r = gw.post("/data/kamaitachi/api/data/v1/snapshot", &snapshot_body(&subject));
+        assert_eq!(r.status, 200, "read path, read {i}: {}", r.text());
+    }
+    assert_eq!(
+        gw.health()["healthy_nodes"],
+        1,
+        "the node was ejected: {}",
+        gw.health()
+    );
+}
+
 /// A node that accepts a read and never answers: after `read_timeout_ms`
 /// the read moves on to the next node of the ring, and the silent node is
 /// ejected. No client sees an error, none waits much past the timeout. On

@@ -358,7 +358,7 @@ fn a_term_lost_before_any_write_is_followed_by_another_leader() {
     };
     let mut first = None;
     assert!(
-        eventually(Duration::from_secs(10), || {
+        eventually(Duration::from_secs(30), || {
             first = leader_term(&members);
             first.is_some_and(|(i, _)| i == 0)
                 && members[1].applied().is_some()

@@ -244,7 +244,7 @@ impl ReadPath {
                 Err(e) => {
                     // A stale pooled connection was already retried on a
                     // fresh one (`exchange`): this failure is the node's.
-                    let retry = failover.failed(&backend.addr, Failure::Node, &bufs.tries);
+                    let retry = failover.failed(&backend.addr, Failure::Node, &mut bufs.tries);
                     last_error = Some(e);
                     if retry == Retry::No {
                         break;

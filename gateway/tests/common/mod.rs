@@ -131,24 +131,38 @@ impl Recorder {
     /// (no `Connection: close`): a keep-alive connection the gateway holds
     /// for reuse goes stale under it.
     pub fn closing_after(per_conn: usize) -> Recorder {
-        Recorder::spawn(per_conn, false, 0, "master")
+        Recorder::spawn(per_conn, false, 0, "master", false)
+    }
+
+    /// Answers the first request of each connection; a data request that
+    /// comes later on the same connection is read (and recorded) and the
+    /// connection closed unanswered: the race of a node closing a
+    /// keep-alive connection just as the gateway reuses it, every time.
+    pub fn dropping_reused() -> Recorder {
+        Recorder::spawn(10_000, false, 0, "master", true)
     }
 
     /// Answers its health checks but never a data request (it keeps the
     /// connection open, silent): a node that hangs.
     pub fn hanging() -> Recorder {
-        Recorder::spawn(10_000, true, 0, "slave")
+        Recorder::spawn(10_000, true, 0, "slave", false)
     }
 
     /// Answers each data request with a body of `len` bytes (the answer
     /// to request n is `answer_of(n, len)`).
     pub fn answering(len: usize) -> Recorder {
-        Recorder::spawn(10_000, false, len, "master")
+        Recorder::spawn(10_000, false, len, "master", false)
     }
 
     /// It holds the cluster secret: it answers health challenges with the
     /// proof for `127.0.0.1:{port}` as `role` (a fake *node*, not a rogue).
-    fn spawn(per_conn: usize, hang: bool, answer_len: usize, role: &'static str) -> Recorder {
+    fn spawn(
+        per_conn: usize,
+        hang: bool,
+        answer_len: usize,
+        role: &'static str,
+        drop_reused: bool,
+    ) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen: Seen = Arc::new(Mutex::new(Vec::new()));
@@ -167,7 +181,7 @@ impl Recorder {
                     conn.set_read_timeout(Some(Duration::from_secs(30))).ok();
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 8192];
-                    for _ in 0..per_conn {
+                    for nth in 0..per_conn {
                         // one request: head, then Content-Length bytes
                         let head_end = loop {
                             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -201,6 +215,9 @@ impl Recorder {
                             s.lock().unwrap().push((head.clone(), body));
                             if hang {
                                 std::thread::sleep(Duration::from_secs(10));
+                                return;
+                            }
+                            if drop_reused && nth > 0 {
                                 return;
                             }
                         }
