@@ -121,8 +121,10 @@ fn row_subject(i: usize) -> String {
 
 #[derive(Default)]
 struct Outcomes {
-    /// (write, status, when it was answered)
-    all: Vec<(usize, u16, Instant)>,
+    /// (write, status, when it was sent, when it was answered): a write
+    /// answered just after a kill may have been sent (and answered by the
+    /// killed leader) just before it.
+    all: Vec<(usize, u16, Instant, Instant)>,
 }
 
 #[test]
@@ -157,8 +159,13 @@ fn the_leader_is_killed_under_load_a_follower_takes_over_and_no_acknowledged_wri
                 if stop.load(Ordering::Relaxed) || started.elapsed() > MAX_LOAD_TIME {
                     break;
                 }
+                let sent = Instant::now();
                 let status = write(port, i);
-                outcomes.lock().unwrap().all.push((i, status, Instant::now()));
+                outcomes
+                    .lock()
+                    .unwrap()
+                    .all
+                    .push((i, status, sent, Instant::now()));
                 std::thread::sleep(Duration::from_millis(10));
             }
         })
@@ -169,7 +176,7 @@ fn the_leader_is_killed_under_load_a_follower_takes_over_and_no_acknowledged_wri
             .unwrap()
             .all
             .iter()
-            .filter(|(_, s, at)| *s == 200 && *at > t)
+            .filter(|(_, s, sent, _)| *s == 200 && *sent > t)
             .count()
     };
 
@@ -230,8 +237,8 @@ fn the_leader_is_killed_under_load_a_follower_takes_over_and_no_acknowledged_wri
             .unwrap()
             .all
             .iter()
-            .find(|(_, s, at)| *s == 200 && *at > killed_at)
-            .map(|(_, _, at)| *at)
+            .find(|(_, s, sent, _)| *s == 200 && *sent > killed_at)
+            .map(|(_, _, _, answered)| *answered)
             .unwrap();
         let takeover = first_ok - killed_at;
         eprintln!(
@@ -243,7 +250,16 @@ fn the_leader_is_killed_under_load_a_follower_takes_over_and_no_acknowledged_wri
             takeover <= Duration::from_secs(TTL + 2),
             "round {round}: writes came back after {takeover:?} (> ttl + 2 s)"
         );
-        let new_leader = members.iter().position(Member::leads).expect("a new leader");
+        let mut new_leader = None;
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                new_leader = members.iter().position(Member::leads);
+                new_leader.is_some()
+            }),
+            "round {round}: writes succeed but no node says it leads: {:?}",
+            members.iter().map(Member::health).collect::<Vec<_>>()
+        );
+        let new_leader = new_leader.unwrap();
         assert_ne!(new_leader, l);
         let new_term = members[new_leader].health()["term"].as_i64().unwrap();
         assert!(new_term > old_term, "term {new_term} after {old_term}");
@@ -296,7 +312,7 @@ fn the_leader_is_killed_under_load_a_follower_takes_over_and_no_acknowledged_wri
         .collect();
     let all = outcomes.lock().unwrap().all.clone();
     let (mut acked, mut failed, mut failed_present) = (0, 0, 0);
-    for (i, status, _) in &all {
+    for (i, status, _, _) in &all {
         let s = row_subject(*i);
         let on: usize = held.iter().filter(|h| h.contains(&s)).count();
         if *status == 200 {
