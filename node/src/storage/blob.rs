@@ -302,6 +302,19 @@ pub fn decode(blob: &[u8], width: usize, interner: &mut Interner) -> Result<Seri
     })
 }
 
+/// A report from columns 0–4 (report_date, end_date, year, period,
+/// declare_date), with every value null until set.
+pub(crate) fn report_from_row(r: &rusqlite::Row<'_>, width: usize) -> rusqlite::Result<Report> {
+    Ok(Report {
+        report_date: r.get(0)?,
+        end_date: r.get::<_, String>(1)?.into(),
+        year: r.get::<_, String>(2)?.into(),
+        period: r.get::<_, String>(3)?.into(),
+        declare_date: r.get::<_, String>(4)?.into(),
+        values: vec![f64::NAN; width].into_boxed_slice(),
+    })
+}
+
 /// The whole series of `subject` from the normalized rows, every indicator
 /// id kept (the width is the largest id in the table, plus one).
 fn normalized(conn: &Connection, subject: &str) -> rusqlite::Result<Series> {
@@ -312,17 +325,9 @@ fn normalized(conn: &Connection, subject: &str) -> rusqlite::Result<Series> {
         "SELECT report_date, end_date, year, period, declare_date FROM reports
          WHERE subject = ?1 ORDER BY report_date",
     )?;
+    let width = width.max(0) as usize;
     let mut reports: Vec<Report> = stmt
-        .query_map([subject], |r| {
-            Ok(Report {
-                report_date: r.get(0)?,
-                end_date: r.get::<_, String>(1)?.into(),
-                year: r.get::<_, String>(2)?.into(),
-                period: r.get::<_, String>(3)?.into(),
-                declare_date: r.get::<_, String>(4)?.into(),
-                values: vec![f64::NAN; width.max(0) as usize].into_boxed_slice(),
-            })
-        })?
+        .query_map([subject], |r| report_from_row(r, width))?
         .collect::<Result<_, _>>()?;
     let mut stmt = conn.prepare_cached(
         "SELECT report_date, indicator, value FROM report_values

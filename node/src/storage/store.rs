@@ -317,7 +317,7 @@ impl Store {
         while let Some(r) = rows.next()? {
             let report = match &mut report {
                 Some(rep) => rep,
-                None => report.insert(report_from_row(r, width)?),
+                None => report.insert(blob::report_from_row(r, width)?),
             };
             if let Some(id) = r.get::<_, Option<i64>>(5)? {
                 if let Some(slot) = report.values.get_mut(id as usize) {
@@ -340,7 +340,7 @@ impl Store {
         let mut reports = Vec::new();
         let mut rows = stmt.query(params![subject, from, to])?;
         while let Some(r) = rows.next()? {
-            reports.push(report_from_row(r, width)?);
+            reports.push(blob::report_from_row(r, width)?);
         }
         if reports.is_empty() {
             return Ok(Series::default());
@@ -368,19 +368,6 @@ impl Store {
             reports: reports.into_boxed_slice(),
         })
     }
-}
-
-/// A report from columns 0–4 (report_date, end_date, year, period,
-/// declare_date), with every value null until set.
-fn report_from_row(r: &rusqlite::Row<'_>, width: usize) -> rusqlite::Result<Report> {
-    Ok(Report {
-        report_date: r.get(0)?,
-        end_date: r.get::<_, String>(1)?.into(),
-        year: r.get::<_, String>(2)?.into(),
-        period: r.get::<_, String>(3)?.into(),
-        declare_date: r.get::<_, String>(4)?.into(),
-        values: vec![f64::NAN; width].into_boxed_slice(),
-    })
 }
 
 /// The master's write path and the slaves' apply path.
