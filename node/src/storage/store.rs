@@ -532,6 +532,73 @@ impl Store {
         Ok(())
     }
 
+    /// What this node durably knows of the election (docs/WRITE_PROTOCOL.md,
+    /// "State"): the highest term seen, the highest acknowledged position
+    /// known, and the candidate members seen.
+    pub fn election_memory(&self) -> Result<ElectionMemory, StoreError> {
+        let num = |k: &str| -> Result<i64, StoreError> {
+            Ok(self.meta(k)?.and_then(|v| v.parse().ok()).unwrap_or(0))
+        };
+        let members = self
+            .meta("members")?
+            .and_then(|m| serde_json::from_str::<Vec<String>>(&m).ok())
+            .unwrap_or_default();
+        Ok(ElectionMemory {
+            term: num("term")?,
+            acked_term: num("acked_term")?,
+            acked_seq: num("acked_seq")?.max(0) as u64,
+            members,
+        })
+    }
+
+    /// Raises the durably known acknowledged position to `(term, seq)` when
+    /// it is larger (by term, then sequence); never lowers it.
+    pub fn raise_known_acked(&mut self, term: i64, seq: u64) -> Result<(), StoreError> {
+        let tx = self.write_transaction()?;
+        raise_known_acked_in(&tx, term, seq)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Adds `add` to and removes `remove` from the remembered candidate
+    /// members; returns the list as stored (sorted, at most
+    /// [`MAX_MEMBERS`]).
+    pub fn remember_members(&mut self, add: &[String], remove: &[String]) -> Result<Vec<String>, StoreError> {
+        let tx = self.write_transaction()?;
+        let mut members: Vec<String> = meta_in(&tx, "members")?
+            .and_then(|m| serde_json::from_str(&m).ok())
+            .unwrap_or_default();
+        let before = members.clone();
+        members.retain(|m| !remove.contains(m));
+        for a in add {
+            if !members.contains(a) && members.len() < MAX_MEMBERS {
+                members.push(a.clone());
+            }
+        }
+        members.sort();
+        if members != before {
+            let json = serde_json::to_string(&members).map_err(|e| StoreError::BadImage(e.to_string()))?;
+            set_meta(&tx, "members", &json)?;
+            tx.commit()?;
+        }
+        Ok(members)
+    }
+
+    /// The term of the last applied change (0 when it is not in the change
+    /// log: generated or imported data, or no change at all).
+    pub fn last_term(&self) -> Result<i64, StoreError> {
+        let version = self.data_version()?.version;
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT term FROM changelog WHERE seq = ?1",
+                [version as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+
     /// The oldest sequence still in the change log (one past the data
     /// version when the log is empty).
     pub fn log_floor(&self) -> Result<u64, StoreError> {
@@ -699,6 +766,34 @@ fn log_change(
     let floor = seq.saturating_sub(retain.max(1)) as i64;
     tx.execute("DELETE FROM changelog WHERE seq <= ?1", params![floor])?;
     tx.execute("DELETE FROM changelog_digest WHERE seq <= ?1", params![floor])?;
+    Ok(())
+}
+
+/// Most candidate members a node remembers.
+pub const MAX_MEMBERS: usize = 64;
+
+/// See [`Store::election_memory`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ElectionMemory {
+    pub term: i64,
+    pub acked_term: i64,
+    pub acked_seq: u64,
+    pub members: Vec<String>,
+}
+
+/// [`Store::raise_known_acked`] inside an open transaction (a follower
+/// records what it learned with the change it applies).
+pub fn raise_known_acked_in(tx: &rusqlite::Transaction<'_>, term: i64, seq: u64) -> Result<(), StoreError> {
+    let have_term: i64 = meta_in(tx, "acked_term")?
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let have_seq: u64 = meta_in(tx, "acked_seq")?
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    if (term, seq) > (have_term, have_seq) {
+        set_meta(tx, "acked_term", &term.to_string())?;
+        set_meta(tx, "acked_seq", &seq.to_string())?;
+    }
     Ok(())
 }
 

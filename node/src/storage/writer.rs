@@ -23,7 +23,7 @@ use crate::model::batch::{Applied, Batch};
 use crate::model::catalog::Catalog;
 use crate::storage::error::StoreError;
 use crate::storage::state::DataState;
-use crate::storage::store::{Store, WritePool};
+use crate::storage::store::{ElectionMemory, Store, WritePool};
 
 /// What sits on top of the data and must follow every change (the query
 /// engine: its cache and catalog). Called on the writer thread, in commit
@@ -93,6 +93,28 @@ impl Writer {
     /// The persisted highest term seen, on the writer's connection.
     pub fn term(&self) -> Result<i64, StoreError> {
         self.pool.call(move |store| store.term())?
+    }
+
+    /// What this node durably knows of the election
+    /// ([`Store::election_memory`]), on the writer's connection.
+    pub fn election_memory(&self) -> Result<ElectionMemory, StoreError> {
+        self.pool.call(move |store| store.election_memory())?
+    }
+
+    /// Raises the durably known acknowledged position.
+    pub fn raise_known_acked(&self, term: i64, seq: u64) -> Result<(), StoreError> {
+        self.pool.call(move |store| store.raise_known_acked(term, seq))?
+    }
+
+    /// Updates the remembered candidate members; returns them.
+    pub fn remember_members(&self, add: Vec<String>, remove: Vec<String>) -> Result<Vec<String>, StoreError> {
+        self.pool
+            .call(move |store| store.remember_members(&add, &remove))?
+    }
+
+    /// The term of the last applied change.
+    pub fn last_term(&self) -> Result<i64, StoreError> {
+        self.pool.call(move |store| store.last_term())?
     }
 
     /// This node's history at `seq` as the election compares it
