@@ -156,9 +156,13 @@ pub enum AckError {
     /// The guard failed: this node does not lead under `term` any more.
     #[error("this node no longer leads (term {0} is over)")]
     NotLeader(i64),
-    /// etcd did not answer in time.
+    /// etcd could not be reached: nothing was recorded.
     #[error("etcd could not be reached to record the acknowledgment: {0}")]
     Unreachable(String),
+    /// An attempt may have been recorded (it timed out after being sent)
+    /// and reading the record back did not settle it.
+    #[error("the acknowledgment may or may not have been recorded in etcd: {0}")]
+    Unknown(String),
 }
 
 /// A running election (and watch) for one node.

@@ -413,6 +413,7 @@ impl Ha {
                 .map_err(|e| match e {
                     AckError::NotLeader(t) => AckFailure::NotLeader(t),
                     AckError::Unreachable(e) => AckFailure::Unreachable(e),
+                    AckError::Unknown(e) => AckFailure::Unreachable(e),
                 });
             if let Err(e) = &result {
                 tracing::warn!("acknowledgment of changes up to {seq} (term {term}) failed: {e}");

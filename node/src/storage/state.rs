@@ -36,6 +36,10 @@ pub struct DataState {
     pub dataset_id: AtomicU64,
     /// Report rows in the database.
     pub total_records: AtomicI64,
+    /// The acknowledged horizon: the highest change known to be
+    /// acknowledged (docs/WRITE_PROTOCOL.md, V1). Set through
+    /// [`DataState::set_acked`], which wakes the waiters.
+    acked_seq: AtomicU64,
     /// False while starting (a slave: until its first sync) and stopping.
     /// Set through [`DataState::set_ready`], which wakes the waiters.
     ready: AtomicBool,
@@ -49,6 +53,18 @@ pub struct DataState {
 impl DataState {
     pub fn applied(&self) -> u64 {
         self.applied_seq.load(Ordering::Acquire)
+    }
+
+    /// The acknowledged horizon (V1).
+    pub fn acked(&self) -> u64 {
+        self.acked_seq.load(Ordering::Acquire)
+    }
+
+    /// Raises the acknowledged horizon to `seq` and wakes the waiters.
+    pub fn set_acked(&self, seq: u64) {
+        if self.acked_seq.fetch_max(seq, Ordering::AcqRel) < seq {
+            self.notify();
+        }
     }
 
     pub fn lag(&self) -> u64 {
