@@ -116,6 +116,9 @@ pub struct ElectionView {
     /// Why this candidate is not running right now (empty when it is, or
     /// when it is not a candidate).
     pub waiting: String,
+    /// The largest term a peer has shown this node ([`Election::yield_to_term`]):
+    /// a leader under a smaller term resigns (L3).
+    pub yield_to: i64,
 }
 
 /// What the election needs to know about this node's data.
@@ -168,6 +171,7 @@ pub enum AckError {
 /// A running election (and watch) for one node.
 pub struct Election {
     view: Arc<ArcSwap<ElectionView>>,
+    publisher: Publisher,
     changes: watch::Receiver<u64>,
     client: Arc<ArcSwapOption<Client>>,
     keys: Keys,
@@ -229,6 +233,7 @@ impl Election {
             view: view.clone(),
             changes: Arc::new(tx),
         };
+        let publisher_for_node = publisher.clone();
         let client = Arc::new(ArcSwapOption::empty());
         let keys = Keys::new(&cfg);
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -261,6 +266,7 @@ impl Election {
         }
         Election {
             view,
+            publisher: publisher_for_node,
             changes: rx,
             client,
             keys,
@@ -284,6 +290,13 @@ impl Election {
     /// This node's term while it leads.
     pub fn leading(&self) -> Option<i64> {
         self.view.load().my_term
+    }
+
+    /// A peer showed `term` (a follower's poll, L3): a leader under a
+    /// smaller term steps down and resigns, so that the next campaign runs
+    /// with a larger term. The caller records `term` durably first.
+    pub fn yield_to_term(&self, term: i64) {
+        self.publisher.update(|v| v.yield_to = v.yield_to.max(term));
     }
 
     /// Records `seq` (history digest `digest`) as acknowledged under `term`,
@@ -760,7 +773,17 @@ impl Campaign {
                     return Ended::Stopped;
                 }
                 _ = self.changes.changed() => {
-                    if key_lost(&self.publisher.view.load_full(), term) {
+                    let view = self.publisher.view.load_full();
+                    if view.yield_to > term {
+                        tracing::warn!(
+                            "election: a peer knows term {}, newer than this leader's {term}; stepping down",
+                            view.yield_to
+                        );
+                        self.step_down(term);
+                        self.resign(&mut client, lease, term).await;
+                        return Ended::Lost;
+                    }
+                    if key_lost(&view, term) {
                         tracing::warn!("election: the leader key of term {term} is gone or replaced; stepping down");
                         self.step_down(term);
                         self.resign(&mut client, lease, term).await;
