@@ -260,7 +260,10 @@ impl EtcdConfig {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(KEEPALIVE_INTERVAL, Duration::from_secs(5));
+            .with_keep_alive(KEEPALIVE_INTERVAL, Duration::from_secs(5))
+            // A member cut off from its cluster's leader fails calls and
+            // cancels watches instead of serving what it last knew.
+            .with_require_leader(true);
         if let Some(auth) = &self.auth {
             // A unary call whose token etcd rejects (expired after
             // `--auth-token-ttl`, or from before an etcd restart)

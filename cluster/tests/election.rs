@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster::election::{AckError, Election, History};
+use cluster::election::{AckError, Election, History, Standing};
 use cluster::EtcdConfig;
 use kamaitachi_testkit::{eventually, temp_dir, Etcd};
 
@@ -25,6 +25,8 @@ struct FakeHistory {
     position: AtomicU64,
     /// The digest prefix: two histories with different tags differ.
     tag: Mutex<String>,
+    /// What a node's database keeps for the election.
+    durable: Mutex<Standing>,
 }
 
 impl FakeHistory {
@@ -32,7 +34,12 @@ impl FakeHistory {
         Arc::new(FakeHistory {
             position: AtomicU64::new(position),
             tag: Mutex::new(tag.into()),
+            durable: Mutex::default(),
         })
+    }
+
+    fn term(&self) -> i64 {
+        self.durable.lock().unwrap().term
     }
 }
 
@@ -48,6 +55,32 @@ impl History for FakeHistory {
             let tag = self.tag.lock().unwrap().clone();
             format!("{tag}{seq:0>63}").chars().take(64).collect()
         })
+    }
+    fn standing(&self) -> Result<Standing, String> {
+        let mut s = self.durable.lock().unwrap().clone();
+        s.seq = self.position();
+        s.has_data = s.seq > 0;
+        Ok(s)
+    }
+    fn raise_term(&self, term: i64) -> Result<(), String> {
+        let mut d = self.durable.lock().unwrap();
+        d.term = d.term.max(term);
+        Ok(())
+    }
+    fn raise_known_acked(&self, term: i64, seq: u64) -> Result<(), String> {
+        let mut d = self.durable.lock().unwrap();
+        d.acked = d.acked.max((term, seq));
+        Ok(())
+    }
+    fn remember_members(&self, add: Vec<String>, remove: Vec<String>) -> Result<(), String> {
+        let mut d = self.durable.lock().unwrap();
+        d.members.retain(|m| !remove.contains(m));
+        for a in add {
+            if !d.members.contains(&a) {
+                d.members.push(a);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -275,4 +308,212 @@ fn an_empty_candidate_gives_one_with_data_the_first_election() {
         "no grace: {:?}",
         started.elapsed()
     );
+}
+
+/// Waits until every history remembers `n` candidate members.
+fn remembers(histories: &[&Arc<FakeHistory>], n: usize) -> bool {
+    eventually(Duration::from_secs(10), || {
+        histories
+            .iter()
+            .all(|h| h.durable.lock().unwrap().members.len() >= n)
+    })
+}
+
+#[test]
+fn terms_keep_growing_after_etcd_lost_its_data() {
+    let mut etcd = Etcd::start(&temp_dir("election-wipe-term"));
+    let rt = runtime();
+    let ttl = 2;
+    let (ha, hb) = (FakeHistory::new(5, "a"), FakeHistory::new(5, "a"));
+    let a = Election::spawn(
+        rt.handle(),
+        config(&etcd, ttl),
+        "127.0.0.1:18031",
+        true,
+        ha.clone(),
+    );
+    assert!(eventually(Duration::from_secs(10), || a.leading().is_some()));
+    let b = Election::spawn(
+        rt.handle(),
+        config(&etcd, ttl),
+        "127.0.0.1:18032",
+        true,
+        hb.clone(),
+    );
+    assert!(remembers(&[&ha, &hb], 2));
+    let term_a = a.leading().unwrap();
+    assert_eq!(ha.term(), term_a, "the winner records its term in its data");
+    // Both crash; etcd loses everything; its revisions start again at 1.
+    a.abandon();
+    b.abandon();
+    etcd.restart(true);
+    let a = Election::spawn(
+        rt.handle(),
+        config(&etcd, ttl),
+        "127.0.0.1:18031",
+        true,
+        ha.clone(),
+    );
+    let b = Election::spawn(
+        rt.handle(),
+        config(&etcd, ttl),
+        "127.0.0.1:18032",
+        true,
+        hb.clone(),
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || a.leading().or(b.leading()).is_some()),
+        "nobody leads after the wipe: {:?} / {:?}",
+        a.view(),
+        b.view()
+    );
+    let term = a.leading().or(b.leading()).unwrap();
+    assert!(term > term_a, "the term went backwards: {term} after {term_a}");
+    a.shutdown_blocking(Duration::from_secs(3));
+    b.shutdown_blocking(Duration::from_secs(3));
+}
+
+#[test]
+fn after_etcd_lost_its_data_the_members_elect_the_most_recent_history_and_never_an_empty_node() {
+    let mut etcd = Etcd::start(&temp_dir("election-wipe-members"));
+    let rt = runtime();
+    let ttl = 2;
+    let (ha, hb, hc) = (
+        FakeHistory::new(10, "a"),
+        FakeHistory::new(8, "a"),
+        FakeHistory::new(0, "a"),
+    );
+    let a = Election::spawn(
+        rt.handle(),
+        config(&etcd, ttl),
+        "127.0.0.1:18041",
+        true,
+        ha.clone(),
+    );
+    assert!(eventually(Duration::from_secs(10), || a.leading().is_some()));
+    let b = Election::spawn(
+        rt.handle(),
+        config(&etcd, ttl),
+        "127.0.0.1:18042",
+        true,
+        hb.clone(),
+    );
+    let c = Election::spawn(
+        rt.handle(),
+        config(&etcd, ttl),
+        "127.0.0.1:18043",
+        true,
+        hc.clone(),
+    );
+    assert!(remembers(&[&ha, &hb, &hc], 3));
+    // A write acknowledged by the leader (the others were behind). The
+    // followers know the term, as a follower learns it from the leader.
+    let term = a.leading().unwrap();
+    hb.raise_term(term).unwrap();
+    hc.raise_term(term).unwrap();
+    ha.position.store(11, Ordering::SeqCst);
+    a.record_acked_blocking(term, 11, &digest("a", 11), Duration::from_secs(2))
+        .unwrap();
+    a.abandon();
+    b.abandon();
+    c.abandon();
+    etcd.restart(true);
+    // The empty node and the stale one come back first: they wait for a.
+    let c = Election::spawn(
+        rt.handle(),
+        config(&etcd, ttl),
+        "127.0.0.1:18043",
+        true,
+        hc.clone(),
+    );
+    let b = Election::spawn(
+        rt.handle(),
+        config(&etcd, ttl),
+        "127.0.0.1:18042",
+        true,
+        hb.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(3 * ttl as u64 + 2));
+    assert_eq!(b.leading(), None, "a stale node led: {:?}", b.view());
+    assert_eq!(c.leading(), None, "an empty node led: {:?}", c.view());
+    let waiting = b.view().waiting.clone();
+    assert!(waiting.contains("127.0.0.1:18041"), "{waiting}");
+    // a comes back: its history is the most recent, it leads, and its
+    // baseline holds the write it acknowledged alone.
+    let a = Election::spawn(
+        rt.handle(),
+        config(&etcd, ttl),
+        "127.0.0.1:18041",
+        true,
+        ha.clone(),
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || a.leading().is_some()),
+        "{:?}",
+        a.view()
+    );
+    assert!(a.leading().unwrap() > term);
+    assert!(eventually(Duration::from_secs(3), || b
+        .view()
+        .acked
+        .as_ref()
+        .map(|x| x.seq)
+        == Some(11)));
+    for e in [a, b, c] {
+        e.shutdown_blocking(Duration::from_secs(3));
+    }
+}
+
+#[test]
+fn an_operator_excuses_a_member_that_is_gone_for_good() {
+    let mut etcd = Etcd::start(&temp_dir("election-excuse"));
+    let rt = runtime();
+    let ttl = 2;
+    let (ha, hb) = (FakeHistory::new(4, "a"), FakeHistory::new(4, "a"));
+    let a = Election::spawn(
+        rt.handle(),
+        config(&etcd, ttl),
+        "127.0.0.1:18051",
+        true,
+        ha.clone(),
+    );
+    assert!(eventually(Duration::from_secs(10), || a.leading().is_some()));
+    let b = Election::spawn(
+        rt.handle(),
+        config(&etcd, ttl),
+        "127.0.0.1:18052",
+        true,
+        hb.clone(),
+    );
+    assert!(remembers(&[&ha, &hb], 2));
+    a.abandon();
+    b.abandon();
+    etcd.restart(true);
+    let b = Election::spawn(
+        rt.handle(),
+        config(&etcd, ttl),
+        "127.0.0.1:18052",
+        true,
+        hb.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(ttl as u64 + 3));
+    assert_eq!(b.leading(), None, "{:?}", b.view());
+    // The runbook's step: a is gone for good.
+    let (ok, _) = etcd.etcdctl(&["put", "/kmt-el/election/excused/127.0.0.1:18051", "1"]);
+    assert!(ok);
+    assert!(
+        eventually(Duration::from_secs(10), || b.leading().is_some()),
+        "{:?}",
+        b.view()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || !hb
+            .durable
+            .lock()
+            .unwrap()
+            .members
+            .contains(&"127.0.0.1:18051".to_string())),
+        "the excused member is still remembered"
+    );
+    b.shutdown_blocking(Duration::from_secs(3));
 }

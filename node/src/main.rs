@@ -604,6 +604,38 @@ impl cluster::election::History for NodeHistory {
         }
         self.writer.history_digest_at(seq).ok().flatten()
     }
+
+    fn standing(&self) -> Result<cluster::election::Standing, String> {
+        let memory = self.writer.election_memory().map_err(|e| e.to_string())?;
+        let last_term = self.writer.last_term().map_err(|e| e.to_string())?;
+        let seq = self.state.applied();
+        Ok(cluster::election::Standing {
+            term: memory.term,
+            last_term,
+            seq,
+            acked: (memory.acked_term, memory.acked_seq),
+            has_data: seq > 0 || self.state.total_records.load(Ordering::Acquire) > 0,
+            dataset: self.state.dataset_id.load(Ordering::Acquire),
+            members: memory.members,
+        })
+    }
+
+    fn raise_term(&self, term: i64) -> Result<(), String> {
+        self.writer.raise_term(term).map_err(|e| e.to_string())
+    }
+
+    fn raise_known_acked(&self, term: i64, seq: u64) -> Result<(), String> {
+        self.writer
+            .raise_known_acked(term, seq)
+            .map_err(|e| e.to_string())
+    }
+
+    fn remember_members(&self, add: Vec<String>, remove: Vec<String>) -> Result<(), String> {
+        self.writer
+            .remember_members(add, remove)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// The registry value for the role this node plays now.

@@ -1,59 +1,59 @@
-//! Leader election for writes, decided by etcd (issue 14).
+//! Leader election for writes, decided by etcd; the rules are
+//! docs/WRITE_PROTOCOL.md ("Election", "Leading and the fence").
 //!
 //! Nothing home-made decides who leads: etcd does, the way Patroni uses it
-//! for PostgreSQL.
+//! for PostgreSQL. This module owns the I/O around the pure rules of
+//! [`rules`] and the values of [`records`]:
 //!
-//! - **Leader key** `{prefix}/election/leader` → `{"addr":…,"since":…}`,
-//!   attached to the leader's lease. A candidate creates it in a transaction
-//!   that succeeds only if the key does not exist (`create_revision == 0`).
-//!   The key's create revision is the leader's **term**: etcd revisions only
-//!   grow, so a later leader always has a larger term, and a term names one
-//!   reign exactly.
-//! - **Acknowledged position** `{prefix}/election/acked` →
-//!   `{"term":…,"seq":…,"digest":…}`, with no lease (it must outlive every
-//!   leader). The leader writes it before it acknowledges a write, in a
-//!   transaction guarded by `create_revision(leader key) == term`. That one
-//!   compare is the fence: once the leader's lease has expired (or another
-//!   node leads), the guard fails, so a deposed leader can never acknowledge
-//!   a write, not even one it committed locally a moment before. Two leaders
-//!   never acknowledge the same write.
-//! - **Who may run**: a candidate campaigns only when no leader key exists
-//!   and it holds everything acknowledged: its applied sequence reaches
-//!   `acked.seq` and its running history digest at `acked.seq` equals
-//!   `acked.digest` (same history, not just the same length). With no
-//!   acknowledged position yet (a cluster that has never elected anyone), a
-//!   candidate with data runs at once and an empty one waits one lease ttl
-//!   first, so the node that holds the data wins the first election.
-//! - A new leader first records its whole history as acknowledged (the
-//!   baseline): from then on no node without that history may lead. A node
-//!   that cannot name its history (its [`History::digest_at`] is `None` at
-//!   its own position) does not lead: an unnamed baseline would bar every
-//!   node from leading after it.
-//! - **Losing the lease**: the leader renews it every ttl/3, each renewal
-//!   on a keep-alive stream of its own (a stream that fails on one member
-//!   costs a retry through another, not the term). If a renewal has not
-//!   succeeded for ttl − [`STEP_DOWN_MARGIN`] since it was sent, or etcd
-//!   says the lease is gone, or the watch shows the key gone or someone
-//!   else's, it steps down (and the acknowledgment fence makes that timing
-//!   a matter of speed, not of safety), then deletes the key if it is
-//!   still its own and revokes the lease, so a successor need not wait for
-//!   the lease to run out. A graceful stop does the same.
-//!
-//! The election and the watch run as tokio tasks on the registry runtime;
-//! the node learns what changed from [`Election::view`] and
-//! [`Election::changes`], and asks for the fence with
-//! [`Election::record_acked`].
+//! - **Watcher** (every node): lists and watches `{prefix}/election/` (with
+//!   require-leader: a member cut off from its cluster does not feed a
+//!   stale view) into an [`ElectionView`]: the leader, the acknowledged
+//!   position with its mod revision, the nodes' reports, the excused
+//!   members.
+//! - **Reporter** (every node): keeps this node's [`Report`] under
+//!   `{prefix}/election/nodes/{addr}` on a lease of its own, refreshed
+//!   quickly while no leader exists; a candidate also remembers the
+//!   candidate members it sees (durably, in its database).
+//! - **Campaign** (candidates): when [`rules::decide`] says it may, one
+//!   transaction creates the leader key and writes the baseline
+//!   acknowledged position, guarded by "no leader key" and "the `acked`
+//!   this decision read is still there" (its mod revision): a stale view
+//!   cannot win. The term is [`rules::next_term`]: above every term known,
+//!   in etcd and in the nodes' data, so terms grow across etcd wipes. The
+//!   winner records its term and baseline in its database before it leads.
+//! - **Leading**: the lease is renewed every (ttl − 1 s)/3 on a keep-alive
+//!   stream of its own per renewal; the leader steps down ttl −
+//!   [`STEP_DOWN_MARGIN`] after its last successful renewal was sent, when
+//!   etcd says the lease is gone, when the watch shows its key gone or
+//!   replaced, or when a peer shows a newer term
+//!   ([`Election::yield_to_term`]); then it resigns (deletes its key if
+//!   still its own, revokes the lease).
+//! - **The fence** ([`Election::record_acked`]): an acknowledgment is one
+//!   transaction guarded by the leader key's exact value (it holds the term
+//!   and a random nonce: one reign, even across an etcd wipe). An attempt
+//!   that timed out may have been recorded: the outcome is read back, and
+//!   if that does not settle it the answer is [`AckError::Unknown`].
 
+pub mod records;
+pub mod rules;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
-use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
 
-use crate::registry::{validate_addr, EtcdConfig, MAX_VALUE_BYTES};
+pub use records::{Acked, Leader, Report};
+pub use rules::{may_lead, Mode, Standing};
+
+use crate::registry::{validate_addr, EtcdConfig};
+use records::{decode_acked, decode_leader, decode_report, LeaderRecord};
+
+/// Most reports and excused members the view keeps.
+const MAX_REPORTS: usize = 256;
 
 /// A leader steps down this long before its lease could have expired in
 /// etcd (counted from when its last successful renewal was sent).
@@ -71,33 +71,6 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// renewal period later.
 const RENEW_RETRY: Duration = Duration::from_millis(200);
 
-/// The leader as etcd says it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Leader {
-    pub addr: String,
-    /// The leader key's create revision: grows with every election.
-    pub term: i64,
-    /// Unix seconds when it took the lead.
-    pub since: u64,
-}
-
-/// The value of the leader key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct LeaderRecord {
-    addr: String,
-    since: u64,
-}
-
-/// The last position a leader acknowledged (or took as its baseline).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Acked {
-    pub term: i64,
-    pub seq: u64,
-    /// The running history digest after change `seq` (64 hex digits), or
-    /// empty for an empty history.
-    pub digest: String,
-}
-
 /// What this process knows about the election right now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ElectionView {
@@ -107,8 +80,17 @@ pub struct ElectionView {
     pub acked: Option<Acked>,
     /// This node's term while it leads and believes its lease alive.
     pub my_term: Option<i64>,
+    /// The mod revision of `acked` (0: absent): the campaign's guard.
+    pub acked_rev: i64,
+    /// The nodes' reports, by address.
+    pub reports: BTreeMap<String, Report>,
+    /// Members an operator declared gone for good.
+    pub excused: BTreeSet<String>,
     /// Whether the watch has listed the election keys at least once.
     pub synced: bool,
+    /// Since when the watch has listed and followed the keys without a
+    /// break.
+    pub synced_at: Option<Instant>,
     /// The etcd revision the watch has seen up to: what it says of the
     /// keys is true as of this revision (a leader's own key appears in it
     /// only once it reaches the leader's term).
@@ -121,7 +103,8 @@ pub struct ElectionView {
     pub yield_to: i64,
 }
 
-/// What the election needs to know about this node's data.
+/// What the election needs to know about this node's data, and the
+/// durable records it keeps there.
 pub trait History: Send + Sync + 'static {
     /// The last change this node has durably applied.
     fn position(&self) -> u64;
@@ -130,27 +113,14 @@ pub trait History: Send + Sync + 'static {
     /// own position a node must always name it (for data with no change
     /// log the node derives one from the data's identity).
     fn digest_at(&self, seq: u64) -> Option<String>;
-}
-
-/// Whether a node with this history may lead, given the acknowledged
-/// position. `Err` says why not.
-pub fn may_lead(acked: Option<&Acked>, position: u64, digest_at_acked: Option<&str>) -> Result<(), String> {
-    let Some(a) = acked else { return Ok(()) };
-    if position < a.seq {
-        return Err(format!(
-            "behind the acknowledged position: applied {position}, acknowledged {} (term {})",
-            a.seq, a.term
-        ));
-    }
-    // An empty digest past change 0 names no history (an earlier version
-    // recorded one for data without a change log): only the length counts.
-    if a.seq > 0 && !a.digest.is_empty() && digest_at_acked != Some(a.digest.as_str()) {
-        return Err(format!(
-            "history differs from the acknowledged one at change {} (term {})",
-            a.seq, a.term
-        ));
-    }
-    Ok(())
+    /// What the node durably knows of itself (blocking: reads its database).
+    fn standing(&self) -> Result<Standing, String>;
+    /// Raises the durable term to `term` (never lowers it).
+    fn raise_term(&self, term: i64) -> Result<(), String>;
+    /// Raises the durably known acknowledged position.
+    fn raise_known_acked(&self, term: i64, seq: u64) -> Result<(), String>;
+    /// Adds and removes remembered candidate members.
+    fn remember_members(&self, add: Vec<String>, remove: Vec<String>) -> Result<(), String>;
 }
 
 /// Why an acknowledgment could not be recorded.
@@ -174,6 +144,7 @@ pub struct Election {
     publisher: Publisher,
     changes: watch::Receiver<u64>,
     client: Arc<ArcSwapOption<Client>>,
+    fence: Arc<ArcSwapOption<Fence>>,
     keys: Keys,
     stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
@@ -185,6 +156,10 @@ pub struct Election {
 struct Keys {
     leader: String,
     acked: String,
+    /// `{prefix}/election/nodes/`: one report per node.
+    nodes: String,
+    /// `{prefix}/election/excused/`: members an operator declared gone.
+    excused: String,
     prefix: String,
 }
 
@@ -194,9 +169,18 @@ impl Keys {
         Keys {
             leader: format!("{prefix}leader"),
             acked: format!("{prefix}acked"),
+            nodes: format!("{prefix}nodes/"),
+            excused: format!("{prefix}excused/"),
             prefix,
         }
     }
+}
+
+/// This reign's leader-key value, as the fence compares it.
+#[derive(Debug, Clone)]
+struct Fence {
+    term: i64,
+    value: String,
 }
 
 /// Sends every view change to the watchers.
@@ -238,14 +222,29 @@ impl Election {
         let keys = Keys::new(&cfg);
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
-        let mut tasks = vec![handle.spawn(
-            Watcher {
-                cfg: cfg.clone(),
-                keys: keys.clone(),
-                publisher: publisher.clone(),
-            }
-            .run(),
-        )];
+        let fence = Arc::new(ArcSwapOption::empty());
+        let mut tasks = vec![
+            handle.spawn(
+                Watcher {
+                    cfg: cfg.clone(),
+                    keys: keys.clone(),
+                    publisher: publisher.clone(),
+                }
+                .run(),
+            ),
+            handle.spawn(
+                Reporter {
+                    cfg: cfg.clone(),
+                    keys: keys.clone(),
+                    addr: addr.to_string(),
+                    candidate,
+                    view: view.clone(),
+                    history: history.clone(),
+                    changes: rx.clone(),
+                }
+                .run(),
+            ),
+        ];
         if candidate {
             let campaign = Campaign {
                 cfg,
@@ -253,6 +252,7 @@ impl Election {
                 addr: addr.to_string(),
                 publisher,
                 client: client.clone(),
+                fence: fence.clone(),
                 history,
                 changes: rx.clone(),
             };
@@ -269,6 +269,7 @@ impl Election {
             publisher: publisher_for_node,
             changes: rx,
             client,
+            fence,
             keys,
             stop: std::sync::Mutex::new(Some(stop_tx)),
             done: std::sync::Mutex::new(Some(done_rx)),
@@ -309,7 +310,10 @@ impl Election {
         digest: &str,
         within: Duration,
     ) -> Result<(), AckError> {
-        record_acked(&self.client, &self.keys, term, seq, digest, within).await
+        let Some(fence) = self.fence.load_full().filter(|f| f.term == term) else {
+            return Err(AckError::NotLeader(term));
+        };
+        record_acked(&self.client, &self.keys, &fence, seq, digest, within).await
     }
 
     /// [`Election::record_acked`] from a thread outside the runtime.
@@ -357,11 +361,12 @@ impl Election {
 async fn record_acked(
     client: &ArcSwapOption<Client>,
     keys: &Keys,
-    term: i64,
+    fence: &Fence,
     seq: u64,
     digest: &str,
     within: Duration,
 ) -> Result<(), AckError> {
+    let term = fence.term;
     let deadline = Instant::now() + within;
     let value = serde_json::to_string(&Acked {
         term,
@@ -370,14 +375,17 @@ async fn record_acked(
     })
     .map_err(|e| AckError::Unreachable(e.to_string()))?;
     let mut last = String::from("no connection to etcd yet");
-    loop {
+    // Whether an attempt may have been recorded although no answer said
+    // so (sent, then timed out or broke).
+    let mut in_doubt = false;
+    let settled = loop {
         if let Some(c) = client.load_full() {
             let mut c = (*c).clone();
             let txn = Txn::new()
-                .when([Compare::create_revision(
+                .when([Compare::value(
                     keys.leader.as_str(),
                     CompareOp::Equal,
-                    term,
+                    fence.value.as_str(),
                 )])
                 .and_then([TxnOp::put(keys.acked.as_str(), value.as_str(), None)]);
             let left = deadline
@@ -388,24 +396,57 @@ async fn record_acked(
             // goes through once it has one.
             match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), c.txn(txn)).await {
                 Ok(Ok(r)) if r.succeeded() => return Ok(()),
-                Ok(Ok(_)) => return Err(AckError::NotLeader(term)),
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = "timed out".into(),
+                Ok(Ok(_)) => break Err(AckError::NotLeader(term)),
+                Ok(Err(e)) => {
+                    in_doubt = true;
+                    last = e.to_string();
+                }
+                Err(_) => {
+                    in_doubt = true;
+                    last = "timed out".into();
+                }
             }
         }
         if Instant::now() >= deadline {
-            return Err(AckError::Unreachable(last));
+            break Err(AckError::Unreachable(last.clone()));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if !in_doubt {
+        return settled;
+    }
+    // An earlier attempt may have been recorded: read the record back.
+    // Within one term `acked` only grows, so term T at `seq` or later says
+    // it was; term T below `seq` says it was not.
+    match read_back(client, keys).await {
+        Some(a) if a.term == term && a.seq >= seq => Ok(()),
+        Some(a) if a.term == term => Err(settled.err().unwrap_or(AckError::NotLeader(term))),
+        Some(a) => Err(AckError::Unknown(format!(
+            "an attempt timed out ({last}); etcd now holds term {}'s position {}",
+            a.term, a.seq
+        ))),
+        None => Err(AckError::Unknown(format!(
+            "an attempt timed out ({last}) and the record could not be read back"
+        ))),
     }
 }
 
-/// Whether `view` shows the leader key of `term` gone or someone else's.
-/// Only a view as new as the term can say so: the watch delivers the key's
-/// creation after the campaign's answer, and a view from before it (a busy
-/// host) once deposed every new leader the moment it took the lead.
-fn key_lost(view: &ElectionView, term: i64) -> bool {
-    view.synced && view.revision >= term && view.leader.as_ref().is_none_or(|l| l.term != term)
+/// The acknowledged position as etcd holds it now, if it answers.
+async fn read_back(client: &ArcSwapOption<Client>, keys: &Keys) -> Option<Acked> {
+    let mut c = (*client.load_full()?).clone();
+    let got = tokio::time::timeout(CALL_TIMEOUT, c.get(keys.acked.as_str(), None))
+        .await
+        .ok()?
+        .ok()?;
+    got.kvs().first().and_then(|kv| decode_acked(kv.value()))
+}
+
+/// Whether `view` shows this reign's leader key (created at revision
+/// `rev`) gone or someone else's. Only a view as new as the key can say
+/// so: the watch delivers the key's creation after the campaign's answer,
+/// and a view from before it (a busy host) must not depose a new leader.
+fn key_lost(view: &ElectionView, rev: i64) -> bool {
+    view.synced && view.revision >= rev && view.leader.as_ref().is_none_or(|l| l.rev != rev)
 }
 
 /// Renews `lease` once, within `within` (at most [`CALL_TIMEOUT`]):
@@ -428,7 +469,7 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Keeps [`ElectionView::leader`] and [`ElectionView::acked`] current.
+/// Keeps the [`ElectionView`] current from etcd.
 struct Watcher {
     cfg: EtcdConfig,
     keys: Keys,
@@ -443,19 +484,38 @@ impl Watcher {
                 Ok(()) => {}
                 Err(e) => tracing::warn!("Failed to connect to etcd: {e} (election watch); retrying"),
             }
-            self.publisher.update(|v| v.synced = false);
+            self.publisher.update(|v| {
+                v.synced = false;
+                v.synced_at = None;
+            });
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
         }
     }
 
-    fn apply(&self, key: &[u8], value: Option<(&[u8], i64)>) {
-        if key == self.keys.leader.as_bytes() {
-            let leader = value.and_then(|(v, rev)| decode_leader(v, rev));
-            self.publisher.update(|view| view.leader = leader.clone());
-        } else if key == self.keys.acked.as_bytes() {
-            let acked = value.and_then(|(v, _)| decode_acked(v));
-            self.publisher.update(|view| view.acked = acked.clone());
+    /// One key's new value (`None`: deleted) into `view`.
+    fn apply(&self, view: &mut ElectionView, key: &[u8], value: Option<(&[u8], i64, i64)>) {
+        let Ok(key) = std::str::from_utf8(key) else { return };
+        if key == self.keys.leader {
+            view.leader = value.and_then(|(v, created, _)| decode_leader(v, created));
+        } else if key == self.keys.acked {
+            view.acked = value.and_then(|(v, _, _)| decode_acked(v));
+            view.acked_rev = value.map_or(0, |(_, _, modified)| modified);
+        } else if let Some(addr) = key.strip_prefix(self.keys.nodes.as_str()) {
+            match value.and_then(|(v, _, _)| decode_report(v, addr)) {
+                Some(r) if view.reports.len() < MAX_REPORTS || view.reports.contains_key(addr) => {
+                    view.reports.insert(addr.to_string(), r);
+                }
+                _ => {
+                    view.reports.remove(addr);
+                }
+            }
+        } else if let Some(addr) = key.strip_prefix(self.keys.excused.as_str()) {
+            if value.is_some() && validate_addr(addr).is_ok() && view.excused.len() < MAX_REPORTS {
+                view.excused.insert(addr.to_string());
+            } else {
+                view.excused.remove(addr);
+            }
         }
     }
 
@@ -466,19 +526,22 @@ impl Watcher {
             .await
             .map_err(|e| self.cfg.describe(&e))?;
         let revision = listed.header().map_or(0, |h| h.revision());
-        let mut leader = None;
-        let mut acked = None;
+        let mut fresh = ElectionView::default();
         for kv in listed.kvs() {
-            if kv.key() == self.keys.leader.as_bytes() {
-                leader = decode_leader(kv.value(), kv.create_revision());
-            } else if kv.key() == self.keys.acked.as_bytes() {
-                acked = decode_acked(kv.value());
-            }
+            self.apply(
+                &mut fresh,
+                kv.key(),
+                Some((kv.value(), kv.create_revision(), kv.mod_revision())),
+            );
         }
         self.publisher.update(|v| {
-            v.leader = leader.clone();
-            v.acked = acked.clone();
+            v.leader = fresh.leader.clone();
+            v.acked = fresh.acked.clone();
+            v.acked_rev = fresh.acked_rev;
+            v.reports = fresh.reports.clone();
+            v.excused = fresh.excused.clone();
             v.synced = true;
+            v.synced_at = Some(Instant::now());
             v.revision = revision;
         });
         *wait = Duration::from_millis(200);
@@ -497,44 +560,158 @@ impl Watcher {
             if resp.canceled() {
                 return Ok(());
             }
-            for event in resp.events() {
-                let Some(kv) = event.kv() else { continue };
-                match event.event_type() {
-                    EventType::Put => self.apply(kv.key(), Some((kv.value(), kv.create_revision()))),
-                    EventType::Delete => self.apply(kv.key(), None),
+            let revision = resp.header().map(|h| h.revision());
+            self.publisher.update(|view| {
+                for event in resp.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    match event.event_type() {
+                        EventType::Put => self.apply(
+                            view,
+                            kv.key(),
+                            Some((kv.value(), kv.create_revision(), kv.mod_revision())),
+                        ),
+                        EventType::Delete => self.apply(view, kv.key(), None),
+                    }
                 }
-            }
-            if let Some(r) = resp.header().map(|h| h.revision()) {
-                self.publisher.update(|v| v.revision = v.revision.max(r));
-            }
+                if let Some(r) = revision {
+                    view.revision = view.revision.max(r);
+                }
+            });
         }
         Ok(())
     }
 }
 
-/// A leader key's value, believed only if it is small and names a sane
-/// address.
-fn decode_leader(value: &[u8], create_revision: i64) -> Option<Leader> {
-    if value.len() > MAX_VALUE_BYTES {
-        return None;
-    }
-    let r: LeaderRecord = serde_json::from_slice(value).ok()?;
-    validate_addr(&r.addr).ok()?;
-    Some(Leader {
-        addr: r.addr,
-        term: create_revision,
-        since: r.since,
-    })
+/// Keeps this node's [`Report`] in etcd, and (a candidate) remembers the
+/// candidate members it sees.
+struct Reporter {
+    cfg: EtcdConfig,
+    keys: Keys,
+    addr: String,
+    candidate: bool,
+    view: Arc<ArcSwap<ElectionView>>,
+    history: Arc<dyn History>,
+    changes: watch::Receiver<u64>,
 }
 
-fn decode_acked(value: &[u8]) -> Option<Acked> {
-    if value.len() > MAX_VALUE_BYTES {
-        return None;
+/// How often a report is refreshed while no leader exists, and while one
+/// does.
+const REPORT_LEADERLESS: Duration = Duration::from_millis(300);
+const REPORT_LED: Duration = Duration::from_secs(5);
+
+impl Reporter {
+    async fn run(mut self) {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            if let Err(e) = self.report(&mut wait).await {
+                tracing::debug!("election report: {e}; retrying");
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
     }
-    let a: Acked = serde_json::from_slice(value).ok()?;
-    let digest_ok =
-        a.digest.is_empty() || (a.digest.len() == 64 && a.digest.bytes().all(|b| b.is_ascii_hexdigit()));
-    (digest_ok && a.term > 0).then_some(a)
+
+    /// What this node reports now, from its durable standing.
+    async fn standing(&self) -> Result<Standing, String> {
+        let history = self.history.clone();
+        tokio::task::spawn_blocking(move || history.standing())
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// A candidate remembers every candidate that reports, and forgets the
+    /// excused ones (durably: the members an election after an etcd data
+    /// loss waits for).
+    async fn remember(&self, standing: &Standing, view: &ElectionView) {
+        if !self.candidate {
+            return;
+        }
+        let mut add: Vec<String> = view
+            .reports
+            .values()
+            .filter(|r| r.candidate && !view.excused.contains(&r.addr))
+            .map(|r| r.addr.clone())
+            .chain([self.addr.clone()])
+            .filter(|a| !standing.members.contains(a))
+            .collect();
+        add.dedup();
+        let remove: Vec<String> = standing
+            .members
+            .iter()
+            .filter(|m| view.excused.contains(*m))
+            .cloned()
+            .collect();
+        if add.is_empty() && remove.is_empty() {
+            return;
+        }
+        let history = self.history.clone();
+        let r = tokio::task::spawn_blocking(move || history.remember_members(add, remove)).await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!("election: could not remember the candidate members: {e}");
+        }
+    }
+
+    async fn report(&mut self, wait: &mut Duration) -> Result<(), String> {
+        let mut client = self.cfg.connect_any().await?;
+        let ttl = self.cfg.ttl;
+        let lease = tokio::time::timeout(CALL_TIMEOUT, client.lease_grant(ttl, None))
+            .await
+            .map_err(|_| "lease grant timed out".to_string())?
+            .map_err(|e| self.cfg.describe(&e))?
+            .id();
+        *wait = Duration::from_millis(200);
+        let key = format!("{}{}", self.keys.nodes, self.addr);
+        let every = Duration::from_millis((ttl.max(1) as u64 * 1000 / 3).max(200));
+        let mut last_put: Option<Report> = None;
+        let mut last_put_at = Instant::now();
+        let mut renew_at = Instant::now() + every;
+        loop {
+            let view = self.view.load_full();
+            let leaderless = view.leader.is_none();
+            if last_put.is_none() || leaderless || last_put_at.elapsed() >= REPORT_LED {
+                let standing = self.standing().await?;
+                self.remember(&standing, &view).await;
+                let report = Report {
+                    addr: self.addr.clone(),
+                    candidate: self.candidate,
+                    term: standing.term,
+                    last_term: standing.last_term,
+                    seq: standing.seq,
+                    acked_term: standing.acked.0,
+                    acked_seq: standing.acked.1,
+                    has_data: standing.has_data,
+                    dataset: standing.dataset,
+                    members: standing.members.clone(),
+                    recovering: view.synced && rules::etcd_regressed(view.acked.as_ref(), &standing),
+                };
+                if last_put.as_ref() != Some(&report) || !view.reports.contains_key(&self.addr) {
+                    let value = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+                    tokio::time::timeout(
+                        CALL_TIMEOUT,
+                        client.put(key.as_str(), value, Some(PutOptions::new().with_lease(lease))),
+                    )
+                    .await
+                    .map_err(|_| "report put timed out".to_string())?
+                    .map_err(|e| self.cfg.describe(&e))?;
+                    last_put = Some(report);
+                }
+                last_put_at = Instant::now();
+            }
+            if Instant::now() >= renew_at {
+                match renew(&mut client, lease, every).await {
+                    Ok(true) => renew_at = Instant::now() + every,
+                    Ok(false) => return Err("report lease expired".into()),
+                    Err(e) => return Err(format!("report lease renewal failed: {e}")),
+                }
+            }
+            let tick = if leaderless { REPORT_LEADERLESS } else { every };
+            let _ = tokio::time::timeout(
+                tick.min(renew_at.saturating_duration_since(Instant::now())),
+                self.changes.changed(),
+            )
+            .await;
+        }
+    }
 }
 
 /// The candidate's side: runs when it may, leads while its lease lives.
@@ -544,6 +721,7 @@ struct Campaign {
     addr: String,
     publisher: Publisher,
     client: Arc<ArcSwapOption<Client>>,
+    fence: Arc<ArcSwapOption<Fence>>,
     history: Arc<dyn History>,
     changes: watch::Receiver<u64>,
 }
@@ -554,11 +732,21 @@ enum Ended {
     Lost,
 }
 
+/// What a candidate that may run campaigns with.
+struct Run {
+    term: i64,
+    /// The mod revision of the `acked` its decision read.
+    acked_rev: i64,
+    /// Its baseline: its own position and digest.
+    seq: u64,
+    digest: String,
+    mode: Mode,
+}
+
 impl Campaign {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let mut wait = Duration::from_millis(200);
-        // Since when no leader has been seen while this node is empty (the
-        // bootstrap grace, see the module comment).
+        // Since when no leader has been seen (the waits of the rules).
         let mut leaderless_since: Option<Instant> = None;
         loop {
             let client = tokio::select! {
@@ -585,36 +773,54 @@ impl Campaign {
         }
     }
 
-    /// Whether this node may run now; `Err` says why not.
-    async fn eligible(&self, leaderless_since: &mut Option<Instant>) -> Result<(), String> {
+    /// Whether this node may run now ([`rules::decide`]); `Err` says why
+    /// not.
+    async fn eligible(&self, leaderless_since: &mut Option<Instant>) -> Result<Run, String> {
         let view = self.publisher.view.load_full();
-        if !view.synced {
+        let Some(synced_at) = view.synced_at.filter(|_| view.synced) else {
             return Err("waiting for the election keys to be listed".into());
-        }
+        };
         if view.leader.is_some() {
             *leaderless_since = None;
             return Err(String::new());
         }
+        let leaderless_for = leaderless_since.get_or_insert_with(Instant::now).elapsed();
         let history = self.history.clone();
         let acked_seq = view.acked.as_ref().map(|a| a.seq);
-        let (position, digest) = tokio::task::spawn_blocking(move || {
-            let position = history.position();
-            (position, acked_seq.and_then(|s| history.digest_at(s)))
+        let (standing, at_acked, at_position) = tokio::task::spawn_blocking(move || {
+            let standing = history.standing()?;
+            let at_acked = acked_seq.and_then(|s| history.digest_at(s));
+            let at_position = history.digest_at(standing.seq);
+            Ok::<_, String>((standing, at_acked, at_position))
         })
         .await
-        .map_err(|e| e.to_string())?;
-        may_lead(view.acked.as_ref(), position, digest.as_deref())?;
-        if view.acked.is_none() && position == 0 {
-            let since = *leaderless_since.get_or_insert_with(Instant::now);
-            let grace = Duration::from_secs(self.cfg.ttl as u64);
-            if since.elapsed() < grace {
-                return Err(format!(
-                    "empty and no leader ever elected: giving a node with data {}s to run first",
-                    grace.as_secs()
-                ));
-            }
-        }
-        Ok(())
+        .map_err(|e| e.to_string())??;
+        let mode = rules::decide(&rules::Inputs {
+            me: &self.addr,
+            standing: &standing,
+            digest_at_acked: at_acked.as_deref(),
+            acked: view.acked.as_ref(),
+            reports: &view.reports,
+            excused: &view.excused,
+            synced_for: synced_at.elapsed(),
+            leaderless_for,
+            ttl: Duration::from_secs(self.cfg.ttl.max(1) as u64),
+        })?;
+        // A history this node cannot name is no baseline: recorded as
+        // empty it would bar every node, this one included, from leading.
+        let digest = at_position.ok_or_else(|| {
+            format!(
+                "cannot name its own history at change {}: not running",
+                standing.seq
+            )
+        })?;
+        Ok(Run {
+            term: rules::next_term(view.acked.as_ref(), &standing, &view.reports),
+            acked_rev: view.acked_rev,
+            seq: standing.seq,
+            digest,
+            mode,
+        })
     }
 
     async fn campaign(
@@ -624,18 +830,18 @@ impl Campaign {
         leaderless_since: &mut Option<Instant>,
     ) -> Ended {
         loop {
-            match self.eligible(leaderless_since).await {
-                Ok(()) => {}
+            let run = match self.eligible(leaderless_since).await {
+                Ok(run) => run,
                 Err(why) => {
                     self.publisher.update(|v| v.waiting = why.clone());
                     tokio::select! {
                         _ = self.changes.changed() => {},
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+                        _ = tokio::time::sleep(Duration::from_millis(300)) => {},
                         _ = &mut *stop => return Ended::Stopped,
                     }
                     continue;
                 }
-            }
+            };
             self.publisher.update(|v| v.waiting.clear());
             let lease = match tokio::time::timeout(CALL_TIMEOUT, client.lease_grant(self.cfg.ttl, None)).await
             {
@@ -659,21 +865,35 @@ impl Campaign {
             let record = LeaderRecord {
                 addr: self.addr.clone(),
                 since: now_secs(),
+                term: Some(run.term),
+                nonce: Some(format!("{:032x}", rand::random::<u128>())),
             };
-            let Ok(value) = serde_json::to_string(&record) else {
+            let baseline = Acked {
+                term: run.term,
+                seq: run.seq,
+                digest: run.digest.clone(),
+            };
+            let (Ok(value), Ok(baseline)) =
+                (serde_json::to_string(&record), serde_json::to_string(&baseline))
+            else {
                 return Ended::Lost;
             };
+            // The campaign: no leader, and the `acked` the decision read is
+            // still the one in etcd; then the leader key and the baseline,
+            // together.
             let txn = Txn::new()
-                .when([Compare::create_revision(
-                    self.keys.leader.as_str(),
-                    CompareOp::Equal,
-                    0,
-                )])
-                .and_then([TxnOp::put(
-                    self.keys.leader.as_str(),
-                    value,
-                    Some(PutOptions::new().with_lease(lease)),
-                )]);
+                .when([
+                    Compare::create_revision(self.keys.leader.as_str(), CompareOp::Equal, 0),
+                    Compare::mod_revision(self.keys.acked.as_str(), CompareOp::Equal, run.acked_rev),
+                ])
+                .and_then([
+                    TxnOp::put(
+                        self.keys.leader.as_str(),
+                        value.as_str(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    ),
+                    TxnOp::put(self.keys.acked.as_str(), baseline, None),
+                ]);
             let won = match tokio::time::timeout(CALL_TIMEOUT, client.txn(txn)).await {
                 Ok(Ok(r)) if r.succeeded() => r.header().map(|h| h.revision()),
                 Ok(Ok(_)) => None,
@@ -691,9 +911,9 @@ impl Campaign {
                     return Ended::Lost;
                 }
             };
-            let Some(term) = won else {
-                // Someone else was quicker: wait for the watch to show
-                // it (or half a second) rather than grant lease after lease.
+            let Some(rev) = won else {
+                // Someone else was quicker, or `acked` moved: wait for the
+                // watch to show it rather than grant lease after lease.
                 let _ = tokio::time::timeout(CALL_TIMEOUT, client.lease_revoke(lease)).await;
                 tokio::select! {
                     _ = self.changes.changed() => {},
@@ -702,56 +922,52 @@ impl Campaign {
                 }
                 continue;
             };
-            return self.lead(client, lease, term, granted_at, stop).await;
+            let fence = Fence {
+                term: run.term,
+                value,
+            };
+            return self.lead(client, lease, fence, rev, granted_at, &run, stop).await;
         }
     }
 
-    /// Leads under `term` until the lease is lost or the node stops.
+    /// Leads under `fence.term` until the lease is lost or the node stops.
+    #[allow(clippy::too_many_arguments)]
     async fn lead(
         &mut self,
         mut client: Client,
         lease: i64,
-        term: i64,
+        fence: Fence,
+        rev: i64,
         granted_at: Instant,
+        run: &Run,
         stop: &mut oneshot::Receiver<()>,
     ) -> Ended {
+        let term = fence.term;
         let ttl = Duration::from_secs(self.cfg.ttl as u64);
         let mut alive_until = granted_at + ttl.saturating_sub(STEP_DOWN_MARGIN);
-        // The baseline: everything this node holds counts as acknowledged
-        // from now on, so nobody without it may lead after this node. A
-        // history this node cannot name is no baseline: recorded as empty
-        // it would bar every node, this one included, from leading again.
+        // The term and the baseline go into this node's data before it
+        // leads: a term lives on in the data after etcd forgets it.
         let history = self.history.clone();
-        let baseline = tokio::task::spawn_blocking(move || {
-            let p = history.position();
-            (p, history.digest_at(p))
+        let seq = run.seq;
+        let recorded = tokio::task::spawn_blocking(move || {
+            history.raise_term(term)?;
+            history.raise_known_acked(term, seq)
         })
-        .await;
-        let (seq, digest) = match baseline {
-            Ok((seq, Some(digest))) => (seq, digest),
-            Ok((seq, None)) => {
-                tracing::warn!(
-                    "election: won term {term} but cannot name its history at change {seq}; resigning"
-                );
-                self.resign(&mut client, lease, term).await;
-                return Ended::Lost;
-            }
-            Err(e) => {
-                tracing::warn!("election: won term {term} but could not read its history ({e}); resigning");
-                self.resign(&mut client, lease, term).await;
-                return Ended::Lost;
-            }
-        };
-        if let Err(e) = record_acked(&self.client, &self.keys, term, seq, &digest, ttl / 2).await {
-            tracing::warn!("election: won term {term} but could not record the baseline ({e}); resigning");
-            self.resign(&mut client, lease, term).await;
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        if let Err(e) = recorded {
+            tracing::warn!("election: won term {term} but could not record it in the data ({e}); resigning");
+            self.resign(&mut client, lease, rev, term).await;
             return Ended::Lost;
         }
+        self.fence.store(Some(Arc::new(fence)));
         tracing::info!(
             term,
             seq,
-            "election: this node ({}) leads from term {term}, with history up to change {seq}",
-            self.addr
+            "election: this node ({}) leads from term {term}, with history up to change {seq} ({:?})",
+            self.addr,
+            run.mode
         );
         self.publisher.update(|v| v.my_term = Some(term));
         // Three renewals fit in the time the leader believes its lease
@@ -769,7 +985,7 @@ impl Campaign {
             tokio::select! {
                 _ = &mut *stop => {
                     self.step_down(term);
-                    self.resign(&mut client, lease, term).await;
+                    self.resign(&mut client, lease, rev, term).await;
                     return Ended::Stopped;
                 }
                 _ = self.changes.changed() => {
@@ -780,13 +996,13 @@ impl Campaign {
                             view.yield_to
                         );
                         self.step_down(term);
-                        self.resign(&mut client, lease, term).await;
+                        self.resign(&mut client, lease, rev, term).await;
                         return Ended::Lost;
                     }
-                    if key_lost(&view, term) {
+                    if key_lost(&view, rev) {
                         tracing::warn!("election: the leader key of term {term} is gone or replaced; stepping down");
                         self.step_down(term);
-                        self.resign(&mut client, lease, term).await;
+                        self.resign(&mut client, lease, rev, term).await;
                         return Ended::Lost;
                     }
                     continue;
@@ -798,7 +1014,7 @@ impl Campaign {
                     "election: lease of term {term} not renewed in time (etcd unreachable?); stepping down"
                 );
                 self.step_down(term);
-                self.resign(&mut client, lease, term).await;
+                self.resign(&mut client, lease, rev, term).await;
                 return Ended::Lost;
             }
             let sent = Instant::now();
@@ -808,7 +1024,7 @@ impl Campaign {
                 Ok(false) => {
                     tracing::warn!("election: lease of term {term} expired in etcd; stepping down");
                     self.step_down(term);
-                    self.resign(&mut client, lease, term).await;
+                    self.resign(&mut client, lease, rev, term).await;
                     return Ended::Lost;
                 }
                 Err(e) => {
@@ -827,6 +1043,7 @@ impl Campaign {
     }
 
     fn step_down(&self, term: i64) {
+        self.fence.store(None);
         self.publisher.update(|v| {
             if v.my_term == Some(term) {
                 v.my_term = None;
@@ -834,14 +1051,14 @@ impl Campaign {
         });
     }
 
-    /// Deletes the leader key if it is still this term's, and revokes the
-    /// lease: a successor can run at once.
-    async fn resign(&self, client: &mut Client, lease: i64, term: i64) {
+    /// Deletes the leader key if it is still this reign's (created at
+    /// `rev`), and revokes the lease: a successor can run at once.
+    async fn resign(&self, client: &mut Client, lease: i64, rev: i64, term: i64) {
         let txn = Txn::new()
             .when([Compare::create_revision(
                 self.keys.leader.as_str(),
                 CompareOp::Equal,
-                term,
+                rev,
             )])
             .and_then([TxnOp::delete(self.keys.leader.as_str(), None)]);
         let _ = tokio::time::timeout(CALL_TIMEOUT, client.txn(txn)).await;
@@ -854,55 +1071,13 @@ impl Campaign {
 mod tests {
     use super::*;
 
-    fn acked(seq: u64, digest: &str) -> Acked {
-        Acked {
-            term: 7,
-            seq,
-            digest: digest.into(),
-        }
-    }
-
     #[test]
-    fn anyone_may_lead_before_any_acknowledgment() {
-        assert!(may_lead(None, 0, None).is_ok());
-        assert!(may_lead(None, 5, None).is_ok());
-    }
-
-    #[test]
-    fn a_node_behind_the_acknowledged_position_may_not_lead() {
-        let d = "a".repeat(64);
-        let e = may_lead(Some(&acked(10, &d)), 9, None).unwrap_err();
-        assert!(e.contains("applied 9, acknowledged 10"), "{e}");
-        assert!(may_lead(Some(&acked(10, &d)), 10, Some(&d)).is_ok());
-        assert!(may_lead(Some(&acked(10, &d)), 12, Some(&d)).is_ok());
-    }
-
-    #[test]
-    fn a_node_with_another_history_may_not_lead() {
-        let (d, other) = ("a".repeat(64), "b".repeat(64));
-        let e = may_lead(Some(&acked(10, &d)), 11, Some(&other)).unwrap_err();
-        assert!(e.contains("history differs"), "{e}");
-        // A digest it no longer knows is no proof either.
-        assert!(may_lead(Some(&acked(10, &d)), 11, None).is_err());
-        // Nothing acknowledged yet beyond an empty history.
-        assert!(may_lead(Some(&acked(0, "")), 0, None).is_ok());
-    }
-
-    #[test]
-    fn an_acknowledgment_naming_no_history_checks_the_length_only() {
-        // As an earlier version recorded for data without a change log: a
-        // node holding that much may lead (else nobody ever could again).
-        assert!(may_lead(Some(&acked(3, "")), 3, None).is_ok());
-        assert!(may_lead(Some(&acked(3, "")), 4, Some(&"c".repeat(64))).is_ok());
-        assert!(may_lead(Some(&acked(3, "")), 2, None).is_err());
-    }
-
-    #[test]
-    fn a_leader_steps_down_only_on_a_view_that_has_seen_its_term() {
-        let leader = |term| Leader {
+    fn a_leader_steps_down_only_on_a_view_that_has_seen_its_key() {
+        let leader = |rev| Leader {
             addr: "10.0.0.1:8080".into(),
-            term,
+            term: 3,
             since: 1,
+            rev,
         };
         let view = |revision, l: Option<Leader>| ElectionView {
             synced: true,
@@ -917,19 +1092,8 @@ mod tests {
         // Seen, and still its own.
         assert!(!key_lost(&view(9, Some(leader(9))), 9));
         assert!(!key_lost(&view(15, Some(leader(9))), 9));
-        // Gone, or replaced, after the term began.
+        // Gone, or replaced, after the reign began.
         assert!(key_lost(&view(12, None), 9));
         assert!(key_lost(&view(14, Some(leader(14))), 9));
-    }
-
-    #[test]
-    fn election_values_are_believed_only_when_sane() {
-        let good = br#"{"addr":"10.0.0.1:8080","since":1}"#;
-        assert_eq!(decode_leader(good, 42).map(|l| l.term), Some(42));
-        assert!(decode_leader(br#"{"addr":"0.0.0.0:8080","since":1}"#, 42).is_none());
-        assert!(decode_leader(b"nonsense", 42).is_none());
-        assert!(decode_acked(br#"{"term":3,"seq":9,"digest":"zz"}"#).is_none());
-        assert!(decode_acked(br#"{"term":0,"seq":9,"digest":""}"#).is_none());
-        assert!(decode_acked(br#"{"term":3,"seq":9,"digest":""}"#).is_some());
     }
 }
