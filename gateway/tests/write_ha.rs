@@ -47,6 +47,18 @@ impl Member {
         extra: &str,
         data: bool,
     ) -> Member {
+        Member::start_with_sync_timeout(etcd, dir, name, mode, extra, data, 2000)
+    }
+
+    fn start_with_sync_timeout(
+        etcd: &Etcd,
+        dir: &std::path::Path,
+        name: &str,
+        mode: &'static str,
+        extra: &str,
+        data: bool,
+        sync_timeout_ms: u64,
+    ) -> Member {
         let db = dir.join(format!("{name}.db"));
         if data {
             std::fs::copy(sample_db(), &db).unwrap();
@@ -54,7 +66,7 @@ impl Member {
         let mut opts = NodeOpts::new(&db);
         opts.mode = mode;
         opts.extra = format!(
-            "[etcd]\nendpoints = {}\nprefix = /kmt-ha\nttl = {TTL}\n[replication]\nsync_timeout_ms = 2000\n{extra}",
+            "[etcd]\nendpoints = {}\nprefix = /kmt-ha\nttl = {TTL}\n[replication]\nsync_timeout_ms = {sync_timeout_ms}\n{extra}",
             etcd.endpoint()
         );
         let node = Node::start(&node_bin(), &opts);
@@ -98,6 +110,11 @@ impl Member {
 
 /// One ingest: a new subject per write, so every write is one row.
 fn write(port: u16, i: usize) -> u16 {
+    write_answer(port, i).map_or(0, |r| r.status)
+}
+
+/// [`write`], with the whole answer.
+fn write_answer(port: u16, i: usize) -> std::io::Result<Resp> {
     let body = serde_json::json!({"records": [{
         "subject": row_subject(i), "name": format!("ha {i}"), "report_date": 1_751_241_600i64,
         "end_date": "2025-06-30", "year": "2025", "period": "Q2", "declare_date": "2025-08-01",
@@ -112,7 +129,32 @@ fn write(port: u16, i: usize) -> u16 {
         body.as_bytes(),
         &[("Authorization", &auth)],
     )
-    .map_or(0, |r| r.status)
+}
+
+/// SIGSTOP of a node's process; SIGCONT when dropped (a stopped process
+/// would keep its signals pending while the kit stops it).
+struct Paused(u32);
+
+impl Paused {
+    fn pause(node: &Node) -> Paused {
+        let pid = node.pid().expect("a running node");
+        signal(pid, "-STOP");
+        Paused(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
 }
 
 fn row_subject(i: usize) -> String {
@@ -410,5 +452,83 @@ fn a_term_lost_before_any_write_is_followed_by_another_leader() {
         }),
         "the other candidate did not take over after term {second_term}'s leader died: {}",
         report(&members)
+    );
+}
+
+/// A write whose only candidate follower is paused (SIGSTOP) is not
+/// confirmed within `sync_timeout_ms`: the gateway passes on the leader's
+/// 503, whose body says `"outcome": "not_acknowledged"` (not "unknown": the
+/// fence was never tried), and the leader counts it as such in `/metrics`.
+/// Once the follower runs again, writes are acknowledged again.
+#[test]
+fn a_write_the_paused_follower_cannot_confirm_is_answered_not_acknowledged() {
+    let dir = temp_dir("write-ha-paused");
+    let etcd = Etcd::start(&dir);
+    let members = [
+        Member::start_with_sync_timeout(&etcd, &dir, "a", "master", "", true, 300),
+        Member::start_with_sync_timeout(&etcd, &dir, "b", "slave", "candidate = true\n", false, 300),
+    ];
+    let report = || {
+        format!(
+            "{:?}\n{}",
+            members.iter().map(Member::health).collect::<Vec<_>>(),
+            members.iter().map(Member::logs).collect::<String>()
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let h = members[0].health();
+            h["term"].as_i64().is_some()
+                && h["sync"]["state"] == "ok"
+                && members[1].applied().is_some()
+                && members[1].applied() == members[0].applied()
+        }),
+        "the master did not lead with its candidate follower caught up: {}",
+        report()
+    );
+    let gw = Gateway::start(&format!(
+        "[etcd]\nendpoints = {}\nprefix = /kmt-ha\n[gateway]\neject_ms = 500\n",
+        etcd.endpoint()
+    ));
+    gw.wait_nodes(2);
+    // Confirmed by the follower: acknowledged. Its confirming poll is the
+    // last it makes before the pause, so it still counts as connected.
+    let mut n = 0;
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            n += 1;
+            write(gw.port, n) == 200
+        }),
+        "no write was acknowledged with the follower running: {}",
+        report()
+    );
+    let follower = members[1].node.as_ref().unwrap();
+    let paused = Paused::pause(follower);
+    let r = write_answer(gw.port, n + 1).expect("an answer through the gateway");
+    assert_eq!(r.status, 503, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["outcome"], "not_acknowledged", "{}", r.text());
+    assert_eq!(body["status_code"], 503, "{}", r.text());
+    let msg = r.msg();
+    assert!(
+        msg.contains("not confirmed by 1 sync replica(s) within 300 ms") && msg.contains("NOT acknowledged"),
+        "{msg}"
+    );
+    let metrics = request(members[0].port, "GET", "/metrics", b"", &[]).text();
+    assert!(
+        metrics.contains("\nkamaitachi_writes_unconfirmed_total 1\n")
+            && metrics.contains("\nkamaitachi_writes_outcome_unknown_total 0\n"),
+        "{metrics}"
+    );
+
+    drop(paused);
+    let mut m = n + 1;
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            m += 1;
+            write(gw.port, m) == 200
+        }),
+        "writes were not acknowledged again after the follower resumed: {}",
+        report()
     );
 }

@@ -2,7 +2,7 @@
 //!
 //! Protocol (both routes are admin routes on every node; slaves call the
 //! master's):
-//! - `GET …/replication/changes?from=S&wait_ms=W&dataset=D`: the changes
+//! - `GET …/replication/changes?from=S&wait_ms=W&dataset=D&term=T`: the changes
 //!   after sequence `S` from the master's change log (long-poll: waits up to
 //!   `W` ms for one to appear). `410 Gone` when `S` is older than the log
 //!   keeps or the dataset differs: the slave must copy the whole database.
@@ -347,8 +347,10 @@ impl Follower {
             .filter(|d| d.len() == 64)
             .map(|d| format!("&digest={d}"))
             .unwrap_or_default();
+        // This node's durable term: a leader of an older one resigns (L3).
+        let term = self.writer.term()?;
         let target = format!(
-            "{API}/changes?from={}&wait_ms={POLL_WAIT_MS}&dataset={}{digest}&node={}&candidate={}",
+            "{API}/changes?from={}&wait_ms={POLL_WAIT_MS}&dataset={}{digest}&node={}&candidate={}&term={term}",
             self.state.applied(),
             self.state.dataset_id.load(Ordering::Acquire),
             self.locator.own_addr,

@@ -474,6 +474,10 @@ fn numeric_query_parameters_are_range_checked() {
         ("from=0&wait_ms=-5", "wait_ms"),
         ("from=0&dataset=18446744073709551616", "dataset"),
         ("from=0&dataset=x", "dataset"),
+        ("from=0&term=x", "term"),
+        ("from=0&term=-1", "term"),
+        ("from=0&term=9007199254740992", "term"),
+        ("from=0&term=18446744073709551616", "term"),
     ];
     for (query, field) in cases {
         let r = get(query);
@@ -483,7 +487,11 @@ fn numeric_query_parameters_are_range_checked() {
     }
     // The edges that are allowed.
     let v = n.get("/health").json()["data_version"].as_u64().unwrap_or(0);
-    for query in [format!("from={v}"), format!("from={v}&wait_ms=1")] {
+    for query in [
+        format!("from={v}"),
+        format!("from={v}&wait_ms=1"),
+        format!("from={v}&term=9007199254740991"),
+    ] {
         let r = get(&query);
         assert_eq!(r.status, 200, "{query} -> {}", r.text());
     }

@@ -14,7 +14,8 @@
 //! | `GET /metrics` | Prometheus text |
 //!
 //! A trailing slash is accepted. Errors become the JSON envelope here, with
-//! the status [`ApiError::status`] gives.
+//! the status [`ApiError::status`] gives and, for a write that was not
+//! acknowledged, `"outcome"` from [`ApiError::outcome`].
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -27,7 +28,7 @@ use crate::engine::query::QueryEngine;
 use crate::json;
 use crate::model::batch::Batch;
 use crate::server::error::ApiError;
-use crate::server::ha::{Admit, Ha};
+use crate::server::ha::{self, Admit, Ha, PollTerm};
 use crate::server::http::{Body, Request, Response, Service, TransportError};
 use crate::server::image_stream::ImageStream;
 use crate::server::metrics::{Metrics, RouteLabel};
@@ -75,6 +76,9 @@ const MAX_WAIT: Duration = Duration::from_secs(10);
 const MAX_SEQ: u64 = i64::MAX as u64 - 1;
 /// Changes per change-feed answer.
 const CHANGES_PER_PULL: usize = 64;
+/// Largest term a follower may report: an exact JSON number, with room
+/// for every later term.
+const MAX_TERM: u64 = (1 << 53) - 1;
 
 impl Api {
     fn route(&self, req: &Request<'_>) -> (RouteLabel, Result<Response, ApiError>) {
@@ -231,23 +235,26 @@ impl Api {
     /// batch, commit it with its change-log entry on the writer thread,
     /// publish it, reply.
     ///
-    /// With an election (issue 14) only the leader writes, under its term,
-    /// and the answer waits for the sync acknowledgment (`server/ha.rs`).
+    /// With an election only the leader writes, under its term, and the
+    /// answer waits for the acknowledgment (`server/ha.rs`). Every 503 says
+    /// in `outcome` whether the write is known not to be acknowledged
+    /// (refused before it was written, or not acknowledged) or may have
+    /// been (the fence's outcome is unknown).
     fn write(&self, req: &Request<'_>, label: RouteLabel) -> Result<Response, ApiError> {
         let Some(term) = self.ha.leading_term() else {
             if self.ha.enabled() {
-                return Err(ApiError::Unavailable(self.ha.not_leader()));
+                return Err(ApiError::not_acknowledged(self.ha.not_leader()));
             }
             let at = self
                 .state
                 .master_addr()
                 .map_or_else(|| " (not located yet)".to_string(), |m| format!(" at {m}"));
-            return Err(ApiError::Unavailable(format!(
+            return Err(ApiError::not_acknowledged(format!(
                 "this node is a slave: send writes to the master{at}"
             )));
         };
         let needed = match self.ha.admit() {
-            Admit::Refuse(why) => return Err(ApiError::Unavailable(why)),
+            Admit::Refuse(why) => return Err(ApiError::not_acknowledged(why)),
             Admit::Wait { needed, .. } => needed,
         };
         let catalog = self.engine.catalog();
@@ -266,15 +273,18 @@ impl Api {
             })?;
         let (written, seq) = (committed.written, committed.seq);
         tracing::debug!(request_id = %request_id(req), seq, written, "write committed");
-        self.ha
-            .acknowledge(term, seq, committed.digest, needed)
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        self.ha.acknowledge(term, seq, committed.digest, needed)?;
         Ok(ok_json(
             &serde_json::json!({"written": written, "seq": seq, "term": term}),
         ))
     }
 
-    /// `GET …/replication/changes?from=S&wait_ms=W&dataset=D`.
+    /// `GET …/replication/changes?from=S&wait_ms=W&dataset=D&digest=H&node=N&candidate=C&term=T`.
+    ///
+    /// `term`: the follower's durable term; a newer one than this leader's
+    /// makes it record the term and resign (L3). The poll counts as the
+    /// follower's progress (A1), as proven when `digest` (its history at
+    /// `from`) matched this node's.
     fn changes(&self, req: &Request<'_>, nonce: &str) -> Result<Response, ApiError> {
         // Every number has a range: `from` must fit SQLite's signed 64-bit
         // integer with room for `from + 1`; a wait is at most MAX_WAIT.
@@ -296,6 +306,8 @@ impl Api {
         }
         let role = self.ha.role();
         let from = param("from", MAX_SEQ)?.ok_or_else(|| ApiError::field("from", "required"))?;
+        // Bounded: at most MAX_TERM, which fits an i64.
+        let their_term = param("term", MAX_TERM)?.map(|t| t as i64);
         // Who polls (inside the signed target): its progress is what the
         // sync acknowledgment waits on.
         let node = match query_param(req.query, "node") {
@@ -316,6 +328,19 @@ impl Api {
             }
         };
         let wait = Duration::from_millis(param("wait_ms", MAX_WAIT.as_millis() as u64)?.unwrap_or(0));
+        if let (true, Some(leading)) = (self.ha.enabled(), self.ha.leading_term()) {
+            if let PollTerm::Yield(newer) = ha::poll_term(leading, their_term) {
+                // Durable first: the next campaign runs above `newer`.
+                if let Err(e) = self.writer.raise_term(newer) {
+                    tracing::warn!("could not record term {newer} a follower reported: {e}");
+                }
+                self.ha.yield_to_term(newer);
+                return Err(ApiError::Unavailable(format!(
+                    "a follower has seen term {newer}, newer than this leader's term {leading}: \
+                     this node steps down so that a leader of a newer term is elected"
+                )));
+            }
+        }
         let dataset = self.state.dataset_id.load(Ordering::Acquire);
         if let Some(d) = param("dataset", u64::MAX)? {
             if d != dataset {
@@ -337,6 +362,7 @@ impl Api {
             }
             None => None,
         };
+        let mut proven = false;
         if let (Some(theirs), true) = (&theirs, from > 0) {
             let ours = store::read(self.engine.readers(), move |s| s.digest_at(from))?;
             if ours.as_ref().is_some_and(|o| o != theirs) {
@@ -344,6 +370,7 @@ impl Api {
                     "history diverges at change {from}: the slave's differs from the master's"
                 )));
             }
+            proven = ours.is_some();
         }
         // A follower ahead of this node holds changes this node never made
         // (a former leader's, never acknowledged): it must copy the image.
@@ -353,10 +380,10 @@ impl Api {
                 "the follower is ahead: it has applied {from}, this node only {applied} (diverged history)"
             )));
         }
-        if let Some(node) = &node {
-            self.ha.record_progress(node, from, candidate);
-        }
         let term = self.ha.leading_term().unwrap_or(0);
+        if let Some(node) = &node {
+            self.ha.record_progress(node, term, from, proven, candidate);
+        }
         // Parks this coroutine (not its worker thread) until the writer
         // publishes a change past `from`, or the wait runs out.
         self.state.wait_applied_past(from, wait);
@@ -592,12 +619,14 @@ impl Api {
              # HELP kamaitachi_term The election term this node leads under (0 when it does not).\n# TYPE kamaitachi_term gauge\nkamaitachi_term {}\n\
              # HELP kamaitachi_sync_replicas_connected Candidate followers that polled within 3 s.\n# TYPE kamaitachi_sync_replicas_connected gauge\nkamaitachi_sync_replicas_connected {connected}\n\
              # HELP kamaitachi_sync_degraded 1 while fewer candidates are connected than sync_replicas.\n# TYPE kamaitachi_sync_degraded gauge\nkamaitachi_sync_degraded {}\n\
-             # HELP kamaitachi_writes_unconfirmed_total Writes committed but not acknowledged (503).\n# TYPE kamaitachi_writes_unconfirmed_total counter\nkamaitachi_writes_unconfirmed_total {}\n\
+             # HELP kamaitachi_writes_unconfirmed_total Writes committed but not acknowledged (503, outcome not_acknowledged).\n# TYPE kamaitachi_writes_unconfirmed_total counter\nkamaitachi_writes_unconfirmed_total {}\n\
+             # HELP kamaitachi_writes_outcome_unknown_total Writes committed whose acknowledgment may or may not have been recorded (503, outcome unknown).\n# TYPE kamaitachi_writes_outcome_unknown_total counter\nkamaitachi_writes_outcome_unknown_total {}\n\
              # HELP kamaitachi_elections_won_total Elections this process won.\n# TYPE kamaitachi_elections_won_total counter\nkamaitachi_elections_won_total {}\n",
             u8::from(self.ha.leading_term().is_some()),
             self.ha.leading_term().unwrap_or(0),
             u8::from(self.ha.sync_state(connected) == "degraded"),
             self.ha.writes_unconfirmed.load(Ordering::Relaxed),
+            self.ha.writes_outcome_unknown.load(Ordering::Relaxed),
             self.ha.elections_won.load(Ordering::Relaxed),
         );
         body.extend_from_slice(extra.as_bytes());
@@ -620,13 +649,19 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// The JSON answer for an error.
+/// The JSON answer for an error: the envelope, with `"outcome"` after
+/// `data` when the error says whether a write may have been acknowledged.
 fn error_response(err: &ApiError) -> Response {
     let status = err.status();
-    let mut resp = Response::json(
-        status,
-        Body::Owned(json::envelope(status, &err.to_string(), b"null")),
-    );
+    let mut body = Vec::with_capacity(96);
+    json::begin_envelope(&mut body, status, &err.to_string());
+    body.extend_from_slice(b"null");
+    if let Some(outcome) = err.outcome() {
+        body.extend_from_slice(b",\"outcome\":");
+        json::push_str(&mut body, outcome.as_str());
+    }
+    json::end_envelope(&mut body);
+    let mut resp = Response::json(status, Body::Owned(body));
     if let ApiError::MethodNotAllowed { allowed, .. } = err {
         resp.headers.push(("Allow", allowed.to_string()));
     }

@@ -1,8 +1,9 @@
 //! The one place where a failure becomes an HTTP status.
 //!
 //! Handlers return [`ApiError`]; `api.rs` renders it as the contract's JSON
-//! envelope with the status from [`ApiError::status`]. Every message says
-//! what was wrong and, for bad input, with which field.
+//! envelope with the status from [`ApiError::status`] and, for a write that
+//! was not acknowledged, the `outcome` field from [`ApiError::outcome`].
+//! Every message says what was wrong and, for bad input, with which field.
 //!
 //! Each lower layer has its own error (the connection loop's
 //! `TransportError`, `EngineError`, `StoreError`, `PoolError`); the `From`
@@ -10,6 +11,7 @@
 //! decided here and nowhere else.
 
 use crate::engine::error::EngineError;
+use crate::server::ha::{AckFailure, Outcome};
 use crate::server::http::TransportError;
 use crate::storage::error::StoreError;
 
@@ -42,6 +44,9 @@ pub enum ApiError {
     Transport(#[from] TransportError),
     #[error("{0}")]
     Unavailable(String),
+    /// A write that is not acknowledged, and whether it may have been.
+    #[error("{message}")]
+    Write { outcome: Outcome, message: String },
     /// The replication request cannot be served incrementally.
     #[error("{0}")]
     Gone(String),
@@ -74,9 +79,35 @@ impl ApiError {
                 TransportError::TransferEncodingUnsupported => 501,
                 TransportError::TooManyConnections => 503,
             },
-            ApiError::Unavailable(_) => 503,
+            ApiError::Unavailable(_) | ApiError::Write { .. } => 503,
             ApiError::Gone(_) => 410,
             ApiError::Internal(_) => 500,
+        }
+    }
+
+    /// The answer's `outcome` field: for a write, whether it is known not
+    /// to be acknowledged or may have been.
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self {
+            ApiError::Write { outcome, .. } => Some(*outcome),
+            _ => None,
+        }
+    }
+
+    /// A write refused, or failed, with nothing acknowledged.
+    pub fn not_acknowledged(message: impl Into<String>) -> Self {
+        ApiError::Write {
+            outcome: Outcome::NotAcknowledged,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<AckFailure> for ApiError {
+    fn from(f: AckFailure) -> Self {
+        ApiError::Write {
+            outcome: f.outcome(),
+            message: f.to_string(),
         }
     }
 }
@@ -105,5 +136,42 @@ impl From<EngineError> for ApiError {
             EngineError::Pool(e) => ApiError::from(e),
             EngineError::Store(e) => ApiError::from(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unacknowledged_write_is_a_503_that_says_whether_it_may_have_been() {
+        let cases = [
+            (AckFailure::NotLeader(4), Some(Outcome::NotAcknowledged)),
+            (
+                AckFailure::Unreachable("refused".into()),
+                Some(Outcome::NotAcknowledged),
+            ),
+            (
+                AckFailure::Unconfirmed {
+                    seq: 9,
+                    needed: 1,
+                    ms: 20,
+                },
+                Some(Outcome::NotAcknowledged),
+            ),
+            (
+                AckFailure::Unknown("attempt timed out".into()),
+                Some(Outcome::Unknown),
+            ),
+        ];
+        for (failure, outcome) in cases {
+            let text = failure.to_string();
+            let e = ApiError::from(failure);
+            assert_eq!(e.status(), 503, "{e}");
+            assert_eq!(e.outcome(), outcome, "{e}");
+            assert_eq!(e.to_string(), text, "the message is the failure's");
+        }
+        assert_eq!(ApiError::Unavailable("x".into()).outcome(), None);
+        assert_eq!(ApiError::field("from", "required").outcome(), None);
     }
 }

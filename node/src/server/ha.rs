@@ -1,34 +1,45 @@
-//! Write availability (issue 14): who may acknowledge a write, and when.
+//! Write acknowledgment on the leader: who may acknowledge a write, and
+//! when (rules L3 and A1–A3 of `docs/WRITE_PROTOCOL.md`).
 //!
 //! etcd decides who leads (`cluster::election`); this module owns what the
 //! node does with that decision:
 //!
 //! - **Leading**: [`Ha::leading_term`] is the term under which this node
 //!   may write — the election's term while it leads, `0` for a `mode =
-//!   master` node without etcd (no election, no fence: the single master of
-//!   before), none otherwise. Writes and the change feed are refused on a
-//!   node that does not lead.
-//! - **Progress**: every follower's changes poll says which node it is, if
-//!   it is a candidate, and `from` = the last change it has committed. The
-//!   change feed records that here ([`Ha::record_progress`]) and wakes the
-//!   acknowledger.
+//!   master` node without etcd (no election, no fence), none otherwise.
+//!   Writes and the change feed are refused on a node that does not lead.
+//! - **Progress** (A1): every follower's changes poll says which node it
+//!   is, if it is a candidate, and `from` = the last change it has
+//!   committed. The change feed records it here ([`Ha::record_progress`])
+//!   under the term the poll was admitted in, and whether the follower's
+//!   history digest at `from` matched the leader's ([`Progress::proven`]).
+//!   Only proven progress of the current term confirms a write; when the
+//!   leading term changes every follower's progress is forgotten.
+//! - **A newer term** (L3): a poll reporting a term above the leader's
+//!   ([`poll_term`]) makes the leader record it and resign.
 //! - **Synchronous replication**: a write committed on the leader as change
 //!   S is handed to the acknowledger ([`Ha::acknowledge`]), one OS thread
 //!   that waits (on a `Condvar`, woken by progress; no sleeping loop) until
-//!   `needed` candidate followers report ≥ S or the waiter's deadline
+//!   `needed` candidate followers confirm S or the waiter's deadline
 //!   (`sync_timeout_ms`) passes. `needed` is fixed when the write arrives
 //!   ([`admit`]): `sync_replicas`, or — with fewer candidates connected
 //!   (polled within [`CONNECTED_WITHIN`]) — the ones connected when not
 //!   strict ("degraded"), or a refusal at once when strict.
-//! - **The fence**: every acknowledgment also needs
+//! - **Groups** (A2): waiters are acknowledged as a prefix ([`settle`]):
+//!   up to the highest S such that every waiter up to S is confirmed by its
+//!   own `needed`, so a degraded write never carries an earlier one that
+//!   waits for a follower.
+//! - **The fence** (A3): every acknowledgment also needs
 //!   `Election::record_acked(term, S, digest)` to succeed in etcd, one
-//!   transaction for every waiter up to S (group commit). A deposed leader's
-//!   transaction fails its guard, so it never acknowledges anything.
+//!   transaction for the group's top. A deposed leader's transaction fails
+//!   its guard, so it never acknowledges anything. Every failure says
+//!   whether the write is known not to be acknowledged or may have been
+//!   ([`AckFailure::outcome`]).
 //!
 //! The waiting HTTP coroutine blocks on a `may` channel (parks the
 //! coroutine, not its worker); the acknowledger always answers every
-//! waiter (by its deadline at the latest). No lock is held across the etcd
-//! call.
+//! waiter (by its deadline at the latest, or when its fence call returns).
+//! No lock is held across the etcd call.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,11 +60,16 @@ pub struct SyncRules {
     pub strict: bool,
 }
 
-/// What a follower last reported.
+/// What a follower last reported, and under which term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
-    /// The last change it has committed.
+    /// The leader's term when the poll was admitted.
+    pub term: i64,
+    /// The last change it has committed (the poll's `from`).
     pub applied: u64,
+    /// The follower's history digest at `applied` was sent and matched the
+    /// leader's: only then does `applied` confirm a write.
+    pub proven: bool,
     pub candidate: bool,
     pub seen: Instant,
 }
@@ -88,17 +104,87 @@ pub fn admit(rules: &SyncRules, connected: usize) -> Admit {
     }
 }
 
-/// How many candidate followers have committed `seq`.
-pub fn confirmations<'a>(followers: impl Iterator<Item = &'a Progress>, seq: u64) -> usize {
-    followers.filter(|p| p.candidate && p.applied >= seq).count()
+/// How many candidate followers confirm change `seq` of `term`: reported
+/// under `term`, with a proven history, at `seq` or past it.
+pub fn confirmations<'a>(followers: impl Iterator<Item = &'a Progress>, term: i64, seq: u64) -> usize {
+    followers
+        .filter(|p| p.term == term && p.proven && p.candidate && p.applied >= seq)
+        .count()
+}
+
+/// What a follower's term, sent with its poll, means to the leader (L3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollTerm {
+    /// Not newer than the leader's term (or not sent): serve the poll.
+    Serve,
+    /// The follower has seen this newer term: record it and resign.
+    Yield(i64),
+}
+
+/// The leader leading under `leading` is polled by a follower whose
+/// durable term is `reported`.
+pub fn poll_term(leading: i64, reported: Option<i64>) -> PollTerm {
+    match reported {
+        Some(t) if t > leading => PollTerm::Yield(t),
+        _ => PollTerm::Serve,
+    }
+}
+
+/// Whether an unacknowledged write may have been acknowledged after all:
+/// the `outcome` field of the 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Known not to be acknowledged (it may still reach the replicas and
+    /// be carried by a later acknowledgment, or be discarded).
+    NotAcknowledged,
+    /// The acknowledgment may have been recorded: the client cannot tell.
+    Unknown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::NotAcknowledged => "not_acknowledged",
+            Outcome::Unknown => "unknown",
+        }
+    }
 }
 
 /// Why a write was not acknowledged (503).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckFailure {
-    Unconfirmed { seq: u64, needed: usize, ms: u128 },
+    Unconfirmed {
+        seq: u64,
+        needed: usize,
+        ms: u128,
+    },
     NotLeader(i64),
+    /// etcd could not be reached: nothing was recorded.
     Unreachable(String),
+    /// The fence's transaction timed out and reading back did not settle
+    /// whether it was recorded.
+    Unknown(String),
+}
+
+impl AckFailure {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            AckFailure::Unknown(_) => Outcome::Unknown,
+            AckFailure::Unconfirmed { .. } | AckFailure::NotLeader(_) | AckFailure::Unreachable(_) => {
+                Outcome::NotAcknowledged
+            }
+        }
+    }
+}
+
+impl From<AckError> for AckFailure {
+    fn from(e: AckError) -> Self {
+        match e {
+            AckError::NotLeader(t) => AckFailure::NotLeader(t),
+            AckError::Unreachable(e) => AckFailure::Unreachable(e),
+            AckError::Unknown(e) => AckFailure::Unknown(e),
+        }
+    }
 }
 
 impl std::fmt::Display for AckFailure {
@@ -117,6 +203,11 @@ impl std::fmt::Display for AckFailure {
                 f,
                 "etcd unreachable: the write could not be acknowledged ({e}); it is NOT acknowledged"
             ),
+            AckFailure::Unknown(e) => write!(
+                f,
+                "the write's acknowledgment timed out in etcd and could not be read back ({e}): \
+                 it may or may not be acknowledged; read it back before writing it again"
+            ),
         }
     }
 }
@@ -131,10 +222,45 @@ struct Waiter {
     reply: may::sync::mpsc::Sender<Result<(), AckFailure>>,
 }
 
+/// Most followers whose progress is kept (the stalest is forgotten first).
+const MAX_FOLLOWERS: usize = 256;
+
 #[derive(Default)]
 struct Inner {
+    /// The leading term `followers` belongs to.
+    term: Option<i64>,
     followers: HashMap<String, Progress>,
     waiters: Vec<Waiter>,
+}
+
+impl Inner {
+    /// Follows the leading term: progress of another reign is forgotten.
+    fn follow_term(&mut self, leading: Option<i64>) {
+        if self.term != leading {
+            self.followers.clear();
+            self.term = leading;
+        }
+    }
+
+    /// Records a follower's poll if it was admitted under the term
+    /// followed now; returns whether it was recorded.
+    fn record(&mut self, node: &str, progress: Progress) -> bool {
+        if self.term != Some(progress.term) {
+            return false;
+        }
+        if self.followers.len() >= MAX_FOLLOWERS && !self.followers.contains_key(node) {
+            let stalest = self
+                .followers
+                .iter()
+                .min_by_key(|(_, p)| p.seen)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = stalest {
+                self.followers.remove(&k);
+            }
+        }
+        self.followers.insert(node.to_string(), progress);
+        true
+    }
 }
 
 /// The node's side of the election (see the module comment).
@@ -148,7 +274,10 @@ pub struct Ha {
     addr: String,
     inner: Mutex<Inner>,
     wake: Condvar,
+    /// Writes answered 503 `not_acknowledged` after they were committed.
     pub writes_unconfirmed: AtomicU64,
+    /// Writes answered 503 `unknown`.
+    pub writes_outcome_unknown: AtomicU64,
     pub elections_won: AtomicU64,
     /// The last sync state logged ("ok", "degraded"), to log once per change.
     logged_state: Mutex<&'static str>,
@@ -175,6 +304,7 @@ impl Ha {
             inner: Mutex::default(),
             wake: Condvar::new(),
             writes_unconfirmed: AtomicU64::new(0),
+            writes_outcome_unknown: AtomicU64::new(0),
             elections_won: AtomicU64::new(0),
             logged_state: Mutex::new(""),
             fence_within: ttl.saturating_sub(cluster::election::STEP_DOWN_MARGIN),
@@ -223,43 +353,50 @@ impl Ha {
         }
     }
 
-    /// A follower's poll: it has committed `applied`.
-    pub fn record_progress(&self, node: &str, applied: u64, candidate: bool) {
+    /// A follower's poll, admitted while this node led under `term`: it
+    /// has committed `applied`; `proven` when its history digest at
+    /// `applied` matched this node's.
+    pub fn record_progress(&self, node: &str, term: i64, applied: u64, proven: bool, candidate: bool) {
         if node == self.addr {
             return;
         }
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if inner.followers.len() >= 256 && !inner.followers.contains_key(node) {
-            // Bounded: forget the stalest peer first.
-            let stalest = inner
-                .followers
-                .iter()
-                .min_by_key(|(_, p)| p.seen)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = stalest {
-                inner.followers.remove(&k);
-            }
+        let progress = Progress {
+            term,
+            applied,
+            proven,
+            candidate,
+            seen: Instant::now(),
+        };
+        let recorded = {
+            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            inner.follow_term(self.leading_term());
+            inner.record(node, progress)
+        };
+        if recorded {
+            self.wake.notify_all();
         }
-        inner.followers.insert(
-            node.to_string(),
-            Progress {
-                applied,
-                candidate,
-                seen: Instant::now(),
-            },
-        );
-        drop(inner);
-        self.wake.notify_all();
     }
 
-    /// Candidate followers that polled within [`CONNECTED_WITHIN`].
+    /// Candidate followers that polled this term within
+    /// [`CONNECTED_WITHIN`].
     pub fn connected_candidates(&self) -> usize {
-        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.follow_term(self.leading_term());
         inner
             .followers
             .values()
             .filter(|p| p.candidate && p.seen.elapsed() < CONNECTED_WITHIN)
             .count()
+    }
+
+    /// A follower has seen `term`, newer than this leader's (L3): the
+    /// election makes this node step down and resign. The caller records
+    /// `term` durably first.
+    pub fn yield_to_term(&self, term: i64) {
+        if let Some(e) = &self.election {
+            tracing::warn!("a follower has seen term {term}, newer than this leader's: stepping down");
+            e.yield_to_term(term);
+        }
     }
 
     /// `sync` for `/health` and `/stats`: replicas, connected, state.
@@ -346,8 +483,12 @@ impl Ha {
         let result = rx
             .recv()
             .unwrap_or_else(|_| Err(AckFailure::Unreachable("the acknowledger stopped".into())));
-        if result.is_err() {
-            self.writes_unconfirmed.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &result {
+            let counter = match e.outcome() {
+                Outcome::NotAcknowledged => &self.writes_unconfirmed,
+                Outcome::Unknown => &self.writes_outcome_unknown,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
@@ -382,10 +523,14 @@ impl Ha {
                     if batch.is_some() || !failed.is_empty() {
                         break (batch, failed);
                     }
+                    // A waiter past its deadline but held back by an earlier
+                    // one waits for that one's deadline, not in a spin.
+                    let now = Instant::now();
                     let wait = inner
                         .waiters
                         .iter()
-                        .map(|w| w.deadline.saturating_duration_since(Instant::now()))
+                        .filter(|w| w.deadline > now)
+                        .map(|w| w.deadline - now)
                         .min()
                         .unwrap_or(Duration::from_secs(1))
                         // A lost lead shows in the view, not as a wake-up.
@@ -410,11 +555,7 @@ impl Ha {
             let Some((term, seq, digest)) = top else { continue };
             let result = election
                 .record_acked_blocking(term, seq, &digest, within)
-                .map_err(|e| match e {
-                    AckError::NotLeader(t) => AckFailure::NotLeader(t),
-                    AckError::Unreachable(e) => AckFailure::Unreachable(e),
-                    AckError::Unknown(e) => AckFailure::Unreachable(e),
-                });
+                .map_err(AckFailure::from);
             if let Err(e) = &result {
                 tracing::warn!("acknowledgment of changes up to {seq} (term {term}) failed: {e}");
             }
@@ -426,31 +567,38 @@ impl Ha {
 }
 
 /// One decision of the acknowledger over the waiters (taken out of
-/// `inner`): the group to acknowledge now (every waiter of the leading term
-/// up to the highest confirmed change), and the ones that failed (deadline
-/// passed unconfirmed, or written under a term this node no longer leads).
+/// `inner`), after forgetting progress of any other term than `leading`:
+///
+/// - the group to acknowledge now (A2): waiters of the leading term in
+///   order of their change, up to the highest one such that every one up
+///   to it is confirmed by its own `needed`;
+/// - the ones that failed: written under a term this node no longer leads,
+///   or unconfirmed at their deadline.
+///
+/// A confirmed waiter behind an unconfirmed one stays (past its own
+/// deadline too) until that one is confirmed or fails at its deadline.
 fn settle(
     inner: &mut Inner,
     leading: Option<i64>,
     now: Instant,
 ) -> (Option<Vec<Waiter>>, Vec<(Waiter, AckFailure)>) {
-    let confirmed_top = inner
-        .waiters
-        .iter()
-        .filter(|w| Some(w.term) == leading)
-        .filter(|w| confirmations(inner.followers.values(), w.seq) >= w.needed)
-        .map(|w| w.seq)
-        .max();
+    inner.follow_term(leading);
+    let mut waiters = std::mem::take(&mut inner.waiters);
+    waiters.sort_by_key(|w| w.seq);
     let mut failed = Vec::new();
     let mut batch = Vec::new();
     let mut keep = Vec::new();
-    for w in std::mem::take(&mut inner.waiters) {
+    let mut prefix_open = true;
+    for w in waiters {
         if Some(w.term) != leading {
             let term = w.term;
             failed.push((w, AckFailure::NotLeader(term)));
-        } else if confirmed_top.is_some_and(|top| w.seq <= top) {
+            continue;
+        }
+        let confirmed = confirmations(inner.followers.values(), w.term, w.seq) >= w.needed;
+        if confirmed && prefix_open {
             batch.push(w);
-        } else if now >= w.deadline {
+        } else if !confirmed && now >= w.deadline {
             let f = AckFailure::Unconfirmed {
                 seq: w.seq,
                 needed: w.needed,
@@ -458,6 +606,7 @@ fn settle(
             };
             failed.push((w, f));
         } else {
+            prefix_open &= confirmed;
             keep.push(w);
         }
     }
@@ -538,28 +687,170 @@ mod tests {
         )
     }
 
+    /// A proven report of term 3.
     fn follower(applied: u64, candidate: bool) -> Progress {
         Progress {
+            term: 3,
             applied,
+            proven: true,
             candidate,
             seen: Instant::now(),
         }
     }
 
+    /// `inner` following term `term`, with these followers' reports.
+    fn leading(term: i64, followers: &[(&str, Progress)]) -> Inner {
+        let mut inner = Inner::default();
+        inner.follow_term(Some(term));
+        for (node, p) in followers {
+            inner.record(node, *p);
+        }
+        inner
+    }
+
     #[test]
     fn only_candidates_that_committed_the_change_confirm_it() {
         let f = [follower(5, true), follower(9, false), follower(3, true)];
-        assert_eq!(confirmations(f.iter(), 4), 1);
-        assert_eq!(confirmations(f.iter(), 3), 2);
-        assert_eq!(confirmations(f.iter(), 9), 0, "a plain follower does not count");
+        assert_eq!(confirmations(f.iter(), 3, 4), 1);
+        assert_eq!(confirmations(f.iter(), 3, 3), 2);
+        assert_eq!(
+            confirmations(f.iter(), 3, 9),
+            0,
+            "a plain follower does not count"
+        );
+    }
+
+    #[test]
+    fn an_earlier_reigns_report_does_not_confirm_a_write_of_the_new_term() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(5);
+        // Progress recorded while this node led under term 3.
+        let mut inner = leading(3, &[("b", follower(9, true))]);
+        assert_eq!(inner.followers.len(), 1);
+        // It leads again, under term 4: a write of term 4 at change 7.
+        let (w, _r) = waiter(4, 7, 1, later);
+        inner.waiters = vec![w];
+        let (batch, failed) = settle(&mut inner, Some(4), now);
+        assert!(
+            batch.is_none() && failed.is_empty(),
+            "confirmed by a report of term 3"
+        );
+        assert!(inner.followers.is_empty(), "term 3's progress is forgotten");
+        // A poll admitted under term 3 but recorded now is not taken.
+        assert!(!inner.record("b", follower(9, true)));
+        assert_eq!(
+            confirmations([follower(9, true)].iter(), 4, 7),
+            0,
+            "a term-3 report never counts for term 4"
+        );
+        // A report of term 4 confirms it.
+        assert!(inner.record(
+            "b",
+            Progress {
+                term: 4,
+                ..follower(7, true)
+            }
+        ));
+        let (batch, _) = settle(&mut inner, Some(4), now);
+        assert_eq!(batch.map(|b| b.len()), Some(1));
+    }
+
+    #[test]
+    fn a_report_without_a_matching_digest_does_not_confirm() {
+        let now = Instant::now();
+        let unproven = Progress {
+            proven: false,
+            ..follower(9, true)
+        };
+        let mut inner = leading(3, &[("b", unproven)]);
+        let (w, _r) = waiter(3, 5, 1, now + Duration::from_millis(50));
+        inner.waiters = vec![w];
+        let (batch, failed) = settle(&mut inner, Some(3), now);
+        assert!(batch.is_none() && failed.is_empty());
+        let (batch, failed) = settle(&mut inner, Some(3), now + Duration::from_millis(60));
+        assert!(batch.is_none());
+        assert!(matches!(failed[0].1, AckFailure::Unconfirmed { seq: 5, .. }));
+    }
+
+    #[test]
+    fn a_degraded_write_never_carries_an_earlier_write_that_waits_for_a_follower() {
+        let now = Instant::now();
+        let (d5, d6) = (now + Duration::from_millis(50), now + Duration::from_millis(80));
+        // The follower has change 4 only.
+        let mut inner = leading(3, &[("b", follower(4, true))]);
+        let (w5, _r5) = waiter(3, 5, 1, d5);
+        let (w6, _r6) = waiter(3, 6, 0, d6);
+        // Arrival order is not change order.
+        inner.waiters = vec![w6, w5];
+        let (batch, failed) = settle(&mut inner, Some(3), now);
+        assert!(batch.is_none(), "change 6 (needed 0) carried change 5 (needed 1)");
+        assert!(failed.is_empty());
+        // Change 6 passes its own deadline, still held back by change 5.
+        let (batch, failed) = settle(&mut inner, Some(3), d6 - Duration::from_millis(40));
+        assert!(batch.is_none() && failed.is_empty());
+        // Change 5 fails at its deadline; change 6 goes alone.
+        let (batch, failed) = settle(&mut inner, Some(3), d5);
+        assert_eq!(failed.len(), 1);
+        assert!(matches!(failed[0].1, AckFailure::Unconfirmed { seq: 5, .. }));
+        let seqs: Vec<u64> = batch.expect("change 6").iter().map(|w| w.seq).collect();
+        assert_eq!(seqs, [6]);
+        // Once the follower confirms, both go together.
+        let (w5, _r5) = waiter(3, 5, 1, d5);
+        let (w6, _r6) = waiter(3, 6, 0, d6);
+        inner.waiters = vec![w6, w5];
+        inner.record("b", follower(5, true));
+        let (batch, _) = settle(&mut inner, Some(3), now);
+        let seqs: Vec<u64> = batch.expect("a group").iter().map(|w| w.seq).collect();
+        assert_eq!(seqs, [5, 6]);
+    }
+
+    #[test]
+    fn a_follower_with_a_newer_term_makes_the_leader_yield() {
+        assert_eq!(poll_term(5, Some(6)), PollTerm::Yield(6));
+        assert_eq!(poll_term(5, Some(5)), PollTerm::Serve);
+        assert_eq!(
+            poll_term(5, Some(2)),
+            PollTerm::Serve,
+            "an older follower catches up"
+        );
+        assert_eq!(
+            poll_term(5, None),
+            PollTerm::Serve,
+            "a follower that sends no term"
+        );
+    }
+
+    #[test]
+    fn only_a_fence_in_doubt_is_an_unknown_outcome() {
+        let cases = [
+            (AckError::NotLeader(3), Outcome::NotAcknowledged),
+            (AckError::Unreachable("down".into()), Outcome::NotAcknowledged),
+            (AckError::Unknown("timed out".into()), Outcome::Unknown),
+        ];
+        for (e, want) in cases {
+            let f = AckFailure::from(e.clone());
+            assert_eq!(f.outcome(), want, "{e:?}");
+            let msg = f.to_string();
+            match want {
+                Outcome::NotAcknowledged => assert!(msg.contains("NOT acknowledged"), "{msg}"),
+                Outcome::Unknown => assert!(msg.contains("may or may not be acknowledged"), "{msg}"),
+            }
+        }
+        let unconfirmed = AckFailure::Unconfirmed {
+            seq: 1,
+            needed: 1,
+            ms: 5,
+        };
+        assert_eq!(unconfirmed.outcome(), Outcome::NotAcknowledged);
+        assert_eq!(Outcome::NotAcknowledged.as_str(), "not_acknowledged");
+        assert_eq!(Outcome::Unknown.as_str(), "unknown");
     }
 
     #[test]
     fn the_group_up_to_the_highest_confirmed_change_is_acknowledged_together() {
         let now = Instant::now();
         let later = now + Duration::from_secs(5);
-        let mut inner = Inner::default();
-        inner.followers.insert("b".into(), follower(7, true));
+        let mut inner = leading(3, &[("b", follower(7, true))]);
         let (w5, _r5) = waiter(3, 5, 1, later);
         let (w7, _r7) = waiter(3, 7, 1, later);
         let (w8, _r8) = waiter(3, 8, 1, later);
@@ -574,8 +865,7 @@ mod tests {
     #[test]
     fn an_unconfirmed_write_fails_at_its_deadline_not_before() {
         let now = Instant::now();
-        let mut inner = Inner::default();
-        inner.followers.insert("b".into(), follower(4, true));
+        let mut inner = leading(3, &[("b", follower(4, true))]);
         let (w, _r) = waiter(3, 5, 1, now + Duration::from_millis(50));
         inner.waiters = vec![w];
         let (batch, failed) = settle(&mut inner, Some(3), now);
