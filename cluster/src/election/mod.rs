@@ -431,6 +431,25 @@ async fn record_acked(
     }
 }
 
+/// The campaign: no leader, and the `acked` the decision read (mod
+/// revision `acked_rev`, 0 when absent) is still the one in etcd; then the
+/// leader key (on `lease`) and the baseline, together.
+fn campaign_txn(keys: &Keys, acked_rev: i64, leader_value: &str, lease: i64, baseline: &str) -> Txn {
+    Txn::new()
+        .when([
+            Compare::create_revision(keys.leader.as_str(), CompareOp::Equal, 0),
+            Compare::mod_revision(keys.acked.as_str(), CompareOp::Equal, acked_rev),
+        ])
+        .and_then([
+            TxnOp::put(
+                keys.leader.as_str(),
+                leader_value,
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+            TxnOp::put(keys.acked.as_str(), baseline, None),
+        ])
+}
+
 /// The acknowledged position as etcd holds it now, if it answers.
 async fn read_back(client: &ArcSwapOption<Client>, keys: &Keys) -> Option<Acked> {
     let mut c = (*client.load_full()?).clone();
@@ -878,22 +897,7 @@ impl Campaign {
             else {
                 return Ended::Lost;
             };
-            // The campaign: no leader, and the `acked` the decision read is
-            // still the one in etcd; then the leader key and the baseline,
-            // together.
-            let txn = Txn::new()
-                .when([
-                    Compare::create_revision(self.keys.leader.as_str(), CompareOp::Equal, 0),
-                    Compare::mod_revision(self.keys.acked.as_str(), CompareOp::Equal, run.acked_rev),
-                ])
-                .and_then([
-                    TxnOp::put(
-                        self.keys.leader.as_str(),
-                        value.as_str(),
-                        Some(PutOptions::new().with_lease(lease)),
-                    ),
-                    TxnOp::put(self.keys.acked.as_str(), baseline, None),
-                ]);
+            let txn = campaign_txn(&self.keys, run.acked_rev, &value, lease, &baseline);
             let won = match tokio::time::timeout(CALL_TIMEOUT, client.txn(txn)).await {
                 Ok(Ok(r)) if r.succeeded() => r.header().map(|h| h.revision()),
                 Ok(Ok(_)) => None,
@@ -1070,6 +1074,65 @@ impl Campaign {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A candidate whose view of `acked` is stale (it read it before a
+    /// leader acknowledged more) loses its campaign, against a real etcd.
+    #[test]
+    fn a_campaign_on_a_stale_view_of_acked_fails() {
+        let dir = kamaitachi_testkit::temp_dir("election-stale-view");
+        let etcd = kamaitachi_testkit::Etcd::start(&dir);
+        let rt = crate::registry::runtime().unwrap();
+        rt.block_on(async {
+            let mut c = Client::connect([etcd.endpoint()], None).await.unwrap();
+            let keys = Keys {
+                leader: "/stale/election/leader".into(),
+                acked: "/stale/election/acked".into(),
+                nodes: "/stale/election/nodes/".into(),
+                excused: "/stale/election/excused/".into(),
+                prefix: "/stale/election/".into(),
+            };
+            let seen = c
+                .put(keys.acked.as_str(), r#"{"term":1,"seq":39,"digest":""}"#, None)
+                .await
+                .unwrap();
+            let stale_rev = seen.header().unwrap().revision();
+            // The leader acknowledges change 40 after the candidate read 39.
+            c.put(keys.acked.as_str(), r#"{"term":1,"seq":40,"digest":""}"#, None)
+                .await
+                .unwrap();
+            let lease = c.lease_grant(5, None).await.unwrap().id();
+            let stale = campaign_txn(
+                &keys,
+                stale_rev,
+                r#"{"addr":"10.0.0.3:8080","since":1,"term":2}"#,
+                lease,
+                r#"{"term":2,"seq":39,"digest":""}"#,
+            );
+            assert!(!c.txn(stale).await.unwrap().succeeded(), "a stale view won");
+            let got = c.get(keys.acked.as_str(), None).await.unwrap();
+            assert!(String::from_utf8_lossy(got.kvs()[0].value()).contains("\"seq\":40"));
+            assert!(c.get(keys.leader.as_str(), None).await.unwrap().kvs().is_empty());
+            // Absent in the view, present in etcd: also stale.
+            let absent = campaign_txn(
+                &keys,
+                0,
+                r#"{"addr":"10.0.0.3:8080","since":1,"term":2}"#,
+                lease,
+                r#"{"term":2,"seq":39,"digest":""}"#,
+            );
+            assert!(!c.txn(absent).await.unwrap().succeeded());
+            // The current view wins.
+            let now_rev = got.kvs()[0].mod_revision();
+            let fresh = campaign_txn(
+                &keys,
+                now_rev,
+                r#"{"addr":"10.0.0.4:8080","since":1,"term":2}"#,
+                lease,
+                r#"{"term":2,"seq":40,"digest":""}"#,
+            );
+            assert!(c.txn(fresh).await.unwrap().succeeded());
+        });
+    }
 
     #[test]
     fn a_leader_steps_down_only_on_a_view_that_has_seen_its_key() {
