@@ -532,3 +532,129 @@ fn a_write_the_paused_follower_cannot_confirm_is_answered_not_acknowledged() {
         report()
     );
 }
+
+/// One ingest straight to a node (no gateway).
+fn write_direct(port: u16, i: usize) -> u16 {
+    let body = serde_json::json!({"records": [{
+        "subject": row_subject(i), "name": format!("ha {i}"), "report_date": 1_751_241_600i64,
+        "end_date": "2025-06-30", "year": "2025", "period": "Q2", "declare_date": "2025-08-01",
+        "values": {"net_profit": i as f64}
+    }]})
+    .to_string();
+    let auth = format!("Bearer {TOKEN}");
+    try_request(
+        port,
+        "POST",
+        "/kamaitachi/api/data/v1/ingest",
+        body.as_bytes(),
+        &[("Authorization", &auth)],
+    )
+    .map_or(0, |r| r.status)
+}
+
+/// etcd loses all its data while every node is down, and an empty
+/// candidate that never belonged to the cluster starts first, alone. The
+/// nodes of the cluster then come back: they keep their terms and data
+/// (no follower copies an empty image), the member with the most recent
+/// history leads under a term above every earlier one within 30 s, the
+/// empty node follows it, and every acknowledged write is on every node.
+#[test]
+fn after_etcd_lost_its_data_an_empty_node_erases_nothing_and_terms_keep_growing() {
+    let dir = temp_dir("write-ha-etcd-loss");
+    let mut etcd = Etcd::start(&dir);
+    let mut members = vec![
+        Member::start(&etcd, &dir, "a", "master", "", true),
+        Member::start(&etcd, &dir, "b", "slave", "candidate = true\n", false),
+        Member::start(&etcd, &dir, "c", "slave", "", false),
+    ];
+    let report = |members: &[Member]| {
+        format!(
+            "{:?}\n{}",
+            members.iter().map(Member::health).collect::<Vec<_>>(),
+            members.iter().map(Member::logs).collect::<String>()
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || members[0].leads()
+            && members[0].health()["sync"]["state"] == "ok"),
+        "no steady state: {}",
+        report(&members)
+    );
+    let old_term = members[0].health()["term"].as_i64().unwrap();
+    let acked: Vec<usize> = (0..30)
+        .filter(|i| write_direct(members[0].port, *i) == 200)
+        .collect();
+    assert!(
+        acked.len() >= 25,
+        "only {} of 30 writes acknowledged",
+        acked.len()
+    );
+    let before: u64 = members[0].applied().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || members
+            .iter()
+            .all(|m| m.applied() == Some(before))),
+        "{}",
+        report(&members)
+    );
+    // Everything stops at once; etcd loses all its data.
+    for m in members.iter_mut() {
+        let mut n = m.node.take().unwrap();
+        n.kill9();
+        m.dead.push(n);
+    }
+    etcd.restart(true);
+    // An empty candidate, new to the cluster, starts first and alone.
+    let empty = Member::start(&etcd, &dir, "d", "slave", "candidate = true\n", false);
+    std::thread::sleep(Duration::from_secs(2 * TTL + 2));
+    let started = Instant::now();
+    for m in members.iter_mut() {
+        m.node = Some(Node::start_with_config(
+            &node_bin(),
+            m.dir.clone(),
+            m.config.clone(),
+            m.port,
+        ));
+    }
+    members.push(empty);
+    let mut leader = None;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            leader = members
+                .iter()
+                .position(|m| m.health()["term"].as_i64().is_some_and(|t| t > old_term));
+            leader.is_some_and(|l| members[l].applied() >= Some(before))
+        }),
+        "no leader with the data under a term above {old_term} within 30 s of the restart: {}",
+        report(&members)
+    );
+    eprintln!(
+        "etcd loss: a leader with the data after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let l = leader.unwrap();
+    assert!(
+        l < 2,
+        "a node that is not a candidate with data leads: {}",
+        report(&members)
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || members.iter().all(|m| m.applied()
+            >= Some(before)
+            && m.health()["status"] != "unavailable")),
+        "not every node caught up with the leader: {}",
+        report(&members)
+    );
+    for m in &members {
+        let held: BTreeSet<String> = subjects(&m.db).into_iter().collect();
+        for i in &acked {
+            assert!(
+                held.contains(&row_subject(*i)),
+                "acknowledged write {i} is missing on {}",
+                m.port
+            );
+        }
+    }
+    // Writes go on under the new term.
+    assert_eq!(write_direct(members[l].port, 1000), 200, "{}", report(&members));
+}
