@@ -347,10 +347,13 @@ impl Follower {
             .filter(|d| d.len() == 64)
             .map(|d| format!("&digest={d}"))
             .unwrap_or_default();
-        // This node's durable term: a leader of an older one resigns (L3).
-        let term = self.writer.term()?;
+        // This node's durable term and the acknowledged position it knows:
+        // a leader of an older term, or one lacking that position, resigns
+        // (L3).
+        let memory = self.writer.election_memory()?;
+        let (term, known_term, known_seq) = (memory.term, memory.acked_term, memory.acked_seq);
         let target = format!(
-            "{API}/changes?from={}&wait_ms={POLL_WAIT_MS}&dataset={}{digest}&node={}&candidate={}&term={term}",
+            "{API}/changes?from={}&wait_ms={POLL_WAIT_MS}&dataset={}{digest}&node={}&candidate={}&term={term}&known={known_term}.{known_seq}",
             self.state.applied(),
             self.state.dataset_id.load(Ordering::Acquire),
             self.locator.own_addr,

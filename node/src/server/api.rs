@@ -308,6 +308,22 @@ impl Api {
         let from = param("from", MAX_SEQ)?.ok_or_else(|| ApiError::field("from", "required"))?;
         // Bounded: at most MAX_TERM, which fits an i64.
         let their_term = param("term", MAX_TERM)?.map(|t| t as i64);
+        // The acknowledged position the follower knows of: `TERM.SEQ`.
+        let their_known = match query_param(req.query, "known") {
+            None => None,
+            Some(v) => Some(
+                v.split_once('.')
+                    .and_then(|(t, s)| Some((t.parse::<u64>().ok()?, s.parse::<u64>().ok()?)))
+                    .filter(|(t, s)| *t <= MAX_TERM && *s <= MAX_SEQ)
+                    .map(|(t, s)| (t as i64, s))
+                    .ok_or_else(|| {
+                        ApiError::field(
+                            "known",
+                            format!("expected TERM.SEQ (two integers), got {:?}", truncate(v, 40)),
+                        )
+                    })?,
+            ),
+        };
         // Who polls (inside the signed target): its progress is what the
         // sync acknowledgment waits on.
         let node = match query_param(req.query, "node") {
@@ -329,15 +345,36 @@ impl Api {
         };
         let wait = Duration::from_millis(param("wait_ms", MAX_WAIT.as_millis() as u64)?.unwrap_or(0));
         if let (true, Some(leading)) = (self.ha.enabled(), self.ha.leading_term()) {
-            if let PollTerm::Yield(newer) = ha::poll_term(leading, their_term) {
-                // Durable first: the next campaign runs above `newer`.
-                if let Err(e) = self.writer.raise_term(newer) {
-                    tracing::warn!("could not record term {newer} a follower reported: {e}");
+            let applied = self.state.applied();
+            if let PollTerm::Yield {
+                term,
+                known_acked,
+                depose,
+            } = ha::poll_term(leading, applied, their_term, their_known)
+            {
+                // Durable first: the next campaign runs above `term`, and
+                // this node, lacking what was acknowledged, does not run.
+                if let Err(e) = self.writer.raise_term(term) {
+                    tracing::warn!("could not record term {term} a follower reported: {e}");
                 }
-                self.ha.yield_to_term(newer);
+                if let Some((t, s)) = known_acked {
+                    if let Err(e) = self.writer.raise_known_acked(t, s) {
+                        tracing::warn!("could not record the acknowledged change {s} of term {t} a follower reported: {e}");
+                    }
+                }
+                self.ha.yield_to_term(depose);
+                let why = match known_acked {
+                    Some((t, s)) => format!(
+                        "a follower knows change {s} of term {t} was acknowledged, and this leader \
+                         (term {leading}) holds only {applied}"
+                    ),
+                    None => {
+                        format!("a follower has seen term {term}, newer than this leader's term {leading}")
+                    }
+                };
+                tracing::warn!("{why}: stepping down");
                 return Err(ApiError::Unavailable(format!(
-                    "a follower has seen term {newer}, newer than this leader's term {leading}: \
-                     this node steps down so that a leader of a newer term is elected"
+                    "{why}: this node steps down so that a leader of a newer term is elected"
                 )));
             }
         }

@@ -112,21 +112,39 @@ pub fn confirmations<'a>(followers: impl Iterator<Item = &'a Progress>, term: i6
         .count()
 }
 
-/// What a follower's term, sent with its poll, means to the leader (L3).
+/// What a follower's standing, sent with its poll, means to the leader (L3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PollTerm {
-    /// Not newer than the leader's term (or not sent): serve the poll.
+    /// Nothing newer than the leader knows: serve the poll.
     Serve,
-    /// The follower has seen this newer term: record it and resign.
-    Yield(i64),
+    /// The follower knows a newer term, or an acknowledged position this
+    /// leader's history does not reach: record what it knows (`term`,
+    /// `known_acked`) and resign, deposing this reign (`depose`: a term
+    /// above the leader's).
+    Yield {
+        term: i64,
+        known_acked: Option<(i64, u64)>,
+        depose: i64,
+    },
 }
 
-/// The leader leading under `leading` is polled by a follower whose
-/// durable term is `reported`.
-pub fn poll_term(leading: i64, reported: Option<i64>) -> PollTerm {
-    match reported {
-        Some(t) if t > leading => PollTerm::Yield(t),
-        _ => PollTerm::Serve,
+/// The leader leading under `leading` with history up to `applied` is
+/// polled by a follower whose durable term is `reported` and which knows
+/// the acknowledged position `known` (term, sequence).
+pub fn poll_term(leading: i64, applied: u64, reported: Option<i64>, known: Option<(i64, u64)>) -> PollTerm {
+    let newer_term = reported.filter(|t| *t > leading);
+    // A legitimate leader holds every acknowledged change: one it lacks
+    // was acknowledged by a reign it never knew (the same term taken twice
+    // after etcd lost its data).
+    let lacks = known.filter(|(_, seq)| *seq > applied);
+    if newer_term.is_none() && lacks.is_none() {
+        return PollTerm::Serve;
+    }
+    let term = reported.unwrap_or(0).max(lacks.map_or(0, |(t, _)| t));
+    PollTerm::Yield {
+        term,
+        known_acked: lacks,
+        depose: term.max(leading + 1),
     }
 }
 
@@ -806,18 +824,40 @@ mod tests {
 
     #[test]
     fn a_follower_with_a_newer_term_makes_the_leader_yield() {
-        assert_eq!(poll_term(5, Some(6)), PollTerm::Yield(6));
-        assert_eq!(poll_term(5, Some(5)), PollTerm::Serve);
         assert_eq!(
-            poll_term(5, Some(2)),
+            poll_term(5, 9, Some(6), None),
+            PollTerm::Yield {
+                term: 6,
+                known_acked: None,
+                depose: 6
+            }
+        );
+        assert_eq!(poll_term(5, 9, Some(5), None), PollTerm::Serve);
+        assert_eq!(
+            poll_term(5, 9, Some(2), Some((2, 8))),
             PollTerm::Serve,
             "an older follower catches up"
         );
         assert_eq!(
-            poll_term(5, None),
+            poll_term(5, 9, None, None),
             PollTerm::Serve,
             "a follower that sends no term"
         );
+    }
+
+    #[test]
+    fn a_follower_that_knows_an_acknowledgment_the_leader_lacks_deposes_it() {
+        // Both reigns took term 1 (etcd lost its data in between): the
+        // follower was told change 31 was acknowledged; this leader is empty.
+        assert_eq!(
+            poll_term(1, 0, Some(1), Some((1, 31))),
+            PollTerm::Yield {
+                term: 1,
+                known_acked: Some((1, 31)),
+                depose: 2
+            }
+        );
+        assert_eq!(poll_term(1, 31, Some(1), Some((1, 31))), PollTerm::Serve);
     }
 
     #[test]
