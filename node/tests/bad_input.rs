@@ -474,6 +474,10 @@ fn numeric_query_parameters_are_range_checked() {
         ("from=0&wait_ms=-5", "wait_ms"),
         ("from=0&dataset=18446744073709551616", "dataset"),
         ("from=0&dataset=x", "dataset"),
+        ("from=0&acked=x", "acked"),
+        ("from=0&acked=-1", "acked"),
+        ("from=0&acked=9223372036854775807", "acked"),
+        ("from=0&acked=", "acked"),
     ];
     for (query, field) in cases {
         let r = get(query);
@@ -483,9 +487,16 @@ fn numeric_query_parameters_are_range_checked() {
     }
     // The edges that are allowed.
     let v = n.get("/health").json()["data_version"].as_u64().unwrap_or(0);
-    for query in [format!("from={v}"), format!("from={v}&wait_ms=1")] {
+    for query in [
+        format!("from={v}"),
+        format!("from={v}&wait_ms=1"),
+        format!("from={v}&wait_ms=1&acked=9223372036854775806"),
+    ] {
         let r = get(&query);
         assert_eq!(r.status, 200, "{query} -> {}", r.text());
+        // The answer carries the node's acknowledged horizon (a master
+        // without an election: its data version).
+        assert_eq!(r.json()["data"]["acked"], v, "{query} -> {}", r.text());
     }
     // The largest `from` parses, but a follower ahead of this node holds a
     // history this node never made (issue 14): 410, copy the image — not a

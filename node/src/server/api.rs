@@ -274,7 +274,11 @@ impl Api {
         ))
     }
 
-    /// `GET …/replication/changes?from=S&wait_ms=W&dataset=D`.
+    /// `GET …/replication/changes?from=S&wait_ms=W&dataset=D&acked=A`.
+    ///
+    /// The answer carries this node's acknowledged horizon (`acked`, V1);
+    /// the long-poll ends early when it has moved past `A`, what the
+    /// follower knows of it.
     fn changes(&self, req: &Request<'_>, nonce: &str) -> Result<Response, ApiError> {
         // Every number has a range: `from` must fit SQLite's signed 64-bit
         // integer with room for `from + 1`; a wait is at most MAX_WAIT.
@@ -316,6 +320,7 @@ impl Api {
             }
         };
         let wait = Duration::from_millis(param("wait_ms", MAX_WAIT.as_millis() as u64)?.unwrap_or(0));
+        let their_acked = param("acked", MAX_SEQ)?;
         let dataset = self.state.dataset_id.load(Ordering::Acquire);
         if let Some(d) = param("dataset", u64::MAX)? {
             if d != dataset {
@@ -358,8 +363,9 @@ impl Api {
         }
         let term = self.ha.leading_term().unwrap_or(0);
         // Parks this coroutine (not its worker thread) until the writer
-        // publishes a change past `from`, or the wait runs out.
-        self.state.wait_applied_past(from, wait);
+        // publishes a change past `from`, the horizon passes what the
+        // follower knows, or the wait runs out.
+        self.state.wait_for_poll(from, their_acked, wait);
         let (floor, changes) = store::read(self.engine.readers(), move |s| {
             Ok((s.log_floor()?, s.changes_with_digests(from, CHANGES_PER_PULL)?))
         })?;
@@ -375,6 +381,8 @@ impl Api {
         json::push_i64(&mut data, self.state.applied() as i64);
         data.extend_from_slice(b",\"term\":");
         json::push_i64(&mut data, term);
+        data.extend_from_slice(b",\"acked\":");
+        json::push_i64(&mut data, self.state.acked() as i64);
         data.extend_from_slice(b",\"dataset_id\":");
         json::push_i64(&mut data, dataset as i64);
         data.extend_from_slice(b",\"changes\":[");
@@ -427,6 +435,9 @@ impl Api {
             self.ha.role().as_str(),
             nonce.to_string(),
         );
+        // The term this image is served under (F2), taken with the role.
+        let term = self.ha.leading_term().unwrap_or(0);
+        let term_s = term.to_string();
         let key = self.cluster_key.clone();
         let made = store::read(self.engine.readers(), move |s| {
             s.image_to(&path)?;
@@ -434,8 +445,9 @@ impl Api {
             // the image (it must check what arrived anyway): checking here
             // too cost a third of a full sync's time.
             let v = store::Store::open_ro(&path)?.data_version()?;
-            // The MAC covers the answer's nonce, this node, its sequence
-            // and dataset, and every byte of the image (same pass as the CRC).
+            // The MAC covers the answer's nonce, this node, its sequence,
+            // dataset and term, and every byte of the image (same pass as
+            // the CRC).
             let (seq, dataset) = (v.version.to_string(), v.dataset_id.to_string());
             let mut mac = key.begin(
                 "repl-image",
@@ -445,6 +457,7 @@ impl Api {
                     role.as_bytes(),
                     seq.as_bytes(),
                     dataset.as_bytes(),
+                    term_s.as_bytes(),
                 ],
             );
             let (len, crc) = store::file_crc(&path, |chunk| mac.update(chunk))?;
@@ -471,6 +484,7 @@ impl Api {
                 ("X-Kamaitachi-Seq", version.version.to_string()),
                 ("X-Kamaitachi-Dataset", version.dataset_id.to_string()),
                 ("X-Kamaitachi-Crc32", crc.to_string()),
+                ("X-Kamaitachi-Term", term.to_string()),
             ],
         };
         if signed {
@@ -488,7 +502,18 @@ impl Api {
             "master": self.state.master_addr(),
         });
         self.add_election_json(&mut v);
+        self.add_horizon_json(&mut v);
         v
+    }
+
+    /// `acked_seq` (the horizon), `pending` (changes not yet visible, and
+    /// the one every read waits for when what it touches is not known) and
+    /// `refused` (why the follower refuses the leader's image, F3).
+    fn add_horizon_json(&self, v: &mut serde_json::Value) {
+        let (pending, everything) = self.state.pending.describe();
+        v["acked_seq"] = self.state.acked().into();
+        v["pending"] = serde_json::json!({"changes": pending, "all_until": everything});
+        v["refused"] = self.state.refused().into();
     }
 
     /// `role`, `candidate`, `leader`, `term`, `sync` (issue 14).
@@ -525,6 +550,9 @@ impl Api {
             "lag": self.state.lag(),
         });
         self.add_election_json(&mut body);
+        let mut replication = serde_json::json!({});
+        self.add_horizon_json(&mut replication);
+        body["replication"] = replication;
         if let Some(p) = &self.preloader {
             body["preload"] = p.json();
         }

@@ -38,6 +38,8 @@ use std::time::{Duration, Instant};
 use cluster::election::{AckError, Election, Leader};
 use cluster::Role;
 
+use crate::storage::state::DataState;
+
 /// A follower that polled within this time counts as connected.
 pub const CONNECTED_WITHIN: Duration = Duration::from_secs(3);
 
@@ -155,6 +157,8 @@ pub struct Ha {
     /// Longest an acknowledgment's etcd transaction is retried:
     /// `ttl − 1 s` (see the acknowledger).
     fence_within: Duration,
+    /// The acknowledged horizon: a successful fence moves it (V1).
+    state: Arc<DataState>,
 }
 
 impl Ha {
@@ -165,6 +169,7 @@ impl Ha {
         rules: SyncRules,
         addr: &str,
         ttl: Duration,
+        state: Arc<DataState>,
     ) -> Arc<Self> {
         Arc::new(Ha {
             election,
@@ -178,6 +183,7 @@ impl Ha {
             elections_won: AtomicU64::new(0),
             logged_state: Mutex::new(""),
             fence_within: ttl.saturating_sub(cluster::election::STEP_DOWN_MARGIN),
+            state,
         })
     }
 
@@ -415,8 +421,9 @@ impl Ha {
                     AckError::Unreachable(e) => AckFailure::Unreachable(e),
                     AckError::Unknown(e) => AckFailure::Unreachable(e),
                 });
-            if let Err(e) = &result {
-                tracing::warn!("acknowledgment of changes up to {seq} (term {term}) failed: {e}");
+            match &result {
+                Ok(()) => self.state.set_acked(seq),
+                Err(e) => tracing::warn!("acknowledgment of changes up to {seq} (term {term}) failed: {e}"),
             }
             for w in batch {
                 let _ = w.reply.send(result.clone());
