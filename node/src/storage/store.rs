@@ -611,10 +611,18 @@ impl Store {
     /// the pending set of a node that starts, or installed an image), in
     /// order. `None` when the log does not hold every change from `above`
     /// to the data version, or when there are more than `limit` of them:
-    /// the caller then holds everything above `above` back.
+    /// the caller then holds everything above `above` back. Data that no
+    /// change ever touched (generated or imported: an empty change log and
+    /// no running digest) holds nothing to acknowledge: an empty list.
     pub fn touches_above(&self, above: u64, limit: usize) -> Result<Option<Vec<LoggedTouches>>, StoreError> {
         let version = self.data_version()?.version;
         if version <= above {
+            return Ok(Some(Vec::new()));
+        }
+        let logged: bool = self
+            .conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM changelog)", [], |r| r.get(0))?;
+        if !logged && self.meta("log_digest")?.is_none() {
             return Ok(Some(Vec::new()));
         }
         if version - above > limit as u64 {
@@ -1105,6 +1113,13 @@ mod tests {
         let path = temp_db("touches");
         let mut store = Store::open_rw(&path).unwrap();
         store.init_dataset(&[("net_profit", "net profit")]).unwrap();
+        // Generated data at version 1 with no change ever made: nothing to
+        // hold back.
+        store
+            .conn
+            .execute("UPDATE meta SET value = '1' WHERE key = 'data_version'", [])
+            .unwrap();
+        assert_eq!(store.touches_above(0, 100).unwrap(), Some(vec![]));
         let mut b1 = Batch::default();
         b1.upserts.push(row("33:000002"));
         b1.upserts.push(row("33:000001"));
@@ -1124,28 +1139,29 @@ mod tests {
             store.write_batch(b, 2, 1).unwrap();
         }
         let t = store
-            .touches_above(1, 100)
+            .touches_above(2, 100)
             .unwrap()
-            .expect("changes 2 and 3 are logged");
+            .expect("changes 3 and 4 are logged");
         assert_eq!(
             t,
             vec![
                 LoggedTouches {
-                    seq: 2,
+                    seq: 3,
                     subjects: vec!["33:000003".into()],
                     indicators: vec![(2, "new_ratio".into())],
                 },
                 LoggedTouches {
-                    seq: 3,
+                    seq: 4,
                     subjects: vec!["33:000001".into()],
                     indicators: vec![],
                 },
             ]
         );
-        assert_eq!(store.touches_above(3, 100).unwrap(), Some(vec![]));
-        // The log keeps two changes: change 1 is gone, so from 0 it is unknown.
-        assert_eq!(store.touches_above(0, 100).unwrap(), None);
-        assert_eq!(store.touches_above(1, 1).unwrap(), None, "over the limit");
+        assert_eq!(store.touches_above(4, 100).unwrap(), Some(vec![]));
+        // The log keeps two changes: change 2 is gone, so from 1 it is
+        // unknown (and no longer base data).
+        assert_eq!(store.touches_above(1, 100).unwrap(), None);
+        assert_eq!(store.touches_above(2, 1).unwrap(), None, "over the limit");
         assert!(store.has_reports().unwrap());
     }
 }
