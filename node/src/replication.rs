@@ -2,12 +2,14 @@
 //!
 //! Protocol (both routes are admin routes on every node; slaves call the
 //! master's):
-//! - `GET …/replication/changes?from=S&wait_ms=W&dataset=D`: the changes
-//!   after sequence `S` from the master's change log (long-poll: waits up to
-//!   `W` ms for one to appear). `410 Gone` when `S` is older than the log
+//! - `GET …/replication/changes?from=S&wait_ms=W&dataset=D&acked=A`: the
+//!   changes after sequence `S` from the master's change log and its
+//!   acknowledged horizon (long-poll: waits up to `W` ms for a change to
+//!   appear or the horizon to pass `A`). `410 Gone` when `S` is older than the log
 //!   keeps or the dataset differs: the slave must copy the whole database.
 //! - `GET …/replication/image`: a consistent image of the master's database
-//!   (SQLite backup API), with its sequence, dataset id and CRC-32 in headers.
+//!   (SQLite backup API), with its sequence, dataset id, CRC-32 and term in
+//!   headers.
 //!
 //! Write availability (issue 14): with etcd every node runs the follower
 //! (a `mode = master` node too: it may have lost the election); while the

@@ -8,8 +8,8 @@
 //! | `POST /kamaitachi/api/data/v1/cache/reset` | admin: empty the cache |
 //! | `POST /kamaitachi/api/data/v1/ingest` | admin, the leader only: upsert rows (`engine/write_request.rs`, `storage/writer.rs`), acknowledged per `server/ha.rs` |
 //! | `POST /kamaitachi/api/data/v1/delete` | admin, the leader only: delete rows |
-//! | `GET /kamaitachi/api/data/v1/replication/changes` | cluster MAC, the leader only: change feed (`replication.rs`); records the follower's progress |
-//! | `GET /kamaitachi/api/data/v1/replication/image` | cluster MAC: database image |
+//! | `GET /kamaitachi/api/data/v1/replication/changes` | cluster MAC, the leader only: change feed (`replication.rs`) with the acknowledged horizon (`acked`); records the follower's progress |
+//! | `GET /kamaitachi/api/data/v1/replication/image` | cluster MAC: database image, with its sequence, dataset and the term it is served under |
 //! | `GET /health` | readiness for the gateway |
 //! | `GET /metrics` | Prometheus text |
 //!
