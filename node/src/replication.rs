@@ -449,6 +449,11 @@ impl Follower {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Ok(()) => {
+                    if !refusal_logged.is_empty() {
+                        // Following again: nothing is refused any more.
+                        self.state.set_refused(None);
+                        refusal_logged.clear();
+                    }
                     if let Ok(mut m) = self.state.master_addr.lock() {
                         *m = Some(master.clone());
                     }
@@ -723,7 +728,7 @@ impl Follower {
                 "replication: image verified at {:.1}s; restoring",
                 started.elapsed().as_secs_f64()
             );
-            self.writer.restore(tmp.clone(), seq, same_dataset)?;
+            self.writer.restore(tmp.clone(), seq, term, same_dataset)?;
             Ok(())
         })();
         let _ = std::fs::remove_file(&tmp);

@@ -149,13 +149,14 @@ impl Writer {
     }
 
     /// Follower: replaces the database with the image at `path` (change
-    /// `seq`, checked by the caller) and publishes its catalog, size and
-    /// version. What this node durably knew of the election is kept: its
-    /// term and members always, its known acknowledged position when the
-    /// image is of the same dataset (`same_dataset`). Every read is held
-    /// back from before the copy until the pending set is listed again
-    /// from the image's change log.
-    pub fn restore(&self, path: PathBuf, seq: u64, same_dataset: bool) -> Result<(), StoreError> {
+    /// `seq`, served under `term`, checked by the caller) and publishes its
+    /// catalog, size and version. What this node durably knew of the
+    /// election is kept: its term (raised to the image's) and members
+    /// always, its known acknowledged position when the image is of the
+    /// same dataset (`same_dataset`). Every read is held back from before
+    /// the copy until the pending set is listed again from the image's
+    /// change log.
+    pub fn restore(&self, path: PathBuf, seq: u64, term: i64, same_dataset: bool) -> Result<(), StoreError> {
         let (publish, state) = (self.publish.clone(), self.state.clone());
         self.pool.call(move |store| {
             let memory = store.election_memory()?;
@@ -163,7 +164,7 @@ impl Writer {
                 state.pending.add_everything(seq);
             }
             let restored = store.restore_from(&path).and_then(|()| {
-                store.raise_term(memory.term)?;
+                store.raise_term(memory.term.max(term))?;
                 if same_dataset {
                     store.raise_known_acked(memory.acked_term, memory.acked_seq)?;
                 }
