@@ -30,7 +30,10 @@
 //! so the leader's long-poll answers as soon as its horizon moves past it.
 //!
 //! Images (F2, F3): an image carries the leader's term in a header the
-//! MAC covers and is refused below this node's durable term. An image that
+//! MAC covers and is refused below this node's durable term. Every rule is
+//! applied once the MAC over the whole image is verified (unproven headers
+//! decide nothing; the same proven image is then refused again without a
+//! download). An image that
 //! would drop this node's data — another dataset, no data at all, or a
 //! sequence behind what this node knows was acknowledged — is refused
 //! ([`judge_image`]) with the reason in the log (once per reason) and in
@@ -335,6 +338,7 @@ impl Follower {
             .map_or((0, 0), |m| (m.acked_term, m.acked_seq));
         // The last image refusal logged (logged again only when it changes).
         let mut refusal_logged = String::new();
+        let mut proven_refusal: Option<ProvenRefusal> = None;
         loop {
             if self.ha.leading_term().is_some() {
                 // Leading: the loop idles (the leader follows nobody).
@@ -396,7 +400,7 @@ impl Follower {
                     } else {
                         tracing::info!(master = %master, "replication: copying the database from {master} ({why})");
                     }
-                    let r = self.full_sync(&master);
+                    let r = self.full_sync(&master, &mut proven_refusal);
                     if r.is_ok() {
                         seen_term = seen_term.max(self.writer.term().unwrap_or(0));
                         persisted = self
@@ -405,6 +409,7 @@ impl Follower {
                             .map_or(persisted, |m| (m.acked_term, m.acked_seq));
                         self.state.set_refused(None);
                         refusal_logged.clear();
+                        proven_refusal = None;
                     }
                     if let Err(FollowError::Refused(why)) = &r {
                         self.state.set_refused(Some(why.clone()));
@@ -612,7 +617,9 @@ impl Follower {
         Ok(())
     }
 
-    fn full_sync(&self, master: &str) -> Result<(), FollowError> {
+    /// Copies the leader's image (F2, F3: judged once proven by its MAC).
+    /// `refused`: the last image refused after it was proven.
+    fn full_sync(&self, master: &str, refused: &mut Option<ProvenRefusal>) -> Result<(), FollowError> {
         let started = Instant::now();
         let agent = Self::agent(Duration::from_secs(600));
         let (mut resp, nonce) = self.signed_get(&agent, master, &format!("{API}/image"))?;
@@ -643,31 +650,31 @@ impl Follower {
                 body: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
             });
         }
+        // Without them the MAC cannot be checked: not a proven leader.
         let (Some(seq), Some(dataset), Some(crc), Some(term)) = (seq, dataset, crc, term) else {
-            return Err(FollowError::Image(
-                "missing sequence, dataset, checksum or term headers".into(),
+            return Err(FollowError::Unproven(
+                "an image without its sequence, dataset, checksum or term headers".into(),
             ));
         };
         let Some(proof) = proof else {
             return Err(FollowError::Unproven("an image without a MAC".into()));
         };
-        // Judged on the headers first, before a byte is downloaded: a
-        // refusal changes nothing, so unproven headers may cause one; an
-        // install waits for the MAC over the whole image and is judged
-        // again on what arrived.
-        let mut facts = ImageFacts {
+        let headers = ImageFacts {
             seq,
             dataset,
             term,
             has_rows: None,
         };
-        let elected = self
-            .locator
-            .election
+        // The same image of the same leader was proven and refused before:
+        // refused again without downloading it. (Headers alone, unproven,
+        // never decide: a rogue's would keep this node from its leader.)
+        if let Some(r) = refused
             .as_ref()
-            .and_then(|e| e.view().leader.as_ref().map(|l| l.term));
-        check_term(term, self.writer.term()?, elected).map_err(FollowError::Refused)?;
-        self.judge(&facts)?;
+            .filter(|r| r.master == master && r.headers == headers)
+        {
+            return Err(FollowError::Refused(r.why.clone()));
+        }
+        let mut facts = headers;
         let (seq_s, dataset_s, term_s) = (seq.to_string(), dataset.to_string(), term.to_string());
         let mac = self.key.begin(
             "repl-image",
@@ -723,7 +730,22 @@ impl Follower {
                 )));
             }
             facts.has_rows = Some(store::Store::open_ro(&tmp)?.has_reports()?);
-            let same_dataset = self.judge(&facts)?;
+            let elected = self
+                .locator
+                .election
+                .as_ref()
+                .and_then(|e| e.view().leader.as_ref().map(|l| l.term));
+            let judged = check_term(term, self.writer.term()?, elected)
+                .map_err(FollowError::Refused)
+                .and_then(|()| self.judge(&facts));
+            if let Err(FollowError::Refused(why)) = &judged {
+                *refused = Some(ProvenRefusal {
+                    master: master.to_string(),
+                    headers,
+                    why: why.clone(),
+                });
+            }
+            let same_dataset = judged?;
             tracing::info!(
                 "replication: image verified at {:.1}s; restoring",
                 started.elapsed().as_secs_f64()
@@ -770,6 +792,14 @@ impl Follower {
         }
         Ok(image.dataset == dataset)
     }
+}
+
+/// An image that proved itself (MAC) and was refused, by its headers: the
+/// same image of the same leader is refused again without a download.
+struct ProvenRefusal {
+    master: String,
+    headers: ImageFacts,
+    why: String,
 }
 
 /// When the next full sync may start: 1 s after a failed one, doubling
