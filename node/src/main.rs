@@ -83,6 +83,12 @@ struct Cli {
     /// [log] level = debug.
     #[arg(long)]
     debug: bool,
+    /// Install the elected leader's image even when it would drop this
+    /// node's data: another dataset, an empty image, or one behind what
+    /// this node knows was acknowledged (docs/WRITE_PROTOCOL.md, F3 and
+    /// its runbook). An operator's decision, for one start.
+    #[arg(long)]
+    accept_image_from_leader: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -265,7 +271,7 @@ fn main() -> ExitCode {
             )
         }),
         None => match &ini {
-            Some(ini) => run(ini),
+            Some(ini) => run(ini, cli.accept_image_from_leader),
             None => Err(anyhow!("no config")),
         },
     };
@@ -308,7 +314,7 @@ fn import_db(opts: import::ImportOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
+fn run(ini: &cluster::IniFile, accept_image_from_leader: bool) -> anyhow::Result<()> {
     let cfg = NodeConfig::from_ini(ini)?;
     // Default: half the cores; the other half is for the SQLite and compute
     // threads (and, on a shared box, the neighbours).
@@ -387,7 +393,7 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
     let catalog = meta.load_catalog()?;
     let version = meta.data_version()?;
     let total_records = meta.report_count()?;
-    drop(meta);
+    let memory = meta.election_memory()?;
     let readers = store::start_readers(&cfg.db_path, cfg.readers)?;
     let compute =
         WorkerPool::start("compute", cfg.readers, || Ok(())).context("cannot start compute threads")?;
@@ -402,7 +408,22 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
     state.master_seq.store(version.version, Ordering::Release);
     state.dataset_id.store(version.dataset_id, Ordering::Release);
     state.total_records.store(total_records as i64, Ordering::Release);
-    let engine = Arc::new(query::QueryEngine::new(catalog, cache.clone(), readers, compute));
+    // The acknowledged horizon (docs/WRITE_PROTOCOL.md, V1–V2): without an
+    // election it follows the data; with one it starts at what this node
+    // durably knows was acknowledged, and the changes above it stay
+    // unseen until the leader's acknowledgment (or, leading, its own)
+    // covers them.
+    state.set_follows_applied(cfg.mode == Mode::Master && cfg.etcd.is_none());
+    state.set_acked(memory.acked_seq);
+    storage::writer::relist_pending(&meta, &state)?;
+    drop(meta);
+    let engine = Arc::new(query::QueryEngine::new(
+        catalog,
+        cache.clone(),
+        readers,
+        compute,
+        state.clone(),
+    ));
     let writer = Writer::new(writer, state.clone(), engine.clone());
     let preloader = cfg.preload.then(|| preload::Preloader::new(engine.clone()));
 
@@ -435,6 +456,7 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
         },
         &cfg.service_addr,
         Duration::from_secs(cfg.etcd.as_ref().map_or(10, |e| e.ttl as u64)),
+        state.clone(),
     );
     ha.spawn_acknowledger()
         .context("cannot start the acknowledger thread")?;
@@ -482,6 +504,7 @@ fn run(ini: &cluster::IniFile) -> anyhow::Result<()> {
             preloader: preloader.clone(),
             ha: ha.clone(),
             log_retain: cfg.log_retain,
+            accept_any_image: accept_image_from_leader,
         }
         .spawn()
         .context("cannot start the replication thread")?;
@@ -679,6 +702,13 @@ fn spawn_role_thread(
                         ),
                     }
                     was = now;
+                }
+                // Leading: the horizon is what etcd holds acknowledged under
+                // this term (the baseline at first, then each fence).
+                if let Some(acked) = ha.election().and_then(|e| e.view().acked.clone()) {
+                    if Some(acked.term) == now {
+                        state.set_acked(acked.seq);
+                    }
                 }
                 if let Some(reg) = registration.lock().ok().as_ref().and_then(|r| r.as_ref()) {
                     reg.set_info(role_info(&base, &ha));

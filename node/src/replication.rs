@@ -2,12 +2,15 @@
 //!
 //! Protocol (both routes are admin routes on every node; slaves call the
 //! master's):
-//! - `GET …/replication/changes?from=S&wait_ms=W&dataset=D&term=T`: the changes
-//!   after sequence `S` from the master's change log (long-poll: waits up to
-//!   `W` ms for one to appear). `410 Gone` when `S` is older than the log
+//! - `GET …/replication/changes?from=S&wait_ms=W&dataset=D&acked=A&term=T&known=KT.KS`:
+//!   the changes after sequence `S` from the master's change log and its
+//!   acknowledged horizon (long-poll: waits up to `W` ms for a change to
+//!   appear or the horizon to pass `A`); `T` and `KT.KS` are the follower's
+//!   durable term and known acknowledged position (L3). `410 Gone` when `S` is older than the log
 //!   keeps or the dataset differs: the slave must copy the whole database.
 //! - `GET …/replication/image`: a consistent image of the master's database
-//!   (SQLite backup API), with its sequence, dataset id and CRC-32 in headers.
+//!   (SQLite backup API), with its sequence, dataset id, CRC-32 and term in
+//!   headers.
 //!
 //! Write availability (issue 14): with etcd every node runs the follower
 //! (a `mode = master` node too: it may have lost the election); while the
@@ -18,6 +21,25 @@
 //! leader or its history differs means it holds changes never acknowledged:
 //! they are discarded by copying the leader's image. Applied changes are
 //! kept in this node's own change log, so it can serve others if promoted.
+//!
+//! Visibility (docs/WRITE_PROTOCOL.md, V1): every changes answer carries
+//! the leader's acknowledged horizon (`acked`); the follower's own horizon
+//! is the smaller of what it applied and that, so it never serves a change
+//! the leader has not acknowledged. What it learns is persisted (`meta
+//! acked_term/acked_seq`) in the transaction of the change it applies, or
+//! on its own when only the horizon moved; the poll sends it (`acked=`)
+//! so the leader's long-poll answers as soon as its horizon moves past it.
+//!
+//! Images (F2, F3): an image carries the leader's term in a header the
+//! MAC covers and is refused below this node's durable term. Every rule is
+//! applied once the MAC over the whole image is verified (unproven headers
+//! decide nothing; the same proven image is then refused again without a
+//! download). An image that
+//! would drop this node's data — another dataset, no data at all, or a
+//! sequence behind what this node knows was acknowledged — is refused
+//! ([`judge_image`]) with the reason in the log (once per reason) and in
+//! `/health` (`replication.refused`), unless the node was started with
+//! `--accept-image-from-leader`. An empty node copies any image.
 //!
 //! The [`Follower`] runs on its own OS thread: it finds the master (the
 //! elected leader, then etcd entries with role `master`, highest term
@@ -43,7 +65,7 @@ use crate::model::batch::Batch;
 use crate::storage::error::StoreError;
 use crate::storage::state::DataState;
 use crate::storage::store;
-use crate::storage::writer::Writer;
+use crate::storage::writer::{Replicated, Writer};
 
 pub const API: &str = "/kamaitachi/api/data/v1/replication";
 /// How long a slave's long-poll waits on the master.
@@ -116,6 +138,10 @@ struct ChangesData {
     /// The term the answering leader leads under (0: no election).
     #[serde(default)]
     term: i64,
+    /// The leader's acknowledged horizon (V1); absent from a leader that
+    /// does not keep one.
+    #[serde(default)]
+    acked: Option<u64>,
     changes: Vec<Change>,
 }
 
@@ -135,9 +161,95 @@ enum Pull {
     Changes {
         master_seq: u64,
         term: i64,
+        /// The leader's acknowledged horizon.
+        acked: u64,
         changes: Vec<Change>,
     },
     NeedImage(String),
+}
+
+/// What the leader's answer says is acknowledged: its `acked`; from a
+/// leader without an election (term 0) that does not send one, everything
+/// it has (its horizon is its data); from an elected leader that does not
+/// send one, nothing.
+fn answer_acked(acked: Option<u64>, term: i64, master_seq: u64) -> u64 {
+    match acked {
+        Some(a) => a,
+        None if term == 0 => master_seq,
+        None => 0,
+    }
+}
+
+/// What this node holds, as the image rules see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalData {
+    /// Any report row, or any change applied.
+    pub has_data: bool,
+    pub dataset: u64,
+    /// The highest change this node durably knows was acknowledged.
+    pub acked_seq: u64,
+    /// The highest term this node durably knows.
+    pub term: i64,
+}
+
+/// What the leader's image is, from its (MAC-covered) headers and, once
+/// received and checked, its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageFacts {
+    pub seq: u64,
+    pub dataset: u64,
+    /// The term the leader served it under.
+    pub term: i64,
+    /// Whether it holds any report row (`None`: not received yet).
+    pub has_rows: Option<bool>,
+}
+
+/// Whether an image may replace this node's data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageVerdict {
+    Install,
+    /// A rule would refuse it, and the operator said to install anyway.
+    InstallOverriding(String),
+    Refuse(String),
+}
+
+/// The image rules (docs/WRITE_PROTOCOL.md, F2 and F3), with no I/O.
+/// F2 (an image of an older term) is never overridden; F3 (another
+/// dataset, no data, behind the acknowledged position) is, by
+/// `accept_any`. An empty node takes any image of a current term.
+pub fn judge_image(local: &LocalData, image: &ImageFacts, accept_any: bool) -> ImageVerdict {
+    if image.term < local.term {
+        return ImageVerdict::Refuse(format!(
+            "the image was served under term {}, older than this node's term {} (a deposed leader?)",
+            image.term, local.term
+        ));
+    }
+    if !local.has_data {
+        return ImageVerdict::Install;
+    }
+    let why = if image.dataset != local.dataset {
+        Some(format!(
+            "the image is of dataset {}, this node holds data of dataset {}",
+            image.dataset, local.dataset
+        ))
+    } else if image.seq == 0 && image.has_rows == Some(false) {
+        Some(format!(
+            "the image holds no data (no report row, change 0) and this node holds data of dataset {}",
+            local.dataset
+        ))
+    } else if image.seq < local.acked_seq {
+        Some(format!(
+            "the image stops at change {}, before change {}, which this node knows was acknowledged",
+            image.seq, local.acked_seq
+        ))
+    } else {
+        None
+    };
+    match (why, accept_any) {
+        (None, _) => ImageVerdict::Install,
+        (Some(why), true) => ImageVerdict::InstallOverriding(why),
+        (Some(why), false) => ImageVerdict::Refuse(why),
+    }
 }
 
 /// The fence on the follower's side (issue 14): an answer from a leader
@@ -168,6 +280,9 @@ enum FollowError {
     Unproven(String),
     #[error("{0}")]
     StaleTerm(String),
+    /// The image would drop this node's data or is of an older term.
+    #[error("image refused: {0}")]
+    Refused(String),
 }
 
 pub struct Follower {
@@ -185,6 +300,8 @@ pub struct Follower {
     /// Change-log entries kept of what is applied (a promoted follower
     /// serves the others from them).
     pub log_retain: u64,
+    /// `--accept-image-from-leader`: F3 does not refuse an image.
+    pub accept_any_image: bool,
 }
 
 impl Follower {
@@ -214,6 +331,15 @@ impl Follower {
         let mut warned: std::collections::HashMap<String, Instant> = Default::default();
         let mut sync_backoff = SyncBackoff::new();
         let mut seen_term = self.writer.term().unwrap_or(0);
+        // The acknowledged position last persisted, so an answer that only
+        // repeats it writes nothing.
+        let mut persisted = self
+            .writer
+            .election_memory()
+            .map_or((0, 0), |m| (m.acked_term, m.acked_seq));
+        // The last image refusal logged (logged again only when it changes).
+        let mut refusal_logged = String::new();
+        let mut proven_refusal: Option<ProvenRefusal> = None;
         loop {
             if self.ha.leading_term().is_some() {
                 // Leading: the loop idles (the leader follows nobody).
@@ -234,6 +360,7 @@ impl Follower {
                 Ok(Pull::Changes {
                     master_seq,
                     term,
+                    acked,
                     changes,
                 }) => {
                     let elected = self
@@ -247,13 +374,17 @@ impl Follower {
                             Err(FollowError::StaleTerm(why))
                         }
                         Ok(()) => {
-                            if term > seen_term {
-                                seen_term = term;
-                                if let Err(e) = self.writer.raise_term(term) {
-                                    tracing::warn!("replication: could not record term {term}: {e}");
-                                }
+                            // F1: the larger term is durable before anything
+                            // of it is applied.
+                            let raised = if term > seen_term {
+                                self.writer.raise_term(term).map(|()| seen_term = term)
+                            } else {
+                                Ok(())
+                            };
+                            match raised {
+                                Err(e) => Err(FollowError::Store(e)),
+                                Ok(()) => self.apply(master_seq, term, acked, changes, &mut persisted),
                             }
-                            self.apply(master_seq, changes)
                         }
                     }
                 }
@@ -270,9 +401,27 @@ impl Follower {
                     } else {
                         tracing::info!(master = %master, "replication: copying the database from {master} ({why})");
                     }
-                    let r = self.full_sync(&master);
+                    let r = self.full_sync(&master, &mut proven_refusal);
                     if r.is_ok() {
                         seen_term = seen_term.max(self.writer.term().unwrap_or(0));
+                        persisted = self
+                            .writer
+                            .election_memory()
+                            .map_or(persisted, |m| (m.acked_term, m.acked_seq));
+                        self.state.set_refused(None);
+                        refusal_logged.clear();
+                        proven_refusal = None;
+                    }
+                    if let Err(FollowError::Refused(why)) = &r {
+                        self.state.set_refused(Some(why.clone()));
+                        if *why != refusal_logged {
+                            tracing::error!(
+                                master = %master,
+                                "replication: refusing the image of {master}: {why}; this node keeps its data and does not follow \
+                                 (start it with --accept-image-from-leader to install the leader's image anyway)"
+                            );
+                            refusal_logged = why.clone();
+                        }
                     }
                     if r.is_err() {
                         sync_backoff.failed();
@@ -299,7 +448,18 @@ impl Follower {
                 continue;
             }
             match step {
+                Err(FollowError::Refused(_)) => {
+                    // Logged above, once per reason; tried again after the
+                    // full-sync backoff.
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
                 Ok(()) => {
+                    if !refusal_logged.is_empty() {
+                        // Following again: nothing is refused any more.
+                        self.state.set_refused(None);
+                        refusal_logged.clear();
+                    }
                     if let Ok(mut m) = self.state.master_addr.lock() {
                         *m = Some(master.clone());
                     }
@@ -353,11 +513,12 @@ impl Follower {
         let memory = self.writer.election_memory()?;
         let (term, known_term, known_seq) = (memory.term, memory.acked_term, memory.acked_seq);
         let target = format!(
-            "{API}/changes?from={}&wait_ms={POLL_WAIT_MS}&dataset={}{digest}&node={}&candidate={}&term={term}&known={known_term}.{known_seq}",
+            "{API}/changes?from={}&wait_ms={POLL_WAIT_MS}&dataset={}{digest}&node={}&candidate={}&acked={}&term={term}&known={known_term}.{known_seq}",
             self.state.applied(),
             self.state.dataset_id.load(Ordering::Acquire),
             self.locator.own_addr,
-            u8::from(self.ha.candidate)
+            u8::from(self.ha.candidate),
+            self.state.known_acked(),
         );
         let (mut resp, nonce) = self.signed_get(agent, master, &target)?;
         let proof = resp
@@ -388,10 +549,12 @@ impl Follower {
                 }
                 let env: ChangesEnvelope = serde_json::from_slice(&body)
                     .map_err(|e| FollowError::Http(format!("changes do not decode: {e}")))?;
+                let d = env.data;
                 Ok(Pull::Changes {
-                    master_seq: env.data.master_seq,
-                    term: env.data.term,
-                    changes: env.data.changes,
+                    master_seq: d.master_seq,
+                    term: d.term,
+                    acked: answer_acked(d.acked, d.term, d.master_seq),
+                    changes: d.changes,
                 })
             }
             410 => Ok(Pull::NeedImage(
@@ -407,7 +570,28 @@ impl Follower {
         }
     }
 
-    fn apply(&self, master_seq: u64, changes: Vec<Change>) -> Result<(), FollowError> {
+    /// Applies the changes of one answer of the leader of `term`, whose
+    /// horizon is `acked` (V1: learned first, so a change it covers is
+    /// visible as soon as it is applied; persisted with the first change,
+    /// or on its own when the answer holds none). `persisted`: the
+    /// acknowledged position last made durable.
+    fn apply(
+        &self,
+        master_seq: u64,
+        term: i64,
+        acked: u64,
+        changes: Vec<Change>,
+        persisted: &mut (i64, u64),
+    ) -> Result<(), FollowError> {
+        let learned = (term, acked);
+        self.state.set_acked(acked);
+        let known = (learned > *persisted).then_some(learned);
+        if changes.is_empty() {
+            if let Some((t, a)) = known {
+                self.writer.raise_known_acked(t, a)?;
+                *persisted = learned;
+            }
+        }
         for change in changes {
             let Change {
                 seq,
@@ -415,7 +599,16 @@ impl Follower {
                 digest,
                 batch,
             } = change;
-            self.writer.apply(seq, digest, term, self.log_retain, batch)?;
+            let replicated = Replicated {
+                seq,
+                digest,
+                term,
+                batch,
+            };
+            self.writer.apply(replicated, self.log_retain, known)?;
+            if known.is_some() {
+                *persisted = learned;
+            }
         }
         self.state
             .master_seq
@@ -430,7 +623,9 @@ impl Follower {
         Ok(())
     }
 
-    fn full_sync(&self, master: &str) -> Result<(), FollowError> {
+    /// Copies the leader's image (F2, F3: judged once proven by its MAC).
+    /// `refused`: the last image refused after it was proven.
+    fn full_sync(&self, master: &str, refused: &mut Option<ProvenRefusal>) -> Result<(), FollowError> {
         let started = Instant::now();
         let agent = Self::agent(Duration::from_secs(600));
         let (mut resp, nonce) = self.signed_get(&agent, master, &format!("{API}/image"))?;
@@ -446,10 +641,11 @@ impl Follower {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
         };
-        let (seq, dataset, crc) = (
+        let (seq, dataset, crc, term) = (
             header("x-kamaitachi-seq"),
             header("x-kamaitachi-dataset"),
             header("x-kamaitachi-crc32"),
+            header("x-kamaitachi-term").and_then(|t| i64::try_from(t).ok()),
         );
         let declared = header("content-length");
         if status != 200 {
@@ -460,15 +656,32 @@ impl Follower {
                 body: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
             });
         }
-        let (Some(seq), Some(dataset), Some(crc)) = (seq, dataset, crc) else {
-            return Err(FollowError::Image(
-                "missing sequence, dataset or checksum headers".into(),
+        // Without them the MAC cannot be checked: not a proven leader.
+        let (Some(seq), Some(dataset), Some(crc), Some(term)) = (seq, dataset, crc, term) else {
+            return Err(FollowError::Unproven(
+                "an image without its sequence, dataset, checksum or term headers".into(),
             ));
         };
         let Some(proof) = proof else {
             return Err(FollowError::Unproven("an image without a MAC".into()));
         };
-        let (seq_s, dataset_s) = (seq.to_string(), dataset.to_string());
+        let headers = ImageFacts {
+            seq,
+            dataset,
+            term,
+            has_rows: None,
+        };
+        // The same image of the same leader was proven and refused before:
+        // refused again without downloading it. (Headers alone, unproven,
+        // never decide: a rogue's would keep this node from its leader.)
+        if let Some(r) = refused
+            .as_ref()
+            .filter(|r| r.master == master && r.headers == headers)
+        {
+            return Err(FollowError::Refused(r.why.clone()));
+        }
+        let mut facts = headers;
+        let (seq_s, dataset_s, term_s) = (seq.to_string(), dataset.to_string(), term.to_string());
         let mac = self.key.begin(
             "repl-image",
             &[
@@ -477,6 +690,7 @@ impl Follower {
                 b"master",
                 seq_s.as_bytes(),
                 dataset_s.as_bytes(),
+                term_s.as_bytes(),
             ],
         );
         if declared.is_some_and(|n| n > MAX_IMAGE_BYTES) {
@@ -521,11 +735,28 @@ impl Follower {
                     version.version, version.dataset_id
                 )));
             }
+            facts.has_rows = Some(store::Store::open_ro(&tmp)?.has_reports()?);
+            let elected = self
+                .locator
+                .election
+                .as_ref()
+                .and_then(|e| e.view().leader.as_ref().map(|l| l.term));
+            let judged = check_term(term, self.writer.term()?, elected)
+                .map_err(FollowError::Refused)
+                .and_then(|()| self.judge(&facts));
+            if let Err(FollowError::Refused(why)) = &judged {
+                *refused = Some(ProvenRefusal {
+                    master: master.to_string(),
+                    headers,
+                    why: why.clone(),
+                });
+            }
+            let same_dataset = judged?;
             tracing::info!(
                 "replication: image verified at {:.1}s; restoring",
                 started.elapsed().as_secs_f64()
             );
-            self.writer.restore(tmp.clone())?;
+            self.writer.restore(tmp.clone(), seq, term, same_dataset)?;
             Ok(())
         })();
         let _ = std::fs::remove_file(&tmp);
@@ -540,6 +771,41 @@ impl Follower {
         );
         Ok(())
     }
+}
+
+impl Follower {
+    /// [`judge_image`] against this node's data now; returns whether the
+    /// image is of this node's dataset.
+    fn judge(&self, image: &ImageFacts) -> Result<bool, FollowError> {
+        let memory = self.writer.election_memory()?;
+        let dataset = self.state.dataset_id.load(Ordering::Acquire);
+        let local = LocalData {
+            has_data: self.state.applied() > 0 || self.state.total_records.load(Ordering::Acquire) > 0,
+            dataset,
+            acked_seq: memory.acked_seq,
+            term: memory.term,
+        };
+        match judge_image(&local, image, self.accept_any_image) {
+            ImageVerdict::Install => {}
+            ImageVerdict::InstallOverriding(why) => {
+                if image.has_rows.is_some() {
+                    tracing::warn!(
+                        "replication: installing the leader's image although {why} (--accept-image-from-leader)"
+                    );
+                }
+            }
+            ImageVerdict::Refuse(why) => return Err(FollowError::Refused(why)),
+        }
+        Ok(image.dataset == dataset)
+    }
+}
+
+/// An image that proved itself (MAC) and was refused, by its headers: the
+/// same image of the same leader is refused again without a download.
+struct ProvenRefusal {
+    master: String,
+    headers: ImageFacts,
+    why: String,
 }
 
 /// When the next full sync may start: 1 s after a failed one, doubling
@@ -636,6 +902,109 @@ mod tests {
         // The elected leader's term counts even before this node saw it in
         // an answer: a deposed leader that still answers is refused.
         assert!(check_term(5, 5, Some(9)).is_err());
+    }
+
+    fn local(has_data: bool) -> LocalData {
+        LocalData {
+            has_data,
+            dataset: 7,
+            acked_seq: 40,
+            term: 3,
+        }
+    }
+
+    fn image(seq: u64, dataset: u64, term: i64, has_rows: Option<bool>) -> ImageFacts {
+        ImageFacts {
+            seq,
+            dataset,
+            term,
+            has_rows,
+        }
+    }
+
+    fn refused(v: ImageVerdict) -> String {
+        match v {
+            ImageVerdict::Refuse(why) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_image_of_the_same_dataset_at_or_past_the_acknowledged_position_is_installed() {
+        let l = local(true);
+        assert_eq!(
+            judge_image(&l, &image(40, 7, 3, Some(true)), false),
+            ImageVerdict::Install
+        );
+        assert_eq!(
+            judge_image(&l, &image(55, 7, 4, None), false),
+            ImageVerdict::Install
+        );
+    }
+
+    #[test]
+    fn an_image_that_would_drop_data_is_refused_unless_the_operator_accepts_it() {
+        let l = local(true);
+        let why = refused(judge_image(&l, &image(90, 8, 3, Some(true)), false));
+        assert!(why.contains("dataset 8") && why.contains("dataset 7"), "{why}");
+        let why = refused(judge_image(&l, &image(0, 7, 3, Some(false)), false));
+        assert!(why.contains("no data"), "{why}");
+        // Before it arrives an image at change 0 is not known to be empty
+        // (the acknowledged position refuses it here anyway).
+        let why = refused(judge_image(&l, &image(39, 7, 3, None), false));
+        assert!(
+            why.contains("stops at change 39") && why.contains("change 40"),
+            "{why}"
+        );
+        for img in [
+            image(90, 8, 3, Some(true)),
+            image(0, 7, 3, Some(false)),
+            image(39, 7, 3, Some(true)),
+        ] {
+            assert!(
+                matches!(judge_image(&l, &img, true), ImageVerdict::InstallOverriding(_)),
+                "{img:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_node_takes_any_image_of_a_current_term() {
+        let l = LocalData {
+            acked_seq: 0,
+            ..local(false)
+        };
+        assert_eq!(
+            judge_image(&l, &image(0, 8, 3, Some(false)), false),
+            ImageVerdict::Install
+        );
+        assert_eq!(
+            judge_image(&l, &image(12, 9, 5, Some(true)), false),
+            ImageVerdict::Install
+        );
+    }
+
+    #[test]
+    fn an_image_of_an_older_term_is_refused_even_when_accepted() {
+        for has_data in [true, false] {
+            let why = refused(judge_image(&local(has_data), &image(50, 7, 2, Some(true)), true));
+            assert!(why.contains("term 2") && why.contains("term 3"), "{why}");
+        }
+    }
+
+    #[test]
+    fn the_acknowledged_position_of_an_answer() {
+        assert_eq!(answer_acked(Some(5), 3, 9), 5);
+        assert_eq!(
+            answer_acked(None, 0, 9),
+            9,
+            "no election: the master's data is its horizon"
+        );
+        assert_eq!(
+            answer_acked(None, 3, 9),
+            0,
+            "an elected leader that says nothing: nothing"
+        );
     }
 
     #[test]

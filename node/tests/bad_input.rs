@@ -478,6 +478,14 @@ fn numeric_query_parameters_are_range_checked() {
         ("from=0&term=-1", "term"),
         ("from=0&term=9007199254740992", "term"),
         ("from=0&term=18446744073709551616", "term"),
+        ("from=0&known=1", "known"),
+        ("from=0&known=x.1", "known"),
+        ("from=0&known=1.-1", "known"),
+        ("from=0&known=9007199254740992.1", "known"),
+        ("from=0&acked=x", "acked"),
+        ("from=0&acked=-1", "acked"),
+        ("from=0&acked=9223372036854775807", "acked"),
+        ("from=0&acked=", "acked"),
     ];
     for (query, field) in cases {
         let r = get(query);
@@ -491,9 +499,14 @@ fn numeric_query_parameters_are_range_checked() {
         format!("from={v}"),
         format!("from={v}&wait_ms=1"),
         format!("from={v}&term=9007199254740991"),
+        format!("from={v}&known=0.0"),
+        format!("from={v}&wait_ms=1&acked=9223372036854775806"),
     ] {
         let r = get(&query);
         assert_eq!(r.status, 200, "{query} -> {}", r.text());
+        // The answer carries the node's acknowledged horizon (a master
+        // without an election: its data version).
+        assert_eq!(r.json()["data"]["acked"], v, "{query} -> {}", r.text());
     }
     // The largest `from` parses, but a follower ahead of this node holds a
     // history this node never made (issue 14): 410, copy the image — not a

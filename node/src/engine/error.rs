@@ -1,6 +1,7 @@
 //! What can go wrong inside the engine: bad input (named by field or by
-//! record), or a lower layer that failed (a worker pool gone, a read that
-//! failed in SQLite).
+//! record), a lower layer that failed (a worker pool gone, a read that
+//! failed in SQLite), or an answer that would show a change not yet
+//! acknowledged.
 //!
 //! The engine knows nothing of HTTP: the server turns an [`EngineError`]
 //! into its `ApiError` (and so into a status) in `server/error.rs`, the one
@@ -27,6 +28,10 @@ pub enum EngineError {
     /// A read failed in the store.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The answer depends on a change that is not acknowledged yet
+    /// (docs/WRITE_PROTOCOL.md, V2): the message names it.
+    #[error("{0}")]
+    NotAcknowledged(String),
 }
 
 impl EngineError {

@@ -9,6 +9,18 @@
 //!    are read;
 //! 4. select, sort, page and render (`render.rs`), and cache the bytes.
 //!
+//! 5. the horizon's gate (docs/WRITE_PROTOCOL.md, V2): if a change the
+//!    answer's subjects or indicators depend on is not acknowledged yet,
+//!    wait until it is (at most [`PENDING_WAIT`]), else answer 503 naming
+//!    it; only an answer that passed the gate is cached.
+//!
+//! The gate runs after the data is read: the writer lists a change as
+//! pending before it commits, so whatever a request read is either listed
+//! when the gate looks or acknowledged already. A cached answer passed the
+//! gate when it was made and the horizon never goes back, so a response
+//! cache hit is served as it is: the hit path has no check at all, and a
+//! miss while nothing is pending costs one atomic load.
+//!
 //! Snapshot and period go through the same steps; what differs between
 //! them (route, parser, renderer) is the [`Question`] trait, so the path is
 //! written once (`serve`).
@@ -33,6 +45,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use may::sync::mpsc;
 
@@ -47,6 +60,7 @@ use crate::model::catalog::{Catalog, SubjectInfo};
 use crate::model::series::{Report, Series};
 use crate::storage::error::StoreError;
 use crate::storage::pool::WorkerPool;
+use crate::storage::state::DataState;
 use crate::storage::store::{self, ReadPool};
 use crate::storage::writer::Publish;
 
@@ -56,6 +70,10 @@ const HEAVY_SUBJECTS: usize = 64;
 /// A cold load of more subjects than this is split across the reader
 /// threads (at least this many subjects per job).
 const SPLIT_LOAD: usize = 32;
+
+/// How long a read that depends on a change not yet acknowledged waits
+/// for it before it is answered 503.
+pub const PENDING_WAIT: Duration = Duration::from_secs(1);
 
 /// A load of one subject in progress, and who waits for it.
 struct Flight {
@@ -98,11 +116,20 @@ pub struct QueryEngine {
     inflight: Mutex<HashMap<Arc<str>, Flight>>,
     /// Series read from SQLite since start.
     store_loads: AtomicU64,
+    /// The acknowledged horizon and the pending changes (the gate).
+    state: Arc<DataState>,
 }
 
 impl QueryEngine {
-    pub fn new(catalog: Catalog, cache: Arc<DataCache>, readers: ReadPool, compute: WorkerPool<()>) -> Self {
+    pub fn new(
+        catalog: Catalog,
+        cache: Arc<DataCache>,
+        readers: ReadPool,
+        compute: WorkerPool<()>,
+        state: Arc<DataState>,
+    ) -> Self {
         QueryEngine {
+            state,
             catalog: ArcSwap::from_pointee(catalog),
             cache,
             readers,
@@ -183,10 +210,11 @@ impl QueryEngine {
         self.serve::<PeriodQuery>(body)
     }
 
-    /// Steps 1–4 of the module comment for either kind of question: the
+    /// Steps 1–5 of the module comment for either kind of question: the
     /// cached answer if there is one (no parse, no lock, no allocation
     /// beyond the cache's own lookup), else parse, answer — on the compute
-    /// pool when the question is heavy — and cache the bytes.
+    /// pool when the question is heavy —, pass the gate and cache the
+    /// bytes.
     fn serve<Q: Question>(self: &Arc<Self>, body: &[u8]) -> Result<Arc<[u8]>, EngineError> {
         let e0 = self.epoch();
         if let Some(hit) = self.cache.response(Q::ROUTE, e0, body) {
@@ -195,27 +223,49 @@ impl QueryEngine {
         }
         let catalog = self.catalog.load_full();
         let q = Q::parse(body, &catalog)?;
-        if q.subject_count() > HEAVY_SUBJECTS {
+        let (q, bytes) = if q.subject_count() > HEAVY_SUBJECTS {
             let engine = self.clone();
-            let body = body.to_vec();
-            return self
-                .compute
-                .call(move |_| engine.answer(e0, &q, &body, &catalog))
-                .map_err(EngineError::from)?;
-        }
-        self.answer(e0, &q, body, &catalog)
-    }
-
-    fn answer<Q: Question>(
-        &self,
-        e0: u64,
-        q: &Q,
-        body: &[u8],
-        catalog: &Catalog,
-    ) -> Result<Arc<[u8]>, EngineError> {
-        let bytes: Arc<[u8]> = q.render(self, e0, catalog)?.into();
+            self.compute
+                .call(move |_| {
+                    let bytes = q.render(&engine, e0, &catalog);
+                    bytes.map(|b| (q, b))
+                })
+                .map_err(EngineError::from)??
+        } else {
+            let bytes = q.render(self, e0, &catalog)?;
+            (q, bytes)
+        };
+        // In the coroutine, not on the compute pool: a wait parks it.
+        self.gate(&q)?;
+        let bytes: Arc<[u8]> = bytes.into();
         self.cache.insert_response(Q::ROUTE, e0, body, bytes.clone());
         Ok(bytes)
+    }
+
+    /// Step 5: waits until every change the answer to `q` may have read is
+    /// acknowledged, at most [`PENDING_WAIT`]; then 503 naming one that is
+    /// still not.
+    fn gate<Q: Question>(&self, q: &Q) -> Result<(), EngineError> {
+        let pending = &self.state.pending;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let Some(blocked) = pending.blocking(q.subject_names(), q.indicator_ids(), u64::MAX) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        self.state.wait_acked(blocked.seq, started + PENDING_WAIT);
+        if self.state.acked() >= blocked.seq {
+            return Ok(());
+        }
+        // Name one change the read still waits for.
+        let what = pending
+            .blocking(q.subject_names(), q.indicator_ids(), blocked.seq)
+            .map_or(blocked.what, |b| b.what);
+        Err(EngineError::NotAcknowledged(format!(
+            "{what} is not acknowledged yet (waited {} ms); try again",
+            started.elapsed().as_millis()
+        )))
     }
 
     fn render_snapshot(&self, e0: u64, q: &SnapshotQuery, catalog: &Catalog) -> Result<Vec<u8>, EngineError> {
@@ -504,6 +554,10 @@ trait Question: Sized + Send + 'static {
     const ROUTE: Route;
     fn parse(body: &[u8], catalog: &Catalog) -> Result<Self, EngineError>;
     fn subject_count(&self) -> usize;
+    /// The subjects the answer reads (what the gate checks).
+    fn subject_names(&self) -> impl Iterator<Item = &str>;
+    /// The indicator ids the answer names or sorts by.
+    fn indicator_ids(&self) -> impl Iterator<Item = usize>;
     /// The whole response envelope.
     fn render(&self, engine: &QueryEngine, e0: u64, catalog: &Catalog) -> Result<Vec<u8>, EngineError>;
 }
@@ -517,6 +571,18 @@ impl Question for SnapshotQuery {
 
     fn subject_count(&self) -> usize {
         self.subjects.len()
+    }
+
+    fn subject_names(&self) -> impl Iterator<Item = &str> {
+        self.subjects.iter().map(|s| &*s.subject)
+    }
+
+    fn indicator_ids(&self) -> impl Iterator<Item = usize> {
+        let sort = match self.sort {
+            SortKey::Indicator(id) => Some(id),
+            SortKey::ReportDate => None,
+        };
+        self.ids.iter().map(|i| i.id).chain(sort)
     }
 
     fn render(&self, engine: &QueryEngine, e0: u64, catalog: &Catalog) -> Result<Vec<u8>, EngineError> {
@@ -533,6 +599,14 @@ impl Question for PeriodQuery {
 
     fn subject_count(&self) -> usize {
         self.subjects.len()
+    }
+
+    fn subject_names(&self) -> impl Iterator<Item = &str> {
+        self.subjects.iter().map(|s| &*s.subject)
+    }
+
+    fn indicator_ids(&self) -> impl Iterator<Item = usize> {
+        self.ids.iter().map(|i| i.id)
     }
 
     fn render(&self, engine: &QueryEngine, e0: u64, catalog: &Catalog) -> Result<Vec<u8>, EngineError> {

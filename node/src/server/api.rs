@@ -8,8 +8,8 @@
 //! | `POST /kamaitachi/api/data/v1/cache/reset` | admin: empty the cache |
 //! | `POST /kamaitachi/api/data/v1/ingest` | admin, the leader only: upsert rows (`engine/write_request.rs`, `storage/writer.rs`), acknowledged per `server/ha.rs` |
 //! | `POST /kamaitachi/api/data/v1/delete` | admin, the leader only: delete rows |
-//! | `GET /kamaitachi/api/data/v1/replication/changes` | cluster MAC, the leader only: change feed (`replication.rs`); records the follower's progress |
-//! | `GET /kamaitachi/api/data/v1/replication/image` | cluster MAC: database image |
+//! | `GET /kamaitachi/api/data/v1/replication/changes` | cluster MAC, the leader only: change feed (`replication.rs`) with the acknowledged horizon (`acked`); records the follower's progress |
+//! | `GET /kamaitachi/api/data/v1/replication/image` | cluster MAC: database image, with its sequence, dataset and the term it is served under |
 //! | `GET /health` | readiness for the gateway |
 //! | `GET /metrics` | Prometheus text |
 //!
@@ -279,12 +279,15 @@ impl Api {
         ))
     }
 
-    /// `GET …/replication/changes?from=S&wait_ms=W&dataset=D&digest=H&node=N&candidate=C&term=T`.
+    /// `GET …/replication/changes?from=S&wait_ms=W&dataset=D&digest=H&node=N&candidate=C&acked=A&term=T&known=KT.KS`.
     ///
-    /// `term`: the follower's durable term; a newer one than this leader's
-    /// makes it record the term and resign (L3). The poll counts as the
-    /// follower's progress (A1), as proven when `digest` (its history at
-    /// `from`) matched this node's.
+    /// `term`, `known`: the follower's durable term and known acknowledged
+    /// position; a newer term, or a position this leader lacks, makes it
+    /// record them and resign (L3). The poll counts as the follower's
+    /// progress (A1), as proven when `digest` (its history at `from`)
+    /// matched this node's. The answer carries this node's acknowledged
+    /// horizon (`acked`, V1); the long-poll ends early when it has moved
+    /// past `A`, what the follower knows of it.
     fn changes(&self, req: &Request<'_>, nonce: &str) -> Result<Response, ApiError> {
         // Every number has a range: `from` must fit SQLite's signed 64-bit
         // integer with room for `from + 1`; a wait is at most MAX_WAIT.
@@ -378,6 +381,7 @@ impl Api {
                 )));
             }
         }
+        let their_acked = param("acked", MAX_SEQ)?;
         let dataset = self.state.dataset_id.load(Ordering::Acquire);
         if let Some(d) = param("dataset", u64::MAX)? {
             if d != dataset {
@@ -422,8 +426,9 @@ impl Api {
             self.ha.record_progress(node, term, from, proven, candidate);
         }
         // Parks this coroutine (not its worker thread) until the writer
-        // publishes a change past `from`, or the wait runs out.
-        self.state.wait_applied_past(from, wait);
+        // publishes a change past `from`, the horizon passes what the
+        // follower knows, or the wait runs out.
+        self.state.wait_for_poll(from, their_acked, wait);
         let (floor, changes) = store::read(self.engine.readers(), move |s| {
             Ok((s.log_floor()?, s.changes_with_digests(from, CHANGES_PER_PULL)?))
         })?;
@@ -439,6 +444,8 @@ impl Api {
         json::push_i64(&mut data, self.state.applied() as i64);
         data.extend_from_slice(b",\"term\":");
         json::push_i64(&mut data, term);
+        data.extend_from_slice(b",\"acked\":");
+        json::push_i64(&mut data, self.state.acked() as i64);
         data.extend_from_slice(b",\"dataset_id\":");
         json::push_i64(&mut data, dataset as i64);
         data.extend_from_slice(b",\"changes\":[");
@@ -491,6 +498,9 @@ impl Api {
             self.ha.role().as_str(),
             nonce.to_string(),
         );
+        // The term this image is served under (F2), taken with the role.
+        let term = self.ha.leading_term().unwrap_or(0);
+        let term_s = term.to_string();
         let key = self.cluster_key.clone();
         let made = store::read(self.engine.readers(), move |s| {
             s.image_to(&path)?;
@@ -498,8 +508,9 @@ impl Api {
             // the image (it must check what arrived anyway): checking here
             // too cost a third of a full sync's time.
             let v = store::Store::open_ro(&path)?.data_version()?;
-            // The MAC covers the answer's nonce, this node, its sequence
-            // and dataset, and every byte of the image (same pass as the CRC).
+            // The MAC covers the answer's nonce, this node, its sequence,
+            // dataset and term, and every byte of the image (same pass as
+            // the CRC).
             let (seq, dataset) = (v.version.to_string(), v.dataset_id.to_string());
             let mut mac = key.begin(
                 "repl-image",
@@ -509,6 +520,7 @@ impl Api {
                     role.as_bytes(),
                     seq.as_bytes(),
                     dataset.as_bytes(),
+                    term_s.as_bytes(),
                 ],
             );
             let (len, crc) = store::file_crc(&path, |chunk| mac.update(chunk))?;
@@ -535,6 +547,7 @@ impl Api {
                 ("X-Kamaitachi-Seq", version.version.to_string()),
                 ("X-Kamaitachi-Dataset", version.dataset_id.to_string()),
                 ("X-Kamaitachi-Crc32", crc.to_string()),
+                ("X-Kamaitachi-Term", term.to_string()),
             ],
         };
         if signed {
@@ -552,7 +565,18 @@ impl Api {
             "master": self.state.master_addr(),
         });
         self.add_election_json(&mut v);
+        self.add_horizon_json(&mut v);
         v
+    }
+
+    /// `acked_seq` (the horizon), `pending` (changes not yet visible, and
+    /// the one every read waits for when what it touches is not known) and
+    /// `refused` (why the follower refuses the leader's image, F3).
+    fn add_horizon_json(&self, v: &mut serde_json::Value) {
+        let (pending, everything) = self.state.pending.describe();
+        v["acked_seq"] = self.state.acked().into();
+        v["pending"] = serde_json::json!({"changes": pending, "all_until": everything});
+        v["refused"] = self.state.refused().into();
     }
 
     /// `role`, `candidate`, `leader`, `term`, `sync` (issue 14).
@@ -589,6 +613,9 @@ impl Api {
             "lag": self.state.lag(),
         });
         self.add_election_json(&mut body);
+        let mut replication = serde_json::json!({});
+        self.add_horizon_json(&mut replication);
+        body["replication"] = replication;
         if let Some(p) = &self.preloader {
             body["preload"] = p.json();
         }

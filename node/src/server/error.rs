@@ -135,6 +135,7 @@ impl From<EngineError> for ApiError {
             EngineError::BadRequest(m) => ApiError::BadRequest(m),
             EngineError::Pool(e) => ApiError::from(e),
             EngineError::Store(e) => ApiError::from(e),
+            EngineError::NotAcknowledged(m) => ApiError::Unavailable(m),
         }
     }
 }

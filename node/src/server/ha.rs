@@ -49,6 +49,8 @@ use std::time::{Duration, Instant};
 use cluster::election::{AckError, Election, Leader};
 use cluster::Role;
 
+use crate::storage::state::DataState;
+
 /// A follower that polled within this time counts as connected.
 pub const CONNECTED_WITHIN: Duration = Duration::from_secs(3);
 
@@ -302,6 +304,8 @@ pub struct Ha {
     /// Longest an acknowledgment's etcd transaction is retried:
     /// `ttl − 1 s` (see the acknowledger).
     fence_within: Duration,
+    /// The acknowledged horizon: a successful fence moves it (V1).
+    state: Arc<DataState>,
 }
 
 impl Ha {
@@ -312,6 +316,7 @@ impl Ha {
         rules: SyncRules,
         addr: &str,
         ttl: Duration,
+        state: Arc<DataState>,
     ) -> Arc<Self> {
         Arc::new(Ha {
             election,
@@ -326,6 +331,7 @@ impl Ha {
             elections_won: AtomicU64::new(0),
             logged_state: Mutex::new(""),
             fence_within: ttl.saturating_sub(cluster::election::STEP_DOWN_MARGIN),
+            state,
         })
     }
 
@@ -574,8 +580,9 @@ impl Ha {
             let result = election
                 .record_acked_blocking(term, seq, &digest, within)
                 .map_err(AckFailure::from);
-            if let Err(e) = &result {
-                tracing::warn!("acknowledgment of changes up to {seq} (term {term}) failed: {e}");
+            match &result {
+                Ok(()) => self.state.set_acked(seq),
+                Err(e) => tracing::warn!("acknowledgment of changes up to {seq} (term {term}) failed: {e}"),
             }
             for w in batch {
                 let _ = w.reply.send(result.clone());

@@ -811,7 +811,7 @@ mod tests {
             for round in 0..60 {
                 let (_, seq, _) = master.write_batch(&mut batch, 1000, 0).unwrap();
                 slave
-                    .apply_replicated(&mut batch.clone(), seq, None, 0, 1000)
+                    .apply_replicated(&mut batch.clone(), seq, None, 0, 1000, None)
                     .unwrap();
                 check_all(&mut master, &format!("master after round {round}"));
                 check_all(&mut slave, &format!("slave after round {round}"));

@@ -416,6 +416,10 @@ impl Store {
     /// (same `retain` rule as the leader's), with the leader's `term`, so a
     /// follower promoted to leader serves the others without making them
     /// copy the whole database (issue 14).
+    ///
+    /// `known_acked`: the acknowledged position `(term, seq)` the leader's
+    /// answer carried, recorded in the same transaction (V1: the horizon is
+    /// persisted with the changes).
     pub fn apply_replicated(
         &mut self,
         batch: &mut Batch,
@@ -423,6 +427,7 @@ impl Store {
         digest: Option<&str>,
         term: i64,
         retain: u64,
+        known_acked: Option<(i64, u64)>,
     ) -> Result<Applied, StoreError> {
         let tx = self.write_transaction()?;
         let have: u64 = tx
@@ -454,6 +459,9 @@ impl Store {
             }
         }
         raise_term_in(&tx, term)?;
+        if let Some((acked_term, acked_seq)) = known_acked {
+            raise_known_acked_in(&tx, acked_term, acked_seq)?;
+        }
         set_version(&tx, seq)?;
         blob::advance(&tx, have, seq)?;
         tx.commit()?;
@@ -599,6 +607,75 @@ impl Store {
             .unwrap_or(0))
     }
 
+    /// What each change above `above` touches, from the change log (V2:
+    /// the pending set of a node that starts, or installed an image), in
+    /// order. `None` when the log does not hold every change from `above`
+    /// to the data version, or when there are more than `limit` of them:
+    /// the caller then holds everything above `above` back. Data that no
+    /// change ever touched (generated or imported: an empty change log and
+    /// no running digest) holds nothing to acknowledge: an empty list.
+    pub fn touches_above(&self, above: u64, limit: usize) -> Result<Option<Vec<LoggedTouches>>, StoreError> {
+        let version = self.data_version()?.version;
+        if version <= above {
+            return Ok(Some(Vec::new()));
+        }
+        let logged: bool = self
+            .conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM changelog)", [], |r| r.get(0))?;
+        if !logged && self.meta("log_digest")?.is_none() {
+            return Ok(Some(Vec::new()));
+        }
+        if version - above > limit as u64 {
+            return Ok(None);
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, batch FROM changelog WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")?;
+        let rows = stmt.query_map(params![above as i64, version as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for (n, row) in rows.enumerate() {
+            let (seq, json) = row?;
+            if seq != above + 1 + n as u64 {
+                return Ok(None);
+            }
+            let Ok(batch) = serde_json::from_str::<Batch>(&json) else {
+                return Ok(None);
+            };
+            let mut subjects: Vec<String> = batch
+                .upserts
+                .iter()
+                .map(|r| r.subject.clone())
+                .chain(batch.deletes.iter().map(|k| k.subject.clone()))
+                .collect();
+            subjects.sort();
+            subjects.dedup();
+            let indicators = batch
+                .indicators
+                .iter()
+                .filter(|i| i.id > 0)
+                .map(|i| (i.id as usize, i.code.clone()))
+                .collect();
+            out.push(LoggedTouches {
+                seq,
+                subjects,
+                indicators,
+            });
+        }
+        if out.len() as u64 != version - above {
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+
+    /// Whether the database holds any report row.
+    pub fn has_reports(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM reports)", [], |r| r.get(0))?)
+    }
+
     /// The oldest sequence still in the change log (one past the data
     /// version when the log is empty).
     pub fn log_floor(&self) -> Result<u64, StoreError> {
@@ -731,6 +808,16 @@ pub struct LoggedChange {
     pub digest: Option<String>,
     /// The term of the leader that made the change (0: no election).
     pub term: i64,
+}
+
+/// What one logged change touches (see [`Store::touches_above`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedTouches {
+    pub seq: u64,
+    /// Subjects it upserts or deletes rows of, sorted.
+    pub subjects: Vec<String>,
+    /// Indicators it declares: (id, code).
+    pub indicators: Vec<(usize, String)>,
 }
 
 /// Adds `term` to an older database's change log (issue 14).
@@ -1006,5 +1093,75 @@ mod tests {
         let (_, seq, digest) = store.write_batch(&mut batch, 100, 1).unwrap();
         assert_eq!(store.history_digest_at(seq).unwrap(), Some(digest.clone()));
         assert_eq!(store.digest_at(seq).unwrap(), Some(digest));
+    }
+
+    fn row(subject: &str) -> crate::model::batch::Row {
+        crate::model::batch::Row {
+            subject: subject.into(),
+            name: None,
+            report_date: 1_751_241_600,
+            end_date: "2025-06-30".into(),
+            year: "2025".into(),
+            period: "Q2".into(),
+            declare_date: "2025-08-01".into(),
+            values: [("net_profit".to_string(), Some(1.0))].into(),
+        }
+    }
+
+    #[test]
+    fn the_change_log_names_what_each_change_above_a_position_touches() {
+        let path = temp_db("touches");
+        let mut store = Store::open_rw(&path).unwrap();
+        store.init_dataset(&[("net_profit", "net profit")]).unwrap();
+        // Generated data at version 1 with no change ever made: nothing to
+        // hold back.
+        store
+            .conn
+            .execute("UPDATE meta SET value = '1' WHERE key = 'data_version'", [])
+            .unwrap();
+        assert_eq!(store.touches_above(0, 100).unwrap(), Some(vec![]));
+        let mut b1 = Batch::default();
+        b1.upserts.push(row("33:000002"));
+        b1.upserts.push(row("33:000001"));
+        let mut b2 = Batch::default();
+        b2.indicators.push(NewIndicator {
+            id: 0,
+            code: "new_ratio".into(),
+            name: "new ratio".into(),
+        });
+        b2.upserts.push(row("33:000003"));
+        let mut b3 = Batch::default();
+        b3.deletes.push(crate::model::batch::Key {
+            subject: "33:000001".into(),
+            report_date: 1_751_241_600,
+        });
+        for b in [&mut b1, &mut b2, &mut b3] {
+            store.write_batch(b, 2, 1).unwrap();
+        }
+        let t = store
+            .touches_above(2, 100)
+            .unwrap()
+            .expect("changes 3 and 4 are logged");
+        assert_eq!(
+            t,
+            vec![
+                LoggedTouches {
+                    seq: 3,
+                    subjects: vec!["33:000003".into()],
+                    indicators: vec![(2, "new_ratio".into())],
+                },
+                LoggedTouches {
+                    seq: 4,
+                    subjects: vec!["33:000001".into()],
+                    indicators: vec![],
+                },
+            ]
+        );
+        assert_eq!(store.touches_above(4, 100).unwrap(), Some(vec![]));
+        // The log keeps two changes: change 2 is gone, so from 1 it is
+        // unknown (and no longer base data).
+        assert_eq!(store.touches_above(1, 100).unwrap(), None);
+        assert_eq!(store.touches_above(2, 1).unwrap(), None, "over the limit");
+        assert!(store.has_reports().unwrap());
     }
 }
