@@ -14,3 +14,8 @@ pub mod role;
 pub use config::{ConfigError, IniFile, Mode};
 pub use registry::{Discovery, EtcdConfig, Registration, ServiceEntry, ServiceInfo};
 pub use role::Role;
+
+/// The header with which a node's 503 says "this answer is not ready yet,
+/// the node is well" (a read waiting on an unacknowledged change): the
+/// gateway relays it and does not eject the node.
+pub const RETRY_AFTER: &str = "Retry-After";

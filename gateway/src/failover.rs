@@ -203,9 +203,15 @@ pub trait Cause: Display {
 }
 
 /// Whether a node's answer with this status ejects it (the answer itself
-/// is still relayed: the node did answer).
-pub fn ejects(status: u16) -> bool {
-    matches!(status, 500 | 502 | 503 | 504)
+/// is still relayed: the node did answer). A 503 with `Retry-After`
+/// (`retry_later`) is a node saying the answer is not ready yet (a read
+/// waiting on an unacknowledged change), not that it is unwell.
+pub fn ejects(status: u16, retry_later: bool) -> bool {
+    match status {
+        503 => !retry_later,
+        500 | 502 | 504 => true,
+        _ => false,
+    }
 }
 
 /// The policy, over the shared node set and metrics (see the module
@@ -247,9 +253,10 @@ impl Failover<'_> {
         }
     }
 
-    /// The node tried last answered with `status`.
-    pub fn answered(&self, tries: &Tries, status: u16) {
-        if ejects(status) {
+    /// The node tried last answered with `status` (and `Retry-After`, when
+    /// `retry_later`).
+    pub fn answered(&self, tries: &Tries, status: u16, retry_later: bool) {
+        if ejects(status, retry_later) {
             if let Some(addr) = tries.last() {
                 self.upstreams.eject(addr);
             }
@@ -287,10 +294,12 @@ mod tests {
     #[test]
     fn statuses_that_eject() {
         for s in [500, 502, 503, 504] {
-            assert!(ejects(s), "{s}");
+            assert!(ejects(s, false), "{s}");
         }
+        assert!(!ejects(503, true), "a 503 with Retry-After: the node is well");
+        assert!(ejects(500, true));
         for s in [200, 404, 429, 501, 505] {
-            assert!(!ejects(s), "{s}");
+            assert!(!ejects(s, false), "{s}");
         }
     }
 

@@ -360,8 +360,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.response_started = true;
+        let retry_later = upstream_response.headers.contains_key(cluster::RETRY_AFTER);
         self.failover()
-            .answered(&ctx.tried, upstream_response.status.as_u16());
+            .answered(&ctx.tried, upstream_response.status.as_u16(), retry_later);
         Ok(())
     }
 

@@ -55,6 +55,8 @@ pub(super) struct Answer {
     pub(super) body_len: Option<usize>,
     /// The node closes the connection after this answer.
     pub(super) close: bool,
+    /// The answer carries `Retry-After` (see `failover::ejects`).
+    pub(super) retry_later: bool,
 }
 
 /// Parses a client request head; for a read, writes the head it goes
@@ -169,11 +171,16 @@ pub(super) fn parse_answer(buf: &[u8]) -> Result<Option<Answer>, &'static str> {
         .map(usize::try_from)
         .transpose()
         .map_err(|_| "bad Content-Length")?;
+    let retry_later = head
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case(cluster::RETRY_AFTER));
     Ok(Some(Answer {
         status: head.status,
         head_len: head.len,
         body_len,
         close: head.close,
+        retry_later,
     }))
 }
 
@@ -294,9 +301,12 @@ mod tests {
                 status: 200,
                 head_len: ok.len() - 5,
                 body_len: Some(5),
-                close: false
+                close: false,
+                retry_later: false
             })
         );
+        let later = parse_answer(b"HTTP/1.1 503 X\r\nretry-after: 1\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert!(later.is_some_and(|a| a.retry_later && a.status == 503));
         assert_eq!(parse_answer(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap(), None);
         let close =
             parse_answer(b"HTTP/1.1 503 X\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();

@@ -234,7 +234,7 @@ impl ReadPath {
                 .await
             {
                 Ok((answer, conn)) => {
-                    failover.answered(&bufs.tries, answer.status);
+                    failover.answered(&bufs.tries, answer.status, answer.retry_later);
                     let relayed = self
                         .relay(client, &mut bufs.answer, answer, conn, addr, client_close)
                         .await;

@@ -726,8 +726,11 @@ fn error_response(err: &ApiError) -> Response {
     }
     json::end_envelope(&mut body);
     let mut resp = Response::json(status, Body::Owned(body));
-    if let ApiError::MethodNotAllowed { allowed, .. } = err {
-        resp.headers.push(("Allow", allowed.to_string()));
+    match err {
+        ApiError::MethodNotAllowed { allowed, .. } => resp.headers.push(("Allow", allowed.to_string())),
+        // The gateway does not eject a node for this 503.
+        ApiError::Pending(_) => resp.headers.push((cluster::RETRY_AFTER, "1".to_string())),
+        _ => {}
     }
     resp
 }

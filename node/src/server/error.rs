@@ -44,6 +44,11 @@ pub enum ApiError {
     Transport(#[from] TransportError),
     #[error("{0}")]
     Unavailable(String),
+    /// A read whose answer depends on a change not acknowledged yet
+    /// (docs/WRITE_PROTOCOL.md, V2): 503 with `Retry-After`, the node
+    /// itself is well.
+    #[error("{0}")]
+    Pending(String),
     /// A write that is not acknowledged, and whether it may have been.
     #[error("{message}")]
     Write { outcome: Outcome, message: String },
@@ -79,7 +84,7 @@ impl ApiError {
                 TransportError::TransferEncodingUnsupported => 501,
                 TransportError::TooManyConnections => 503,
             },
-            ApiError::Unavailable(_) | ApiError::Write { .. } => 503,
+            ApiError::Unavailable(_) | ApiError::Pending(_) | ApiError::Write { .. } => 503,
             ApiError::Gone(_) => 410,
             ApiError::Internal(_) => 500,
         }
@@ -135,7 +140,7 @@ impl From<EngineError> for ApiError {
             EngineError::BadRequest(m) => ApiError::BadRequest(m),
             EngineError::Pool(e) => ApiError::from(e),
             EngineError::Store(e) => ApiError::from(e),
-            EngineError::NotAcknowledged(m) => ApiError::Unavailable(m),
+            EngineError::NotAcknowledged(m) => ApiError::Pending(m),
         }
     }
 }
