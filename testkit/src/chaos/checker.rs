@@ -70,10 +70,16 @@ pub struct Report {
     pub reads_failed: usize,
     /// P1 violations.
     pub lost: Vec<Violation>,
+    /// Of those, how many no node holds at all (the others are missing on
+    /// some nodes only: the cluster did not converge on them).
+    pub lost_everywhere: usize,
     /// P2 violations.
     pub phantoms: Vec<Violation>,
     /// Convergence: one line per node whose rows differ from the first's.
     pub diverged: Vec<String>,
+    /// Why writes were not acknowledged: the answers' start (digits as
+    /// `#`), with how many times each came.
+    pub write_errors: std::collections::BTreeMap<String, usize>,
 }
 
 impl Report {
@@ -85,7 +91,7 @@ impl Report {
     pub fn summary(&self) -> String {
         format!(
             "writes: {} ok, {} failed, {} not acknowledged, {} unknown (present at the end: {} failed, {} not acknowledged, {} unknown); \
-             reads: {} with a value, {} empty, {} failed; ok writes lost (P1): {}; phantom reads (P2): {}; nodes diverged: {}",
+             reads: {} with a value, {} empty, {} failed; ok writes lost (P1): {} ({} on no node); phantom reads (P2): {}; nodes diverged: {}",
             self.writes_ok,
             self.writes_failed,
             self.writes_not_acknowledged,
@@ -97,6 +103,7 @@ impl Report {
             self.reads_empty,
             self.reads_failed,
             self.lost.len(),
+            self.lost_everywhere,
             self.phantoms.len(),
             self.diverged.len()
         )
@@ -117,12 +124,17 @@ impl Report {
         for d in &self.diverged {
             out.push_str(&format!("  convergence: {d}\n"));
         }
+        let mut errors: Vec<(&String, &usize)> = self.write_errors.iter().collect();
+        errors.sort_by(|a, b| b.1.cmp(a.1));
+        for (e, n) in errors.into_iter().take(8) {
+            out.push_str(&format!("  {n} writes not acknowledged: {e}\n"));
+        }
         out
     }
 }
 
-/// The faults around `op` (see [`BEFORE`], [`AFTER`]); the first one after
-/// it when none overlaps.
+/// The faults around `op` (see [`BEFORE`], [`AFTER`]); when none overlaps,
+/// the last one before it and the first one after it.
 pub fn faults_around(op: &Op, faults: &[FaultSpan]) -> Vec<String> {
     let from = op.invoked.saturating_sub(BEFORE);
     let to = op.completed + AFTER;
@@ -134,11 +146,13 @@ pub fn faults_around(op: &Op, faults: &[FaultSpan]) -> Vec<String> {
     if !around.is_empty() {
         return around;
     }
-    faults
-        .iter()
-        .find(|f| f.start >= op.completed)
-        .map(|f| vec![format!("next: {}", f.describe())])
-        .unwrap_or_default()
+    let before = faults.iter().rev().find(|f| f.end <= op.invoked);
+    let after = faults.iter().find(|f| f.start >= op.completed);
+    before
+        .map(|f| format!("previous: {}", f.describe()))
+        .into_iter()
+        .chain(after.map(|f| format!("next: {}", f.describe())))
+        .collect()
 }
 
 /// Where write `id` is at the end: the nodes without it (or with another
@@ -155,6 +169,15 @@ fn missing_on(id: u64, states: &[NodeState]) -> Vec<String> {
         .collect()
 }
 
+/// An answer's start with its numbers blanked, so alike answers count together.
+fn error_class(detail: &str) -> String {
+    detail
+        .chars()
+        .take(90)
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .collect()
+}
+
 /// Checks P1, P2 and convergence (see the module comment).
 pub fn check(ops: &[Op], states: &[NodeState], faults: &[FaultSpan]) -> Report {
     let mut r = Report::default();
@@ -163,10 +186,14 @@ pub fn check(ops: &[Op], states: &[NodeState], faults: &[FaultSpan]) -> Report {
             OpKind::Write { id } => {
                 let missing = missing_on(*id, states);
                 let present = missing.is_empty() && !states.is_empty();
+                if op.outcome != Outcome::Ok {
+                    *r.write_errors.entry(error_class(&op.detail)).or_default() += 1;
+                }
                 match op.outcome {
                     Outcome::Ok => {
                         r.writes_ok += 1;
                         if !present {
+                            r.lost_everywhere += usize::from(missing.len() == states.len());
                             r.lost.push(Violation {
                                 property: "P1",
                                 op: op.clone(),
@@ -311,7 +338,7 @@ mod tests {
         let states = [node("a", &[0, 1]), node("b", &[0]), node("c", &[0, 1])];
         let r = check(&ops, &states, &[kill_at(6.0), kill_at(40.0)]);
         assert!(!r.holds());
-        assert_eq!(r.lost.len(), 1);
+        assert_eq!((r.lost.len(), r.lost_everywhere), (1, 0));
         let v = &r.lost[0];
         assert_eq!(v.op.kind, OpKind::Write { id: 1 });
         assert!(v.problem.contains("b: absent"), "{}", v.problem);
@@ -323,11 +350,11 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_write_far_from_any_fault_names_the_next_one() {
+    fn a_lost_write_far_from_any_fault_names_the_faults_before_and_after_it() {
         let ops = vec![write(3, Outcome::Ok, 1.0)];
         let states = [node("a", &[]), node("b", &[])];
         let r = check(&ops, &states, &[kill_at(30.0)]);
-        assert_eq!(r.lost.len(), 1);
+        assert_eq!((r.lost.len(), r.lost_everywhere), (1, 1));
         assert!(
             r.lost[0].faults[0].starts_with("next: "),
             "{:?}",

@@ -65,6 +65,8 @@ impl Default for ClusterSpec {
 pub const PREFIX: &str = "/kmt-chaos";
 
 pub struct ChaosNode {
+    /// First, so it is killed before its proxies stop.
+    process: Option<Process>,
     pub name: String,
     /// The node's own port (the test's clients use it).
     pub port: u16,
@@ -76,7 +78,6 @@ pub struct ChaosNode {
     pub inbound: Proxy,
     /// Its link to each etcd member.
     pub etcd_links: Vec<Proxy>,
-    process: Option<Process>,
     starts: usize,
     paused: bool,
 }

@@ -162,7 +162,8 @@ pub fn read_value(sent: &Sent, subject: &str) -> Result<Option<f64>, String> {
     };
     Ok(rows
         .iter()
-        .find(|r| r["subject"] == subject)
+        // A row's `subject` is the subject's record: `{"subject": "66:…", "name": …}`.
+        .find(|r| r["subject"]["subject"] == subject)
         .and_then(|r| r["data"]["net_profit"].as_f64()))
 }
 
@@ -260,7 +261,7 @@ mod tests {
     fn a_read_shows_the_value_of_its_subject_or_none() {
         let s = cell_of(12);
         let body =
-            format!(r#"{{"status_code":0,"data":[{{"subject":"{s}","data":{{"net_profit":120.5}}}}]}}"#);
+            format!(r#"{{"status_code":0,"data":[{{"subject":{{"subject":"{s}","name":"x"}},"data":{{"net_profit":120.5,"report_date":1}}}}]}}"#);
         assert_eq!(read_value(&answer(200, &body), &s), Ok(Some(120.5)));
         let none = r#"{"status_code":0,"status_msg":"success; unknown subjects: 66:0000012","data":[]}"#;
         assert_eq!(read_value(&answer(200, none), &s), Ok(None));

@@ -51,7 +51,7 @@ impl Plan {
             workload: Workload::default(),
             schedule,
             settle: Duration::from_secs(3),
-            converge_timeout: Duration::from_secs(45),
+            converge_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -182,7 +182,7 @@ fn forward(client: TcpStream, target: SocketAddr, shared: &Arc<Shared>) {
 fn pump(from: TcpStream, to: TcpStream, shared: Arc<Shared>) -> Option<Vec<thread::JoinHandle<()>>> {
     let (tx, rx) = mpsc::sync_channel::<(Instant, Vec<u8>)>(64);
     let _ = from.set_read_timeout(Some(TICK));
-    let _ = to.set_write_timeout(Some(Duration::from_secs(5)));
+    let _ = to.set_write_timeout(Some(TICK));
     let rs = shared.clone();
     let reader = thread::Builder::new()
         .name("proxy-read".into())
@@ -237,7 +237,7 @@ fn pump(from: TcpStream, to: TcpStream, shared: Arc<Shared>) -> Option<Vec<threa
                     }
                     thread::sleep((due - now).min(TICK));
                 }
-                if !shared.wait_passable() || to.write_all(&chunk).is_err() {
+                if !shared.wait_passable() || !write_whole(&mut to, &chunk, &shared) {
                     let _ = to.shutdown(Shutdown::Both);
                     return;
                 }
@@ -251,6 +251,25 @@ fn pump(from: TcpStream, to: TcpStream, shared: Arc<Shared>) -> Option<Vec<threa
         })
         .ok()?;
     Some(vec![reader, writer])
+}
+
+/// Writes all of `chunk`, however long the peer takes to read it (a
+/// paused process: TCP does not give up either), until the proxy stops;
+/// false when the connection failed or the proxy stopped.
+fn write_whole(to: &mut TcpStream, mut chunk: &[u8], shared: &Shared) -> bool {
+    while !chunk.is_empty() {
+        match to.write(chunk) {
+            Ok(0) => return false,
+            Ok(n) => chunk = &chunk[n..],
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+                if shared.stopped() {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 #[cfg(test)]
