@@ -260,8 +260,9 @@ mod tests {
     #[test]
     fn a_read_shows_the_value_of_its_subject_or_none() {
         let s = cell_of(12);
-        let body =
-            format!(r#"{{"status_code":0,"data":[{{"subject":{{"subject":"{s}","name":"x"}},"data":{{"net_profit":120.5,"report_date":1}}}}]}}"#);
+        let body = format!(
+            r#"{{"status_code":0,"data":[{{"subject":{{"subject":"{s}","name":"x"}},"data":{{"net_profit":120.5,"report_date":1}}}}]}}"#
+        );
         assert_eq!(read_value(&answer(200, &body), &s), Ok(Some(120.5)));
         let none = r#"{"status_code":0,"status_msg":"success; unknown subjects: 66:0000012","data":[]}"#;
         assert_eq!(read_value(&answer(200, none), &s), Ok(None));

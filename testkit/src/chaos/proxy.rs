@@ -261,7 +261,12 @@ fn write_whole(to: &mut TcpStream, mut chunk: &[u8], shared: &Shared) -> bool {
         match to.write(chunk) {
             Ok(0) => return false,
             Ok(n) => chunk = &chunk[n..],
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
                 if shared.stopped() {
                     return false;
                 }
