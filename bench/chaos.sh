@@ -32,8 +32,10 @@ for v in "$SEED" "$MINUTES" "$RUNS"; do
   [[ "$v" =~ ^[0-9]+$ ]] || { echo "chaos: expected a number, got $v" >&2; exit 2; }
 done
 command -v etcd >/dev/null || { echo "chaos: etcd missing: run scripts/install-deps.sh" >&2; exit 1; }
-cargo build --workspace --quiet
-cargo test -p kamaitachi-gateway --test chaos --no-run --quiet
+# Quiet unless the build fails (then again, with its errors).
+cargo build --workspace --quiet 2>/dev/null || cargo build --workspace
+cargo test -p kamaitachi-gateway --test chaos --no-run --quiet 2>/dev/null ||
+  cargo test -p kamaitachi-gateway --test chaos --no-run
 
 failed=0
 for k in $(seq 0 $((RUNS - 1))); do
