@@ -9,8 +9,8 @@
 //! that may read and write only under the prefix, and its user) and again
 //! with the same passwords after a wipe; a restored snapshot carries its
 //! own. Every wait is bounded; a member that does not come back panics
-//! with its log. Dropping the cluster kills every member and, unless the
-//! test is failing, removes the data.
+//! with its log. Dropping the cluster kills every member and removes its
+//! data and snapshots (the logs stay).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -47,6 +47,8 @@ pub struct EtcdCluster {
     /// Bumped at every wipe or restore, so a fresh cluster never talks to a
     /// member of an earlier one.
     generation: u32,
+    /// Snapshots saved so far (files `dir/etcd-N.snapshot`).
+    snapshots: usize,
 }
 
 impl EtcdCluster {
@@ -81,6 +83,7 @@ impl EtcdCluster {
             members,
             auth,
             generation: 0,
+            snapshots: 0,
         };
         c.launch_all();
         c.wait_healthy(Duration::from_secs(30));
@@ -348,11 +351,15 @@ impl EtcdCluster {
         self.enable_auth();
     }
 
-    /// Saves a snapshot of the cluster's data (through a healthy member)
-    /// into `dir/name`; returns its path.
-    pub fn snapshot(&self, name: &str) -> PathBuf {
-        let file = self.dir.join(name);
-        let _ = std::fs::remove_file(&file);
+    fn snapshot_path(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("etcd-{n}.snapshot"))
+    }
+
+    /// Saves a snapshot of the cluster's data (through a running member)
+    /// into `dir/etcd-N.snapshot`; returns its path.
+    pub fn snapshot(&mut self) -> PathBuf {
+        self.snapshots += 1;
+        let file = self.snapshot_path(self.snapshots);
         let path = file.to_string_lossy().into_owned();
         let mut last = String::new();
         for i in 0..MEMBERS {
@@ -404,12 +411,17 @@ impl EtcdCluster {
 }
 
 impl Drop for EtcdCluster {
+    /// Kills every member and removes its data (and the snapshots), failing
+    /// test or not: a failed fault run's evidence is the nodes' databases
+    /// and the logs, which stay; etcd's preallocated write-ahead logs
+    /// (64 MB a member) would only fill the disk.
     fn drop(&mut self) {
         for i in 0..MEMBERS {
             self.kill(i);
-            if !std::thread::panicking() {
-                let _ = std::fs::remove_dir_all(&self.members[i].data_dir);
-            }
+            let _ = std::fs::remove_dir_all(&self.members[i].data_dir);
+        }
+        for n in 1..=self.snapshots {
+            let _ = std::fs::remove_file(self.snapshot_path(n));
         }
     }
 }

@@ -256,7 +256,7 @@ fn apply(
         FaultKind::SnapshotEtcd => {
             *snapshots += 1;
             cluster.etcd.heal();
-            let file = cluster.etcd.snapshot(&format!("etcd-{}.snapshot", *snapshots));
+            let file = cluster.etcd.snapshot();
             *last_snapshot = Some(file);
             format!("etcd snapshot {}", *snapshots)
         }
