@@ -19,6 +19,7 @@
 //! is removed when it is dropped, unless the thread is panicking — a failed
 //! test keeps its files for a post-mortem (see [`TestDir`]).
 
+pub mod chaos;
 mod gateway;
 mod netns;
 mod process;
@@ -86,7 +87,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn nanos() -> u128 {
+pub(crate) fn nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
