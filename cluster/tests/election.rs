@@ -541,3 +541,38 @@ fn an_operator_excuses_a_member_that_is_gone_for_good() {
     );
     b.shutdown_blocking(Duration::from_secs(3));
 }
+
+#[test]
+fn a_leader_whose_key_is_rewritten_in_place_steps_down_and_a_leader_is_elected_again() {
+    let etcd = Etcd::start(&temp_dir("election-rewritten"));
+    let rt = runtime();
+    let ttl = 2;
+    let h = FakeHistory::new(5, "a");
+    let a = Election::spawn(
+        rt.handle(),
+        config(&etcd, ttl),
+        "127.0.0.1:18061",
+        true,
+        h.clone(),
+    );
+    assert!(eventually(Duration::from_secs(10), || a.leading().is_some()));
+    let term = a.leading().unwrap();
+    // Someone with write access to the prefix names another leader.
+    let (ok, out) = etcd.etcdctl(&[
+        "put",
+        "/kmt-el/election/leader",
+        r#"{"addr":"127.0.0.1:9","since":0}"#,
+    ]);
+    assert!(ok, "{out}");
+    // Its fence fails at once (exact value), and it steps down and resigns.
+    match a.record_acked_blocking(term, 6, &digest("a", 6), Duration::from_secs(1)) {
+        Err(AckError::NotLeader(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || a.leading().is_some_and(|t| t > term)),
+        "not elected again: {:?}",
+        a.view()
+    );
+    a.shutdown_blocking(Duration::from_secs(3));
+}

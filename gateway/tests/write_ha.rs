@@ -658,3 +658,64 @@ fn after_etcd_lost_its_data_an_empty_node_erases_nothing_and_terms_keep_growing(
     // Writes go on under the new term.
     assert_eq!(write_direct(members[l].port, 1000), 200, "{}", report(&members));
 }
+
+/// The runbook's "a node lost its disk": a candidate follower is killed,
+/// its database files are removed, and it starts again with the same
+/// config. It copies the leader's image, catches up, and confirms writes
+/// again (the leader's sync state is ok with it alone as the candidate).
+#[test]
+fn a_candidate_that_lost_its_disk_comes_back_empty_and_catches_up() {
+    let dir = temp_dir("write-ha-lost-disk");
+    let etcd = Etcd::start(&dir);
+    let mut members = [
+        Member::start(&etcd, &dir, "a", "master", "", true),
+        Member::start(&etcd, &dir, "b", "slave", "candidate = true\n", false),
+    ];
+    let report = |members: &[Member]| {
+        format!(
+            "{:?}\n{}",
+            members.iter().map(Member::health).collect::<Vec<_>>(),
+            members.iter().map(Member::logs).collect::<String>()
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || members[0].leads()
+            && members[0].health()["sync"]["state"] == "ok"),
+        "no steady state: {}",
+        report(&members)
+    );
+    let acked: Vec<usize> = (0..10)
+        .filter(|i| write_direct(members[0].port, *i) == 200)
+        .collect();
+    assert_eq!(acked.len(), 10, "{}", report(&members));
+    let mut gone = members[1].node.take().unwrap();
+    gone.kill9();
+    members[1].dead.push(gone);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = members[1].db.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    let m = &mut members[1];
+    m.node = Some(Node::start_with_config(
+        &node_bin(),
+        m.dir.clone(),
+        m.config.clone(),
+        m.port,
+    ));
+    let leader_seq = members[0].applied();
+    assert!(
+        eventually(Duration::from_secs(30), || members[1].applied() >= leader_seq
+            && members[0].health()["sync"]["state"] == "ok"),
+        "the node that lost its disk did not catch up: {}",
+        report(&members)
+    );
+    assert_eq!(write_direct(members[0].port, 100), 200, "{}", report(&members));
+    let held: BTreeSet<String> = subjects(&members[1].db).into_iter().collect();
+    for i in acked.iter().chain([&100]) {
+        assert!(
+            held.contains(&row_subject(*i)),
+            "write {i} missing on the node that lost its disk"
+        );
+    }
+}

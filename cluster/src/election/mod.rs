@@ -502,11 +502,17 @@ async fn read_back(client: &ArcSwapOption<Client>, keys: &Keys) -> Option<Acked>
 }
 
 /// Whether `view` shows this reign's leader key (created at revision
-/// `rev`) gone or someone else's. Only a view as new as the key can say
+/// `rev`, naming `term`) gone, or someone else's (replaced, or rewritten
+/// in place: the fence, which compares the exact value, fails anyway). Only a view as new as the key can say
 /// so: the watch delivers the key's creation after the campaign's answer,
 /// and a view from before it (a busy host) must not depose a new leader.
-fn key_lost(view: &ElectionView, rev: i64) -> bool {
-    view.synced && view.revision >= rev && view.leader.as_ref().is_none_or(|l| l.rev != rev)
+fn key_lost(view: &ElectionView, rev: i64, term: i64) -> bool {
+    view.synced
+        && view.revision >= rev
+        && view
+            .leader
+            .as_ref()
+            .is_none_or(|l| l.rev != rev || l.term != term)
 }
 
 /// Renews `lease` once, within `within` (at most [`CALL_TIMEOUT`]):
@@ -1096,7 +1102,7 @@ impl Campaign {
                         self.resign(&mut client, lease, rev, term).await;
                         return Ended::Lost;
                     }
-                    if key_lost(&view, rev) {
+                    if key_lost(&view, rev, term) {
                         tracing::warn!("election: the leader key of term {term} is gone or replaced; stepping down");
                         self.step_down(term);
                         self.resign(&mut client, lease, rev, term).await;
@@ -1250,14 +1256,15 @@ mod tests {
             ..ElectionView::default()
         };
         // Just elected at revision 9; the watch has not delivered it yet.
-        assert!(!key_lost(&view(8, None), 9));
-        assert!(!key_lost(&view(8, Some(leader(4))), 9));
-        assert!(!key_lost(&ElectionView::default(), 9));
+        assert!(!key_lost(&view(8, None), 9, 3));
+        assert!(!key_lost(&view(8, Some(leader(4))), 9, 3));
+        assert!(!key_lost(&ElectionView::default(), 9, 3));
         // Seen, and still its own.
-        assert!(!key_lost(&view(9, Some(leader(9))), 9));
-        assert!(!key_lost(&view(15, Some(leader(9))), 9));
-        // Gone, or replaced, after the reign began.
-        assert!(key_lost(&view(12, None), 9));
-        assert!(key_lost(&view(14, Some(leader(14))), 9));
+        assert!(!key_lost(&view(9, Some(leader(9))), 9, 3));
+        assert!(!key_lost(&view(15, Some(leader(9))), 9, 3));
+        // Gone, replaced, or rewritten in place after the reign began.
+        assert!(key_lost(&view(12, None), 9, 3));
+        assert!(key_lost(&view(14, Some(leader(14))), 9, 3));
+        assert!(key_lost(&view(14, Some(leader(9))), 9, 4));
     }
 }
