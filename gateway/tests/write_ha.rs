@@ -108,6 +108,15 @@ impl Member {
     }
 }
 
+/// Every member's `/health` and log tail, for failure messages.
+fn report(members: &[Member]) -> String {
+    format!(
+        "{:?}\n{}",
+        members.iter().map(Member::health).collect::<Vec<_>>(),
+        members.iter().map(Member::logs).collect::<String>()
+    )
+}
+
 /// One ingest: a new subject per write, so every write is one row.
 fn write(port: u16, i: usize) -> u16 {
     write_answer(port, i).map_or(0, |r| r.status)
@@ -407,13 +416,6 @@ fn a_term_lost_before_any_write_is_followed_by_another_leader() {
             .enumerate()
             .find_map(|(i, m)| m.node.as_ref().and(m.health()["term"].as_i64()).map(|t| (i, t)))
     };
-    let report = |members: &[Member]| {
-        format!(
-            "{:?}\n{}",
-            members.iter().map(Member::health).collect::<Vec<_>>(),
-            members.iter().map(Member::logs).collect::<String>()
-        )
-    };
     let mut first = None;
     assert!(
         eventually(Duration::from_secs(30), || {
@@ -468,13 +470,6 @@ fn a_write_the_paused_follower_cannot_confirm_is_answered_not_acknowledged() {
         Member::start_with_sync_timeout(&etcd, &dir, "a", "master", "", true, 300),
         Member::start_with_sync_timeout(&etcd, &dir, "b", "slave", "candidate = true\n", false, 300),
     ];
-    let report = || {
-        format!(
-            "{:?}\n{}",
-            members.iter().map(Member::health).collect::<Vec<_>>(),
-            members.iter().map(Member::logs).collect::<String>()
-        )
-    };
     assert!(
         eventually(Duration::from_secs(30), || {
             let h = members[0].health();
@@ -484,7 +479,7 @@ fn a_write_the_paused_follower_cannot_confirm_is_answered_not_acknowledged() {
                 && members[1].applied() == members[0].applied()
         }),
         "the master did not lead with its candidate follower caught up: {}",
-        report()
+        report(&members)
     );
     let gw = Gateway::start(&format!(
         "[etcd]\nendpoints = {}\nprefix = /kmt-ha\n[gateway]\neject_ms = 500\n",
@@ -500,7 +495,7 @@ fn a_write_the_paused_follower_cannot_confirm_is_answered_not_acknowledged() {
             write(gw.port, n) == 200
         }),
         "no write was acknowledged with the follower running: {}",
-        report()
+        report(&members)
     );
     let follower = members[1].node.as_ref().unwrap();
     let paused = Paused::pause(follower);
@@ -529,7 +524,7 @@ fn a_write_the_paused_follower_cannot_confirm_is_answered_not_acknowledged() {
             write(gw.port, m) == 200
         }),
         "writes were not acknowledged again after the follower resumed: {}",
-        report()
+        report(&members)
     );
 }
 
@@ -567,13 +562,6 @@ fn after_etcd_lost_its_data_an_empty_node_erases_nothing_and_terms_keep_growing(
         Member::start(&etcd, &dir, "b", "slave", "candidate = true\n", false),
         Member::start(&etcd, &dir, "c", "slave", "", false),
     ];
-    let report = |members: &[Member]| {
-        format!(
-            "{:?}\n{}",
-            members.iter().map(Member::health).collect::<Vec<_>>(),
-            members.iter().map(Member::logs).collect::<String>()
-        )
-    };
     assert!(
         eventually(Duration::from_secs(30), || members[0].leads()
             && members[0].health()["sync"]["state"] == "ok"),
@@ -671,13 +659,6 @@ fn a_candidate_that_lost_its_disk_comes_back_empty_and_catches_up() {
         Member::start(&etcd, &dir, "a", "master", "", true),
         Member::start(&etcd, &dir, "b", "slave", "candidate = true\n", false),
     ];
-    let report = |members: &[Member]| {
-        format!(
-            "{:?}\n{}",
-            members.iter().map(Member::health).collect::<Vec<_>>(),
-            members.iter().map(Member::logs).collect::<String>()
-        )
-    };
     assert!(
         eventually(Duration::from_secs(30), || members[0].leads()
             && members[0].health()["sync"]["state"] == "ok"),
