@@ -9,8 +9,12 @@ use std::time::{Duration, Instant};
 use common::*;
 use kamaitachi_testkit::{eventually, Etcd};
 
+/// A node with a copy of the sample database of its own (it keeps its
+/// election memory there: two tests must not share one file).
 fn node_with_etcd(etcd: &Etcd, ttl: u64) -> Node {
-    let mut opts = NodeOpts::new(sample_db());
+    let db = temp_dir("reg-node").join("node.db");
+    std::fs::copy(sample_db(), &db).expect("copy the sample database");
+    let mut opts = NodeOpts::new(&db);
     opts.extra = format!(
         "[etcd]\nendpoints = {}\nprefix = /kmt-node\nttl = {ttl}\n",
         etcd.endpoint()

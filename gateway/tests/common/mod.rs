@@ -46,11 +46,15 @@ pub fn snapshot_body(subject: &str) -> String {
     format!(r#"{{"ids":"operating_income,net_profit","subjects":"{subject}"}}"#)
 }
 
-/// A node registered in `etcd` with a short lease. A slave gets an empty
-/// database of its own and copies the master's through replication.
+/// A node registered in `etcd` with a short lease. A master gets a copy of
+/// the sample database of its own (a node keeps its election memory in
+/// its database: two clusters must not share one file); a slave an empty
+/// one, and copies the master's through replication.
 pub fn registered_node(etcd: &Etcd, mode: &'static str) -> Node {
     let db = if mode == "master" {
-        sample_db().to_path_buf()
+        let db = temp_dir("gw-master").join("master.db");
+        std::fs::copy(sample_db(), &db).expect("copy the sample database");
+        db
     } else {
         temp_dir("gw-slave").join("slave.db")
     };
