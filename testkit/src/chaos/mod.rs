@@ -136,8 +136,7 @@ pub fn run(plan: Plan) -> RunResult {
         cluster,
     };
     eprintln!("{}", result.summary());
-    if !result.report.holds() {
-        eprintln!("{}", result.report.details(25));
-    }
+    // The violations (if any) and why writes failed.
+    eprintln!("{}", result.report.details(25));
     result
 }
