@@ -461,6 +461,11 @@ impl EtcdCluster {
             self.logs()
         );
         let deleted = out.trim().parse().unwrap_or(0);
+        let (ok, left) = self.etcdctl_at(&endpoints, true, &["get", "--prefix", "--keys-only", &election]);
+        assert!(
+            ok && left.trim().is_empty(),
+            "the restored etcd still holds election keys after the runbook's delete: {left}"
+        );
         for i in 0..MEMBERS {
             self.stop(i);
         }
