@@ -50,6 +50,8 @@ for k in $(seq 0 $((RUNS - 1))); do
   fi
   line=$(grep -m1 '^CHAOS-RESULT' "$log" 2>/dev/null || grep -m1 "^chaos run" "$log" 2>/dev/null || true)
   echo "seed $seed, $MINUTES min: $status ${line:-}"
+  # Why writes were not acknowledged (the commonest answers), then any violation.
+  grep -E '^  [0-9]+ writes not acknowledged' "$log" | head -5 || true
   if [ "$status" = ok ]; then rm -f "$log"; else grep -E '^  (P1|P2|convergence)' "$log" | head -10 || true; fi
 done
 exit $failed

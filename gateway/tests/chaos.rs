@@ -8,6 +8,8 @@
 //! - P1: every write answered 200 is on every node;
 //! - P2: every value a read returned belongs to a write that is on every
 //!   node at the end;
+//! - P3: no two nodes lead the same term, and each node's reigns have
+//!   growing terms (every node's `/health` sampled throughout);
 //! - convergence: every node holds the same rows.
 //!
 //! The first test plays a fixed schedule of every kind of fault (~85 s of
