@@ -38,6 +38,13 @@ impl FakeHistory {
         })
     }
 
+    /// A `mode = master` node: may start a cluster with no data.
+    fn bootstrapping(position: u64, tag: &str) -> Arc<Self> {
+        let h = Self::new(position, tag);
+        h.durable.lock().unwrap().may_bootstrap = true;
+        h
+    }
+
     fn term(&self) -> i64 {
         self.durable.lock().unwrap().term
     }
@@ -133,7 +140,7 @@ fn one_leader_then_takeover_within_the_lease_after_a_crash() {
     a.abandon();
     // b has change 6 too (it was acknowledged, so a sync follower had it).
     let b_history = FakeHistory::new(6, "a");
-    drop(b);
+    b.abandon();
     let b = Election::spawn(
         rt.handle(),
         config(&etcd, ttl),
@@ -270,7 +277,7 @@ fn an_empty_candidate_gives_one_with_data_the_first_election() {
         config(&etcd, ttl),
         "127.0.0.1:18021",
         true,
-        FakeHistory::new(0, "a"),
+        FakeHistory::bootstrapping(0, "a"),
     );
     std::thread::sleep(Duration::from_millis(1000));
     let full = Election::spawn(
@@ -286,16 +293,33 @@ fn an_empty_candidate_gives_one_with_data_the_first_election() {
         full.view()
     );
     assert_eq!(empty.leading(), None);
-    // Alone, an empty candidate does lead after the grace (a new cluster).
+    // Alone, an empty candidate slave never starts a cluster; an empty
+    // `mode = master` node does, after the grace (a new cluster).
     full.shutdown_blocking(Duration::from_secs(3));
     empty.abandon();
+    etcd.etcdctl(&["del", "--prefix", "/kmt-el/"]);
+    let slave = Election::spawn(
+        rt.handle(),
+        config(&etcd, ttl),
+        "127.0.0.1:18024",
+        true,
+        FakeHistory::new(0, "a"),
+    );
+    std::thread::sleep(Duration::from_secs(ttl as u64 + 2));
+    assert_eq!(slave.leading(), None, "{:?}", slave.view());
+    assert!(
+        slave.view().waiting.contains("mode = master"),
+        "{:?}",
+        slave.view()
+    );
+    slave.shutdown_blocking(Duration::from_secs(3));
     etcd.etcdctl(&["del", "--prefix", "/kmt-el/"]);
     let alone = Election::spawn(
         rt.handle(),
         config(&etcd, ttl),
         "127.0.0.1:18023",
         true,
-        FakeHistory::new(0, "a"),
+        FakeHistory::bootstrapping(0, "a"),
     );
     let started = Instant::now();
     assert!(
@@ -516,4 +540,39 @@ fn an_operator_excuses_a_member_that_is_gone_for_good() {
         "the excused member is still remembered"
     );
     b.shutdown_blocking(Duration::from_secs(3));
+}
+
+#[test]
+fn a_leader_whose_key_is_rewritten_in_place_steps_down_and_a_leader_is_elected_again() {
+    let etcd = Etcd::start(&temp_dir("election-rewritten"));
+    let rt = runtime();
+    let ttl = 2;
+    let h = FakeHistory::new(5, "a");
+    let a = Election::spawn(
+        rt.handle(),
+        config(&etcd, ttl),
+        "127.0.0.1:18061",
+        true,
+        h.clone(),
+    );
+    assert!(eventually(Duration::from_secs(10), || a.leading().is_some()));
+    let term = a.leading().unwrap();
+    // Someone with write access to the prefix names another leader.
+    let (ok, out) = etcd.etcdctl(&[
+        "put",
+        "/kmt-el/election/leader",
+        r#"{"addr":"127.0.0.1:9","since":0}"#,
+    ]);
+    assert!(ok, "{out}");
+    // Its fence fails at once (exact value), and it steps down and resigns.
+    match a.record_acked_blocking(term, 6, &digest("a", 6), Duration::from_secs(1)) {
+        Err(AckError::NotLeader(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || a.leading().is_some_and(|t| t > term)),
+        "not elected again: {:?}",
+        a.view()
+    );
+    a.shutdown_blocking(Duration::from_secs(3));
 }

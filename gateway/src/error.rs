@@ -66,9 +66,48 @@ impl GatewayError {
     pub fn body(&self) -> Bytes {
         envelope(self.status(), &self.to_string(), &serde_json::Value::Null)
     }
+
+    /// [`GatewayError::body`] for a write the gateway could not get
+    /// answered, with the node's `outcome` field: `"not_acknowledged"` when
+    /// it never reached a node, `"unknown"` when it may have.
+    pub fn write_body(&self, may_have_reached: bool) -> Bytes {
+        let outcome = if may_have_reached {
+            "unknown"
+        } else {
+            "not_acknowledged"
+        };
+        let v = serde_json::json!({
+            "status_code": self.status(),
+            "status_msg": self.to_string(),
+            "data": null,
+            "outcome": outcome,
+        });
+        Bytes::from(v.to_string())
+    }
 }
 
 pub fn envelope(status_code: u16, msg: &str, data: &serde_json::Value) -> Bytes {
     let v = serde_json::json!({"status_code": status_code, "status_msg": msg, "data": data});
     Bytes::from(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_the_gateway_could_not_deliver_says_whether_it_may_have_reached_a_node() {
+        let e = GatewayError::NoUpstream("no healthy master".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.write_body(false)).unwrap();
+        assert_eq!(
+            (v["status_code"].as_u64(), v["outcome"].as_str()),
+            (Some(503), Some("not_acknowledged"))
+        );
+        let e = GatewayError::BadGateway("connection reset".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.write_body(true)).unwrap();
+        assert_eq!(
+            (v["status_code"].as_u64(), v["outcome"].as_str()),
+            (Some(502), Some("unknown"))
+        );
+    }
 }

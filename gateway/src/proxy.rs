@@ -107,6 +107,8 @@ pub struct Ctx {
     replayable: bool,
     tried: Tries,
     response_started: bool,
+    /// A write failed after it was sent to a node: it may have reached it.
+    maybe_delivered: bool,
     started: Instant,
     /// Sent upstream as `X-Request-Id`; the client's when it is sane.
     request_id: RequestId,
@@ -239,6 +241,7 @@ impl ProxyHttp for Gateway {
             replayable: false,
             tried: Tries::default(),
             response_started: false,
+            maybe_delivered: false,
             started: Instant::now(),
             request_id: RequestId::new(),
         }
@@ -391,6 +394,7 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let read = matches!(ctx.route, Route::Read(_));
+        ctx.maybe_delivered |= ctx.route == Route::Master;
         let failure = Failure::MidProxy {
             reused: client_reused,
             replayable: ctx.replayable && !ctx.response_started && !session.as_ref().retry_buffer_truncated(),
@@ -415,7 +419,14 @@ impl ProxyHttp for Gateway {
         let err = unanswered.answer(e.to_string());
         let code = err.status();
         if !ctx.response_started {
-            let _ = self.answer(session, Local::error(&err)).await;
+            // A write says whether it may have reached the master, as the
+            // node's own 503 does (docs/WRITE_PROTOCOL.md, P5).
+            let local = if ctx.route == Route::Master {
+                Local::json(code, err.write_body(ctx.maybe_delivered))
+            } else {
+                Local::error(&err)
+            };
+            let _ = self.answer(session, local).await;
         }
         FailToProxy {
             error_code: code,

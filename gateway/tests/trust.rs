@@ -233,8 +233,20 @@ fn rogue_masters_in_etcd_learn_nothing_and_change_nothing() {
         "GET /health"
     )));
 
-    // Admin calls through the gateway: to the real master only.
-    let r = ingest(gw.port, "/data/kamaitachi/api/data/v1/ingest", 2.0);
+    // Admin calls through the gateway: to the real master only. The
+    // rewritten leader key fences the real master out (its acknowledgment
+    // compares the key's exact value) until it steps down, resigns and is
+    // elected again: a write may be refused meanwhile, never acknowledged
+    // by anyone else.
+    let mut r = ingest(gw.port, "/data/kamaitachi/api/data/v1/ingest", 2.0);
+    let retry_until = std::time::Instant::now() + Duration::from_secs(20);
+    while r.status == 503 && std::time::Instant::now() < retry_until {
+        // The node's refusal, or the gateway's "no healthy master" while
+        // the master is elected again: never an acknowledgment elsewhere.
+        assert_eq!(r.json()["outcome"], "not_acknowledged", "{}", r.text());
+        std::thread::sleep(Duration::from_millis(300));
+        r = ingest(gw.port, "/data/kamaitachi/api/data/v1/ingest", 2.0);
+    }
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["data"]["seq"], base + 2, "{}", r.text());
     let r = admin_post(gw.port, "/kamaitachi/api/data/v1/cache/reset");
@@ -315,13 +327,20 @@ fn rogue_masters_in_etcd_learn_nothing_and_change_nothing() {
         }
     }
 
-    // One warning each, however often they were checked.
+    // One warning each, however often they were checked. The rewritten
+    // leader key makes the real master step down for a moment, so the
+    // rogues may be met by the master as well as by the slave: each node
+    // that met one warns once, and some node met each.
     let gw_log = gw.log_text();
-    let slave_log = slave.log_text();
+    let (slave_log, master_log) = (slave.log_text(), master.log_text());
     for rogue in [port_a, port_b] {
         let me = format!("node 127.0.0.1:{rogue} (registered as master) ignored");
         assert_eq!(gw_log.matches(&me).count(), 1, "{gw_log}");
         let me = format!("at 127.0.0.1:{rogue}: it did not prove");
-        assert_eq!(slave_log.matches(&me).count(), 1, "{slave_log}");
+        let (by_slave, by_master) = (slave_log.matches(&me).count(), master_log.matches(&me).count());
+        assert!(
+            by_slave <= 1 && by_master <= 1 && by_slave + by_master >= 1,
+            "{by_slave} and {by_master} warnings about {rogue}:\n{slave_log}\n--- master ---\n{master_log}"
+        );
     }
 }

@@ -108,6 +108,15 @@ impl Member {
     }
 }
 
+/// Every member's `/health` and log tail, for failure messages.
+fn report(members: &[Member]) -> String {
+    format!(
+        "{:?}\n{}",
+        members.iter().map(Member::health).collect::<Vec<_>>(),
+        members.iter().map(Member::logs).collect::<String>()
+    )
+}
+
 /// One ingest: a new subject per write, so every write is one row.
 fn write(port: u16, i: usize) -> u16 {
     write_answer(port, i).map_or(0, |r| r.status)
@@ -407,13 +416,6 @@ fn a_term_lost_before_any_write_is_followed_by_another_leader() {
             .enumerate()
             .find_map(|(i, m)| m.node.as_ref().and(m.health()["term"].as_i64()).map(|t| (i, t)))
     };
-    let report = |members: &[Member]| {
-        format!(
-            "{:?}\n{}",
-            members.iter().map(Member::health).collect::<Vec<_>>(),
-            members.iter().map(Member::logs).collect::<String>()
-        )
-    };
     let mut first = None;
     assert!(
         eventually(Duration::from_secs(30), || {
@@ -468,13 +470,6 @@ fn a_write_the_paused_follower_cannot_confirm_is_answered_not_acknowledged() {
         Member::start_with_sync_timeout(&etcd, &dir, "a", "master", "", true, 300),
         Member::start_with_sync_timeout(&etcd, &dir, "b", "slave", "candidate = true\n", false, 300),
     ];
-    let report = || {
-        format!(
-            "{:?}\n{}",
-            members.iter().map(Member::health).collect::<Vec<_>>(),
-            members.iter().map(Member::logs).collect::<String>()
-        )
-    };
     assert!(
         eventually(Duration::from_secs(30), || {
             let h = members[0].health();
@@ -484,7 +479,7 @@ fn a_write_the_paused_follower_cannot_confirm_is_answered_not_acknowledged() {
                 && members[1].applied() == members[0].applied()
         }),
         "the master did not lead with its candidate follower caught up: {}",
-        report()
+        report(&members)
     );
     let gw = Gateway::start(&format!(
         "[etcd]\nendpoints = {}\nprefix = /kmt-ha\n[gateway]\neject_ms = 500\n",
@@ -500,7 +495,7 @@ fn a_write_the_paused_follower_cannot_confirm_is_answered_not_acknowledged() {
             write(gw.port, n) == 200
         }),
         "no write was acknowledged with the follower running: {}",
-        report()
+        report(&members)
     );
     let follower = members[1].node.as_ref().unwrap();
     let paused = Paused::pause(follower);
@@ -529,7 +524,7 @@ fn a_write_the_paused_follower_cannot_confirm_is_answered_not_acknowledged() {
             write(gw.port, m) == 200
         }),
         "writes were not acknowledged again after the follower resumed: {}",
-        report()
+        report(&members)
     );
 }
 
@@ -567,13 +562,6 @@ fn after_etcd_lost_its_data_an_empty_node_erases_nothing_and_terms_keep_growing(
         Member::start(&etcd, &dir, "b", "slave", "candidate = true\n", false),
         Member::start(&etcd, &dir, "c", "slave", "", false),
     ];
-    let report = |members: &[Member]| {
-        format!(
-            "{:?}\n{}",
-            members.iter().map(Member::health).collect::<Vec<_>>(),
-            members.iter().map(Member::logs).collect::<String>()
-        )
-    };
     assert!(
         eventually(Duration::from_secs(30), || members[0].leads()
             && members[0].health()["sync"]["state"] == "ok"),
@@ -657,4 +645,58 @@ fn after_etcd_lost_its_data_an_empty_node_erases_nothing_and_terms_keep_growing(
     }
     // Writes go on under the new term.
     assert_eq!(write_direct(members[l].port, 1000), 200, "{}", report(&members));
+}
+
+/// The runbook's "a node lost its disk": a candidate follower is killed,
+/// its database files are removed, and it starts again with the same
+/// config. It copies the leader's image, catches up, and confirms writes
+/// again (the leader's sync state is ok with it alone as the candidate).
+#[test]
+fn a_candidate_that_lost_its_disk_comes_back_empty_and_catches_up() {
+    let dir = temp_dir("write-ha-lost-disk");
+    let etcd = Etcd::start(&dir);
+    let mut members = [
+        Member::start(&etcd, &dir, "a", "master", "", true),
+        Member::start(&etcd, &dir, "b", "slave", "candidate = true\n", false),
+    ];
+    assert!(
+        eventually(Duration::from_secs(30), || members[0].leads()
+            && members[0].health()["sync"]["state"] == "ok"),
+        "no steady state: {}",
+        report(&members)
+    );
+    let acked: Vec<usize> = (0..10)
+        .filter(|i| write_direct(members[0].port, *i) == 200)
+        .collect();
+    assert_eq!(acked.len(), 10, "{}", report(&members));
+    let mut gone = members[1].node.take().unwrap();
+    gone.kill9();
+    members[1].dead.push(gone);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = members[1].db.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    let m = &mut members[1];
+    m.node = Some(Node::start_with_config(
+        &node_bin(),
+        m.dir.clone(),
+        m.config.clone(),
+        m.port,
+    ));
+    let leader_seq = members[0].applied();
+    assert!(
+        eventually(Duration::from_secs(30), || members[1].applied() >= leader_seq
+            && members[0].health()["sync"]["state"] == "ok"),
+        "the node that lost its disk did not catch up: {}",
+        report(&members)
+    );
+    assert_eq!(write_direct(members[0].port, 100), 200, "{}", report(&members));
+    let held: BTreeSet<String> = subjects(&members[1].db).into_iter().collect();
+    for i in acked.iter().chain([&100]) {
+        assert!(
+            held.contains(&row_subject(*i)),
+            "write {i} missing on the node that lost its disk"
+        );
+    }
 }

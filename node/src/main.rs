@@ -442,6 +442,7 @@ fn run(ini: &cluster::IniFile, accept_image_from_leader: bool) -> anyhow::Result
             Arc::new(NodeHistory {
                 state: state.clone(),
                 writer: writer.clone(),
+                may_bootstrap: cfg.mode == Mode::Master,
             }),
         ))
     });
@@ -614,6 +615,8 @@ fn run(ini: &cluster::IniFile, accept_image_from_leader: bool) -> anyhow::Result
 struct NodeHistory {
     state: Arc<DataState>,
     writer: Writer,
+    /// `mode = master`: may start a cluster with no data.
+    may_bootstrap: bool,
 }
 
 impl cluster::election::History for NodeHistory {
@@ -640,6 +643,7 @@ impl cluster::election::History for NodeHistory {
             has_data: seq > 0 || self.state.total_records.load(Ordering::Acquire) > 0,
             dataset: self.state.dataset_id.load(Ordering::Acquire),
             members: memory.members,
+            may_bootstrap: self.may_bootstrap,
         })
     }
 

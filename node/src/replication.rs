@@ -463,6 +463,13 @@ impl Follower {
                     if let Ok(mut m) = self.state.master_addr.lock() {
                         *m = Some(master.clone());
                     }
+                    // The elected leader this node follows is a member:
+                    // after etcd lost its data the election waits for it.
+                    if let Some(e) = &self.locator.election {
+                        if e.view().leader.as_ref().is_some_and(|l| l.addr == master) {
+                            e.note_member(&master);
+                        }
+                    }
                     backoff = Duration::from_millis(200);
                     last_error.clear();
                 }

@@ -84,6 +84,8 @@ pub struct ElectionView {
     pub acked_rev: i64,
     /// The nodes' reports, by address.
     pub reports: BTreeMap<String, Report>,
+    /// The lease each report is attached to, by address.
+    pub report_leases: BTreeMap<String, i64>,
     /// Members an operator declared gone for good.
     pub excused: BTreeSet<String>,
     /// Whether the watch has listed the election keys at least once.
@@ -138,8 +140,20 @@ pub enum AckError {
     Unknown(String),
 }
 
+/// What the node and the election's tasks share beyond the view.
+#[derive(Default)]
+struct Shared {
+    /// Candidates this node met outside the reports (the leader it
+    /// follows, candidate followers that poll it), to remember.
+    noted: std::sync::Mutex<BTreeSet<String>>,
+    /// The lease of this node's report (0: none yet): the session a
+    /// campaign's view belongs to.
+    report_lease: std::sync::atomic::AtomicI64,
+}
+
 /// A running election (and watch) for one node.
 pub struct Election {
+    shared: Arc<Shared>,
     view: Arc<ArcSwap<ElectionView>>,
     publisher: Publisher,
     changes: watch::Receiver<u64>,
@@ -223,6 +237,7 @@ impl Election {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let fence = Arc::new(ArcSwapOption::empty());
+        let shared = Arc::new(Shared::default());
         let mut tasks = vec![
             handle.spawn(
                 Watcher {
@@ -238,6 +253,7 @@ impl Election {
                     keys: keys.clone(),
                     addr: addr.to_string(),
                     candidate,
+                    shared: shared.clone(),
                     view: view.clone(),
                     history: history.clone(),
                     changes: rx.clone(),
@@ -253,6 +269,7 @@ impl Election {
                 publisher,
                 client: client.clone(),
                 fence: fence.clone(),
+                shared: shared.clone(),
                 history,
                 changes: rx.clone(),
             };
@@ -265,6 +282,7 @@ impl Election {
             let _ = done_tx.send(());
         }
         Election {
+            shared,
             view,
             publisher: publisher_for_node,
             changes: rx,
@@ -291,6 +309,18 @@ impl Election {
     /// This node's term while it leads.
     pub fn leading(&self) -> Option<i64> {
         self.view.load().my_term
+    }
+
+    /// This node met candidate `addr` outside the reports (the leader it
+    /// follows, a candidate follower that polls it): it is remembered as a
+    /// member, so that after etcd lost its data the election waits for it.
+    pub fn note_member(&self, addr: &str) {
+        let Ok(mut noted) = self.shared.noted.lock() else {
+            return;
+        };
+        if noted.len() < MAX_REPORTS && !noted.contains(addr) && validate_addr(addr).is_ok() {
+            noted.insert(addr.to_string());
+        }
     }
 
     /// A peer showed `term` (a follower's poll, L3): a leader under a
@@ -431,14 +461,25 @@ async fn record_acked(
     }
 }
 
-/// The campaign: no leader, and the `acked` the decision read (mod
-/// revision `acked_rev`, 0 when absent) is still the one in etcd; then the
-/// leader key (on `lease`) and the baseline, together.
-fn campaign_txn(keys: &Keys, acked_rev: i64, leader_value: &str, lease: i64, baseline: &str) -> Txn {
+/// The campaign: no leader, the `acked` the decision read (mod revision
+/// `acked_rev`, 0 when absent) is still the one in etcd, and the
+/// candidate's own report is still on the lease of the session the
+/// decision was made in (`report`: its key and lease; a revision can
+/// repeat after etcd lost its data, a lease of the old etcd cannot be
+/// there); then the leader key (on `lease`) and the baseline, together.
+fn campaign_txn(
+    keys: &Keys,
+    acked_rev: i64,
+    report: (&str, i64),
+    leader_value: &str,
+    lease: i64,
+    baseline: &str,
+) -> Txn {
     Txn::new()
         .when([
             Compare::create_revision(keys.leader.as_str(), CompareOp::Equal, 0),
             Compare::mod_revision(keys.acked.as_str(), CompareOp::Equal, acked_rev),
+            Compare::lease(report.0, CompareOp::Equal, report.1),
         ])
         .and_then([
             TxnOp::put(
@@ -461,11 +502,17 @@ async fn read_back(client: &ArcSwapOption<Client>, keys: &Keys) -> Option<Acked>
 }
 
 /// Whether `view` shows this reign's leader key (created at revision
-/// `rev`) gone or someone else's. Only a view as new as the key can say
+/// `rev`, naming `term`) gone, or someone else's (replaced, or rewritten
+/// in place: the fence, which compares the exact value, fails anyway). Only a view as new as the key can say
 /// so: the watch delivers the key's creation after the campaign's answer,
 /// and a view from before it (a busy host) must not depose a new leader.
-fn key_lost(view: &ElectionView, rev: i64) -> bool {
-    view.synced && view.revision >= rev && view.leader.as_ref().is_none_or(|l| l.rev != rev)
+fn key_lost(view: &ElectionView, rev: i64, term: i64) -> bool {
+    view.synced
+        && view.revision >= rev
+        && view
+            .leader
+            .as_ref()
+            .is_none_or(|l| l.rev != rev || l.term != term)
 }
 
 /// Renews `lease` once, within `within` (at most [`CALL_TIMEOUT`]):
@@ -513,20 +560,23 @@ impl Watcher {
     }
 
     /// One key's new value (`None`: deleted) into `view`.
-    fn apply(&self, view: &mut ElectionView, key: &[u8], value: Option<(&[u8], i64, i64)>) {
+    fn apply(&self, view: &mut ElectionView, key: &[u8], value: Option<(&[u8], i64, i64, i64)>) {
         let Ok(key) = std::str::from_utf8(key) else { return };
         if key == self.keys.leader {
-            view.leader = value.and_then(|(v, created, _)| decode_leader(v, created));
+            view.leader = value.and_then(|(v, created, _, _)| decode_leader(v, created));
         } else if key == self.keys.acked {
-            view.acked = value.and_then(|(v, _, _)| decode_acked(v));
-            view.acked_rev = value.map_or(0, |(_, _, modified)| modified);
+            view.acked = value.and_then(|(v, _, _, _)| decode_acked(v));
+            view.acked_rev = value.map_or(0, |(_, _, modified, _)| modified);
         } else if let Some(addr) = key.strip_prefix(self.keys.nodes.as_str()) {
-            match value.and_then(|(v, _, _)| decode_report(v, addr)) {
+            let lease = value.map_or(0, |(_, _, _, lease)| lease);
+            match value.and_then(|(v, _, _, _)| decode_report(v, addr)) {
                 Some(r) if view.reports.len() < MAX_REPORTS || view.reports.contains_key(addr) => {
                     view.reports.insert(addr.to_string(), r);
+                    view.report_leases.insert(addr.to_string(), lease);
                 }
                 _ => {
                     view.reports.remove(addr);
+                    view.report_leases.remove(addr);
                 }
             }
         } else if let Some(addr) = key.strip_prefix(self.keys.excused.as_str()) {
@@ -550,7 +600,7 @@ impl Watcher {
             self.apply(
                 &mut fresh,
                 kv.key(),
-                Some((kv.value(), kv.create_revision(), kv.mod_revision())),
+                Some((kv.value(), kv.create_revision(), kv.mod_revision(), kv.lease())),
             );
         }
         self.publisher.update(|v| {
@@ -558,6 +608,7 @@ impl Watcher {
             v.acked = fresh.acked.clone();
             v.acked_rev = fresh.acked_rev;
             v.reports = fresh.reports.clone();
+            v.report_leases = fresh.report_leases.clone();
             v.excused = fresh.excused.clone();
             v.synced = true;
             v.synced_at = Some(Instant::now());
@@ -587,7 +638,7 @@ impl Watcher {
                         EventType::Put => self.apply(
                             view,
                             kv.key(),
-                            Some((kv.value(), kv.create_revision(), kv.mod_revision())),
+                            Some((kv.value(), kv.create_revision(), kv.mod_revision(), kv.lease())),
                         ),
                         EventType::Delete => self.apply(view, kv.key(), None),
                     }
@@ -608,6 +659,7 @@ struct Reporter {
     keys: Keys,
     addr: String,
     candidate: bool,
+    shared: Arc<Shared>,
     view: Arc<ArcSwap<ElectionView>>,
     history: Arc<dyn History>,
     changes: watch::Receiver<u64>,
@@ -638,21 +690,26 @@ impl Reporter {
             .map_err(|e| e.to_string())?
     }
 
-    /// A candidate remembers every candidate that reports, and forgets the
-    /// excused ones (durably: the members an election after an etcd data
-    /// loss waits for).
+    /// Remembers every candidate that reports and every one this node met
+    /// (a candidate: itself too), and forgets the excused ones (durably:
+    /// the members an election after an etcd data loss waits for).
     async fn remember(&self, standing: &Standing, view: &ElectionView) {
-        if !self.candidate {
-            return;
-        }
+        let noted: Vec<String> = self
+            .shared
+            .noted
+            .lock()
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_default();
         let mut add: Vec<String> = view
             .reports
             .values()
-            .filter(|r| r.candidate && !view.excused.contains(&r.addr))
+            .filter(|r| r.candidate)
             .map(|r| r.addr.clone())
-            .chain([self.addr.clone()])
-            .filter(|a| !standing.members.contains(a))
+            .chain(noted)
+            .chain(self.candidate.then(|| self.addr.clone()))
+            .filter(|a| !view.excused.contains(a) && !standing.members.contains(a))
             .collect();
+        add.sort();
         add.dedup();
         let remove: Vec<String> = standing
             .members
@@ -680,6 +737,7 @@ impl Reporter {
             .id();
         *wait = Duration::from_millis(200);
         let key = format!("{}{}", self.keys.nodes, self.addr);
+        let session = SessionLease(&self.shared);
         let every = Duration::from_millis((ttl.max(1) as u64 * 1000 / 3).max(200));
         let mut last_put: Option<Report> = None;
         let mut last_put_at = Instant::now();
@@ -713,6 +771,7 @@ impl Reporter {
                     .map_err(|_| "report put timed out".to_string())?
                     .map_err(|e| self.cfg.describe(&e))?;
                     last_put = Some(report);
+                    session.set(lease);
                 }
                 last_put_at = Instant::now();
             }
@@ -733,6 +792,24 @@ impl Reporter {
     }
 }
 
+/// The report's lease as the campaign compares it; cleared when the
+/// reporter's session ends (a lease lost, etcd gone or wiped).
+struct SessionLease<'a>(&'a Shared);
+
+impl SessionLease<'_> {
+    fn set(&self, lease: i64) {
+        self.0
+            .report_lease
+            .store(lease, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for SessionLease<'_> {
+    fn drop(&mut self) {
+        self.set(0);
+    }
+}
+
 /// The candidate's side: runs when it may, leads while its lease lives.
 struct Campaign {
     cfg: EtcdConfig,
@@ -741,6 +818,7 @@ struct Campaign {
     publisher: Publisher,
     client: Arc<ArcSwapOption<Client>>,
     fence: Arc<ArcSwapOption<Fence>>,
+    shared: Arc<Shared>,
     history: Arc<dyn History>,
     changes: watch::Receiver<u64>,
 }
@@ -756,6 +834,9 @@ struct Run {
     term: i64,
     /// The mod revision of the `acked` its decision read.
     acked_rev: i64,
+    /// The lease of this node's report in the view the decision read: the
+    /// etcd session the decision belongs to.
+    report_lease: i64,
     /// Its baseline: its own position and digest.
     seq: u64,
     digest: String,
@@ -803,6 +884,15 @@ impl Campaign {
             *leaderless_since = None;
             return Err(String::new());
         }
+        // The decision belongs to this node's current session with etcd:
+        // its own report, on the lease it holds now, is in the view.
+        let report_lease = self
+            .shared
+            .report_lease
+            .load(std::sync::atomic::Ordering::Acquire);
+        if report_lease == 0 || view.report_leases.get(&self.addr) != Some(&report_lease) {
+            return Err("waiting for this node's own report to show in the view".into());
+        }
         let leaderless_for = leaderless_since.get_or_insert_with(Instant::now).elapsed();
         let history = self.history.clone();
         let acked_seq = view.acked.as_ref().map(|a| a.seq);
@@ -836,6 +926,7 @@ impl Campaign {
         Ok(Run {
             term: rules::next_term(view.acked.as_ref(), &standing, &view.reports),
             acked_rev: view.acked_rev,
+            report_lease,
             seq: standing.seq,
             digest,
             mode,
@@ -897,7 +988,15 @@ impl Campaign {
             else {
                 return Ended::Lost;
             };
-            let txn = campaign_txn(&self.keys, run.acked_rev, &value, lease, &baseline);
+            let report_key = format!("{}{}", self.keys.nodes, self.addr);
+            let txn = campaign_txn(
+                &self.keys,
+                run.acked_rev,
+                (&report_key, run.report_lease),
+                &value,
+                lease,
+                &baseline,
+            );
             let won = match tokio::time::timeout(CALL_TIMEOUT, client.txn(txn)).await {
                 Ok(Ok(r)) if r.succeeded() => r.header().map(|h| h.revision()),
                 Ok(Ok(_)) => None,
@@ -1003,7 +1102,7 @@ impl Campaign {
                         self.resign(&mut client, lease, rev, term).await;
                         return Ended::Lost;
                     }
-                    if key_lost(&view, rev) {
+                    if key_lost(&view, rev, term) {
                         tracing::warn!("election: the leader key of term {term} is gone or replaced; stepping down");
                         self.step_down(term);
                         self.resign(&mut client, lease, rev, term).await;
@@ -1101,10 +1200,17 @@ mod tests {
                 .await
                 .unwrap();
             let lease = c.lease_grant(5, None).await.unwrap().id();
+            let report_key = "/stale/election/nodes/10.0.0.3:8080";
+            c.put(report_key, "{}", Some(PutOptions::new().with_lease(lease)))
+                .await
+                .unwrap();
+            let report = (report_key, lease);
+            let leader = r#"{"addr":"10.0.0.3:8080","since":1,"term":2}"#;
             let stale = campaign_txn(
                 &keys,
                 stale_rev,
-                r#"{"addr":"10.0.0.3:8080","since":1,"term":2}"#,
+                report,
+                leader,
                 lease,
                 r#"{"term":2,"seq":39,"digest":""}"#,
             );
@@ -1116,20 +1222,21 @@ mod tests {
             let absent = campaign_txn(
                 &keys,
                 0,
-                r#"{"addr":"10.0.0.3:8080","since":1,"term":2}"#,
+                report,
+                leader,
                 lease,
                 r#"{"term":2,"seq":39,"digest":""}"#,
             );
             assert!(!c.txn(absent).await.unwrap().succeeded());
-            // The current view wins.
+            // A view of another session (etcd lost its data since: the
+            // report is on another lease, while a revision may match again).
             let now_rev = got.kvs()[0].mod_revision();
-            let fresh = campaign_txn(
-                &keys,
-                now_rev,
-                r#"{"addr":"10.0.0.4:8080","since":1,"term":2}"#,
-                lease,
-                r#"{"term":2,"seq":40,"digest":""}"#,
-            );
+            let baseline = r#"{"term":2,"seq":40,"digest":""}"#;
+            let other_session =
+                campaign_txn(&keys, now_rev, (report_key, lease + 1), leader, lease, baseline);
+            assert!(!c.txn(other_session).await.unwrap().succeeded());
+            // The current view of the current session wins.
+            let fresh = campaign_txn(&keys, now_rev, report, leader, lease, baseline);
             assert!(c.txn(fresh).await.unwrap().succeeded());
         });
     }
@@ -1149,14 +1256,15 @@ mod tests {
             ..ElectionView::default()
         };
         // Just elected at revision 9; the watch has not delivered it yet.
-        assert!(!key_lost(&view(8, None), 9));
-        assert!(!key_lost(&view(8, Some(leader(4))), 9));
-        assert!(!key_lost(&ElectionView::default(), 9));
+        assert!(!key_lost(&view(8, None), 9, 3));
+        assert!(!key_lost(&view(8, Some(leader(4))), 9, 3));
+        assert!(!key_lost(&ElectionView::default(), 9, 3));
         // Seen, and still its own.
-        assert!(!key_lost(&view(9, Some(leader(9))), 9));
-        assert!(!key_lost(&view(15, Some(leader(9))), 9));
-        // Gone, or replaced, after the reign began.
-        assert!(key_lost(&view(12, None), 9));
-        assert!(key_lost(&view(14, Some(leader(14))), 9));
+        assert!(!key_lost(&view(9, Some(leader(9))), 9, 3));
+        assert!(!key_lost(&view(15, Some(leader(9))), 9, 3));
+        // Gone, replaced, or rewritten in place after the reign began.
+        assert!(key_lost(&view(12, None), 9, 3));
+        assert!(key_lost(&view(14, Some(leader(14))), 9, 3));
+        assert!(key_lost(&view(14, Some(leader(9))), 9, 4));
     }
 }

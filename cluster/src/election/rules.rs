@@ -24,6 +24,9 @@ pub struct Standing {
     pub dataset: u64,
     /// The candidate members remembered.
     pub members: Vec<String>,
+    /// Whether this node may start a cluster with no data (`mode =
+    /// master`): a candidate slave never does.
+    pub may_bootstrap: bool,
 }
 
 /// Which rule an election runs under.
@@ -199,6 +202,13 @@ pub fn decide(i: &Inputs<'_>) -> Result<Mode, String> {
             if !me.has_data && others.values().any(|r| r.has_data) {
                 return Err("empty, while a node with data is known".into());
             }
+            if mode == Mode::Bootstrap && !me.has_data && !me.may_bootstrap {
+                return Err(
+                    "empty, and only a `mode = master` node starts a cluster with no data: \
+                     waiting for a node with data"
+                        .into(),
+                );
+            }
             if mode == Mode::Bootstrap && !me.has_data && i.leaderless_for < i.ttl {
                 return Err(format!(
                     "empty and no leader ever elected: giving a node with data {}s to run first",
@@ -261,6 +271,7 @@ mod tests {
             has_data: seq > 0,
             dataset: 1,
             members: vec![ME.into(), B.into()],
+            may_bootstrap: false,
         }
     }
 
@@ -479,6 +490,10 @@ mod tests {
         let mut empty = standing(0, 0, 0, (0, 0));
         empty.has_data = false;
         empty.members.clear();
+        // A candidate slave never starts a cluster empty.
+        let e = decide_with(&empty, None, None, &BTreeMap::new(), &BTreeSet::new(), LONG).unwrap_err();
+        assert!(e.contains("mode = master"), "{e}");
+        empty.may_bootstrap = true;
         let none = BTreeMap::new();
         let e = decide(&Inputs {
             me: ME,

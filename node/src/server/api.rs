@@ -424,6 +424,13 @@ impl Api {
         let term = self.ha.leading_term().unwrap_or(0);
         if let Some(node) = &node {
             self.ha.record_progress(node, term, from, proven, candidate);
+            // A candidate that follows this leader is a member: after etcd
+            // lost its data the election waits for it.
+            if candidate && proven {
+                if let Some(e) = self.ha.election() {
+                    e.note_member(node);
+                }
+            }
         }
         // Parks this coroutine (not its worker thread) until the writer
         // publishes a change past `from`, the horizon passes what the
