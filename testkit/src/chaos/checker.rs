@@ -247,8 +247,12 @@ pub fn check(ops: &[Op], states: &[NodeState], faults: &[FaultSpan]) -> Report {
                 } else {
                     let missing = missing_on(*id, states);
                     (!missing.is_empty() || states.is_empty()).then(|| {
+                        let write = ops
+                            .iter()
+                            .find(|w| w.kind == OpKind::Write { id: *id })
+                            .map_or_else(|| "not recorded".to_string(), Op::describe);
                         format!(
-                            "read a write that is not on every node at the end ({})",
+                            "read a write that is not on every node at the end ({}); the write: {write}",
                             missing.join(", ")
                         )
                     })

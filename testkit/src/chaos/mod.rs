@@ -82,7 +82,8 @@ impl RunResult {
         )
     }
 
-    /// Panics, with every violation, the faults and the logs' tails, unless
+    /// Panics, with every violation, the faults and the logs' tails (the
+    /// whole history is in `history.log` in the run's directory), unless
     /// P1, P2, P3 and convergence hold and at least `min_ok_writes` writes
     /// were acknowledged (a run that acknowledged nothing proves nothing).
     pub fn assert_holds(&self, min_ok_writes: usize) {
@@ -137,6 +138,7 @@ pub fn run(plan: Plan) -> RunResult {
             .diverged
             .insert(0, format!("the cluster did not converge: {why}"));
     }
+    write_history(&cluster.dir().join("history.log"), &history.ops(), &faults);
     let result = RunResult {
         plan,
         report,
@@ -149,4 +151,19 @@ pub fn run(plan: Plan) -> RunResult {
     // The violations (if any) and why writes failed.
     eprintln!("{}", result.report.details(25));
     result
+}
+
+/// Every fault and operation, one a line, in order of start: the evidence
+/// a failed run leaves next to the nodes' logs (its directory stays).
+fn write_history(path: &std::path::Path, ops: &[history::Op], faults: &[FaultSpan]) {
+    let mut lines: Vec<(Duration, String)> = faults
+        .iter()
+        .map(|f| (f.start, format!("FAULT {}", f.describe())))
+        .chain(ops.iter().map(|o| (o.invoked, o.describe())))
+        .collect();
+    lines.sort_by_key(|l| l.0);
+    let text: String = lines.into_iter().map(|(_, l)| l + "\n").collect();
+    if let Err(e) = std::fs::write(path, text) {
+        eprintln!("chaos: could not write {}: {e}", path.display());
+    }
 }
