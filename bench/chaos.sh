@@ -5,7 +5,8 @@
 # sync_replicas 1, the gateway; a seeded random schedule of every fault
 # (kill -9, pause past the ttl, slow and cut links, etcd member loss, etcd
 # wipe and restore, gateway restart) while clients write and read; then
-# P1 (no acknowledged write lost), P2 (no phantom read) and convergence
+# P1 (no acknowledged write lost), P2 (no phantom read), P3 (one leader per
+# term, terms grow) and convergence
 # are checked. Prints one CHAOS-RESULT line of counts per run; exits
 # non-zero when any run found a violation.
 #
