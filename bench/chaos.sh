@@ -6,9 +6,8 @@
 # (kill -9, pause past the ttl, slow and cut links, etcd member loss, etcd
 # wipe and restore, gateway restart) while clients write and read; then
 # P1 (no acknowledged write lost), P2 (no phantom read), P3 (one leader per
-# term, terms grow) and convergence
-# are checked. Prints one CHAOS-RESULT line of counts per run; exits
-# non-zero when any run found a violation.
+# term, terms grow) and convergence are checked. Prints one CHAOS-RESULT
+# line of counts per run; exits non-zero when any run found a violation.
 #
 #   bench/chaos.sh [--seed N] [--minutes M] [--runs R]
 #
