@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
     --seed) SEED=$2; shift 2 ;;
     --minutes) MINUTES=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "chaos: unknown argument $1 (--seed N, --minutes M, --runs R)" >&2; exit 2 ;;
   esac
 done
