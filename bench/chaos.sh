@@ -5,9 +5,9 @@
 # sync_replicas 1, the gateway; a seeded random schedule of every fault
 # (kill -9, pause past the ttl, slow and cut links, etcd member loss, etcd
 # wipe and restore, gateway restart) while clients write and read; then
-# P1 (no acknowledged write lost), P2 (no phantom read) and convergence
-# are checked. Prints one CHAOS-RESULT line of counts per run; exits
-# non-zero when any run found a violation.
+# P1 (no acknowledged write lost), P2 (no phantom read), P3 (one leader per
+# term, terms grow) and convergence are checked. Prints one CHAOS-RESULT
+# line of counts per run; exits non-zero when any run found a violation.
 #
 #   bench/chaos.sh [--seed N] [--minutes M] [--runs R]
 #
@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
     --seed) SEED=$2; shift 2 ;;
     --minutes) MINUTES=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "chaos: unknown argument $1 (--seed N, --minutes M, --runs R)" >&2; exit 2 ;;
   esac
 done
@@ -50,6 +50,8 @@ for k in $(seq 0 $((RUNS - 1))); do
   fi
   line=$(grep -m1 '^CHAOS-RESULT' "$log" 2>/dev/null || grep -m1 "^chaos run" "$log" 2>/dev/null || true)
   echo "seed $seed, $MINUTES min: $status ${line:-}"
+  # Why writes were not acknowledged (the commonest answers), then any violation.
+  grep -E '^  [0-9]+ writes not acknowledged' "$log" | head -5 || true
   if [ "$status" = ok ]; then rm -f "$log"; else grep -E '^  (P1|P2|convergence)' "$log" | head -10 || true; fi
 done
 exit $failed

@@ -9,6 +9,9 @@
 //!   write of that cell (no other value may appear there), and that write
 //!   is on every node at the end.
 //! - **Convergence**: every node's rows are the same (`db_fingerprint`).
+//! - **P3 terms only grow**: one node per term, each node's reigns with
+//!   growing terms, over the reigns sampled by [`super::terms`] (filled in
+//!   by the run, not by [`check`]).
 //!
 //! Failed, not-acknowledged and unknown writes constrain nothing; how many
 //! of them survived is counted (a clear refusal that survived is worth a
@@ -77,6 +80,10 @@ pub struct Report {
     pub phantoms: Vec<Violation>,
     /// Convergence: one line per node whose rows differ from the first's.
     pub diverged: Vec<String>,
+    /// Reigns seen (a node leading a term, per its `/health`).
+    pub reigns: usize,
+    /// P3 violations over those reigns ([`super::terms::check`]).
+    pub terms: Vec<String>,
     /// Why writes were not acknowledged: the answers' start (digits as
     /// `#`), with how many times each came.
     pub write_errors: std::collections::BTreeMap<String, usize>,
@@ -84,14 +91,15 @@ pub struct Report {
 
 impl Report {
     pub fn holds(&self) -> bool {
-        self.lost.is_empty() && self.phantoms.is_empty() && self.diverged.is_empty()
+        self.lost.is_empty() && self.phantoms.is_empty() && self.diverged.is_empty() && self.terms.is_empty()
     }
 
     /// One line of counts.
     pub fn summary(&self) -> String {
         format!(
             "writes: {} ok, {} failed, {} not acknowledged, {} unknown (present at the end: {} failed, {} not acknowledged, {} unknown); \
-             reads: {} with a value, {} empty, {} failed; ok writes lost (P1): {} ({} on no node); phantom reads (P2): {}; nodes diverged: {}",
+             reads: {} with a value, {} empty, {} failed; ok writes lost (P1): {} ({} on no node); phantom reads (P2): {}; nodes diverged: {}; \
+             reigns: {}, term violations (P3): {}",
             self.writes_ok,
             self.writes_failed,
             self.writes_not_acknowledged,
@@ -105,7 +113,9 @@ impl Report {
             self.lost.len(),
             self.lost_everywhere,
             self.phantoms.len(),
-            self.diverged.len()
+            self.diverged.len(),
+            self.reigns,
+            self.terms.len()
         )
     }
 
@@ -123,6 +133,9 @@ impl Report {
         }
         for d in &self.diverged {
             out.push_str(&format!("  convergence: {d}\n"));
+        }
+        for t in &self.terms {
+            out.push_str(&format!("  P3: {t}\n"));
         }
         let mut errors: Vec<(&String, &usize)> = self.write_errors.iter().collect();
         errors.sort_by(|a, b| b.1.cmp(a.1));
@@ -234,8 +247,12 @@ pub fn check(ops: &[Op], states: &[NodeState], faults: &[FaultSpan]) -> Report {
                 } else {
                     let missing = missing_on(*id, states);
                     (!missing.is_empty() || states.is_empty()).then(|| {
+                        let write = ops
+                            .iter()
+                            .find(|w| w.kind == OpKind::Write { id: *id })
+                            .map_or_else(|| "not recorded".to_string(), Op::describe);
                         format!(
-                            "read a write that is not on every node at the end ({})",
+                            "read a write that is not on every node at the end ({}); the write: {write}",
                             missing.join(", ")
                         )
                     })

@@ -3,7 +3,10 @@
 //! its data (every member stopped, data removed, started fresh on the same
 //! endpoints with the same users) or go back to a snapshot taken earlier
 //! (`etcdctl snapshot save`, then `etcdctl snapshot restore` per member:
-//! Debian's etcd 3.4 has no `etcdutl`).
+//! Debian's etcd 3.4 has no `etcdutl`) by the operator's runbook in
+//! docs/WRITE_PROTOCOL.md: the restored cluster first serves only on
+//! private client URLs, where `{prefix}/election/` is deleted, and only
+//! then on the URLs the nodes use ([`EtcdCluster::start_from`]).
 //!
 //! Auth, when on, is set up as `make cluster` does it (root, then a role
 //! that may read and write only under the prefix, and its user) and again
@@ -42,6 +45,8 @@ impl Member {
 
 pub struct EtcdCluster {
     dir: PathBuf,
+    /// The nodes' `[etcd] prefix` (with or without its last `/`).
+    prefix: String,
     members: Vec<Member>,
     pub auth: Option<EtcdTestAuth>,
     /// Bumped at every wipe or restore, so a fresh cluster never talks to a
@@ -80,6 +85,7 @@ impl EtcdCluster {
             .collect();
         let mut c = EtcdCluster {
             dir: dir.to_path_buf(),
+            prefix: prefix.to_string(),
             members,
             auth,
             generation: 0,
@@ -127,7 +133,15 @@ impl EtcdCluster {
         format!("kmt-chaos-{}", self.generation)
     }
 
+    /// Starts member `i` on its client URL (the one the nodes use).
     fn launch(&mut self, i: usize) {
+        let url = self.members[i].client_url();
+        self.launch_on(i, &url);
+    }
+
+    /// Starts member `i` serving clients only on `client_url` (its peer
+    /// URL and data as always).
+    fn launch_on(&mut self, i: usize, client_url: &str) {
         let initial = self.initial_cluster();
         let token = self.token();
         let m = &mut self.members[i];
@@ -140,8 +154,8 @@ impl EtcdCluster {
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data_dir)
-            .args(["--listen-client-urls", &m.client_url()])
-            .args(["--advertise-client-urls", &m.client_url()])
+            .args(["--listen-client-urls", client_url])
+            .args(["--advertise-client-urls", client_url])
             .args(["--listen-peer-urls", &m.peer_url()])
             .args(["--initial-advertise-peer-urls", &m.peer_url()])
             .args(["--initial-cluster", &initial])
@@ -375,16 +389,31 @@ impl EtcdCluster {
         panic!("etcdctl snapshot save failed: {last}\n{}", self.logs());
     }
 
-    /// The whole cluster goes back to `snapshot`: every member stopped, its
-    /// data replaced by the snapshot's, started again on the same endpoints.
-    pub fn restore(&mut self, snapshot: &Path) {
+    /// The whole cluster goes back to `snapshot` by the runbook (see
+    /// [`EtcdCluster::start_from`]); returns how many election keys the
+    /// runbook deleted.
+    pub fn restore(&mut self, snapshot: &Path) -> usize {
         self.destroy();
-        self.start_from(snapshot);
+        self.start_from(snapshot)
     }
 
-    /// After [`EtcdCluster::destroy`]: every member's data made from
-    /// `snapshot`, every member started on the same endpoints.
-    pub fn start_from(&mut self, snapshot: &Path) {
+    /// After [`EtcdCluster::destroy`], the runbook's restore
+    /// (docs/WRITE_PROTOCOL.md, "Runbook"), step by step:
+    ///
+    /// 1. every member's data made from `snapshot` (`etcdctl snapshot
+    ///    restore`, the member's usual name, peer URL and cluster);
+    /// 2. every member started with its usual data and peer URL but serving
+    ///    clients only on a private URL, which no node knows, and the
+    ///    cluster waited for there;
+    /// 3. `etcdctl del --prefix {prefix}/election/` there, as root: the
+    ///    restored leader key, `acked` and reports are gone before any node
+    ///    reads them;
+    /// 4. every member stopped (SIGTERM) and started again on its usual
+    ///    client URL.
+    ///
+    /// Returns how many keys step 3 deleted. Panics, with the logs, when a
+    /// step fails.
+    pub fn start_from(&mut self, snapshot: &Path) -> usize {
         let initial = self.initial_cluster();
         let token = self.token();
         let snap = snapshot.to_string_lossy().into_owned();
@@ -405,8 +434,68 @@ impl EtcdCluster {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        let private: Vec<String> = (0..MEMBERS)
+            .map(|_| format!("http://127.0.0.1:{}", free_port()))
+            .collect();
+        for (i, url) in private.iter().enumerate() {
+            self.launch_on(i, url);
+        }
+        let endpoints = private.join(",");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !private
+            .iter()
+            .all(|url| self.etcdctl_at(url, true, &["endpoint", "health"]).0)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the restored etcd did not come up on its private URLs: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let election = self.election_prefix();
+        let (ok, out) = self.etcdctl_at(&endpoints, true, &["del", "--prefix", &election]);
+        assert!(
+            ok,
+            "etcdctl del --prefix {election} on the restored etcd: {out}\n{}",
+            self.logs()
+        );
+        let deleted = out.trim().parse().unwrap_or(0);
+        let (ok, left) = self.etcdctl_at(&endpoints, true, &["get", "--prefix", "--keys-only", &election]);
+        assert!(
+            ok && left.trim().is_empty(),
+            "the restored etcd still holds election keys after the runbook's delete: {left}"
+        );
+        for i in 0..MEMBERS {
+            self.stop(i);
+        }
         self.launch_all();
         self.wait_healthy(Duration::from_secs(30));
+        deleted
+    }
+
+    /// `{prefix}/election/`: what the runbook deletes after a restore.
+    pub fn election_prefix(&self) -> String {
+        format!("{}/election/", self.prefix.trim_end_matches('/'))
+    }
+
+    /// SIGTERM of member `i` and a bounded wait for it to exit (kill -9
+    /// after 10 s).
+    fn stop(&mut self, i: usize) {
+        self.resume(i);
+        let Some(mut child) = self.members[i].child.take() else {
+            return;
+        };
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 

@@ -4,7 +4,8 @@
 //! nemesis injects faults ([`client`], [`nemesis`], [`proxy`] for slow and
 //! cut links), a recorded [`history`], and a [`checker`] of the write
 //! protocol's promises (docs/WRITE_PROTOCOL.md: P1 durability, P2 no
-//! phantom reads, convergence) over it.
+//! phantom reads, P3 terms only grow, convergence) over it; [`terms`]
+//! samples who leads which term throughout.
 //!
 //! [`run`] is one run: start the cluster, start the clients, play the
 //! schedule (each fault heals itself), let the clients go on a little,
@@ -21,6 +22,7 @@ pub mod history;
 pub mod nemesis;
 pub mod proxy;
 pub mod rng;
+pub mod terms;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,8 +82,9 @@ impl RunResult {
         )
     }
 
-    /// Panics, with every violation, the faults and the logs' tails, unless
-    /// P1, P2 and convergence hold and at least `min_ok_writes` writes
+    /// Panics, with every violation, the faults and the logs' tails (the
+    /// whole history is in `history.log` in the run's directory), unless
+    /// P1, P2, P3 and convergence hold and at least `min_ok_writes` writes
     /// were acknowledged (a run that acknowledged nothing proves nothing).
     pub fn assert_holds(&self, min_ok_writes: usize) {
         let faults: Vec<String> = self.faults.iter().map(FaultSpan::describe).collect();
@@ -114,19 +117,28 @@ pub fn run(plan: Plan) -> RunResult {
         .unwrap_or_default();
     // A bound of their own, should the nemesis overrun its schedule.
     let client_time = last + plan.settle + Duration::from_secs(120);
+    let watch = terms::TermWatch::start(
+        targets.nodes.clone(),
+        history.clone(),
+        client_time + plan.converge_timeout,
+    );
     let clients = client::Clients::start(targets, plan.workload.clone(), history.clone(), client_time);
     let faults = nemesis::run(&mut cluster, &plan.schedule, &history);
     std::thread::sleep(plan.settle);
     clients.stop();
     cluster.heal();
     let converged = cluster.wait_converged(plan.converge_timeout);
+    let reigns = watch.stop();
     let states = cluster.states();
     let mut report = checker::check(&history.ops(), &states, &faults);
+    report.reigns = reigns.len();
+    report.terms = terms::check(&reigns);
     if let Err(why) = &converged {
         report
             .diverged
             .insert(0, format!("the cluster did not converge: {why}"));
     }
+    write_history(&cluster.dir().join("history.log"), &history.ops(), &faults);
     let result = RunResult {
         plan,
         report,
@@ -136,8 +148,22 @@ pub fn run(plan: Plan) -> RunResult {
         cluster,
     };
     eprintln!("{}", result.summary());
-    if !result.report.holds() {
-        eprintln!("{}", result.report.details(25));
-    }
+    // The violations (if any) and why writes failed.
+    eprintln!("{}", result.report.details(25));
     result
+}
+
+/// Every fault and operation, one a line, in order of start: the evidence
+/// a failed run leaves next to the nodes' logs (its directory stays).
+fn write_history(path: &std::path::Path, ops: &[history::Op], faults: &[FaultSpan]) {
+    let mut lines: Vec<(Duration, String)> = faults
+        .iter()
+        .map(|f| (f.start, format!("FAULT {}", f.describe())))
+        .chain(ops.iter().map(|o| (o.invoked, o.describe())))
+        .collect();
+    lines.sort_by_key(|l| l.0);
+    let text: String = lines.into_iter().map(|(_, l)| l + "\n").collect();
+    if let Err(e) = std::fs::write(path, text) {
+        eprintln!("chaos: could not write {}: {e}", path.display());
+    }
 }

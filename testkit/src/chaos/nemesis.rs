@@ -270,8 +270,12 @@ fn apply(
             Some(file) => {
                 cluster.etcd.destroy();
                 sleep();
-                cluster.etcd.start_from(&file);
-                format!("etcd restore of snapshot {}", *snapshots)
+                let deleted = cluster.etcd.start_from(&file);
+                format!(
+                    "etcd restore of snapshot {} (runbook: {deleted} keys under {} deleted)",
+                    *snapshots,
+                    cluster.etcd.election_prefix()
+                )
             }
             None => "etcd restore skipped: no snapshot yet".to_string(),
         },
