@@ -761,7 +761,9 @@ impl Reporter {
                     members: standing.members.clone(),
                     recovering: view.synced && rules::etcd_regressed(view.acked.as_ref(), &standing),
                 };
-                if last_put.as_ref() != Some(&report) || !view.reports.contains_key(&self.addr) {
+                // Put again when it changed, or when etcd holds another
+                // (a snapshot restored an older one): the view is etcd's.
+                if last_put.as_ref() != Some(&report) || view.reports.get(&self.addr) != Some(&report) {
                     let value = serde_json::to_string(&report).map_err(|e| e.to_string())?;
                     tokio::time::timeout(
                         CALL_TIMEOUT,

@@ -221,6 +221,10 @@ impl QueryEngine {
             self.cache.record_hit();
             return Ok(hit);
         }
+        // Rendered within one stable generation of the history, or not
+        // answered: an image installed meanwhile may have discarded what
+        // this read saw.
+        let generation = self.state.history_generation();
         let catalog = self.catalog.load_full();
         let q = Q::parse(body, &catalog)?;
         let (q, bytes) = if q.subject_count() > HEAVY_SUBJECTS {
@@ -237,6 +241,11 @@ impl QueryEngine {
         };
         // In the coroutine, not on the compute pool: a wait parks it.
         self.gate(&q)?;
+        if generation % 2 == 1 || self.state.history_generation() != generation {
+            return Err(EngineError::NotAcknowledged(
+                "this node's data was replaced by the leader's image while answering; try again".into(),
+            ));
+        }
         let bytes: Arc<[u8]> = bytes.into();
         self.cache.insert_response(Q::ROUTE, e0, body, bytes.clone());
         Ok(bytes)

@@ -53,6 +53,11 @@ pub struct DataState {
     /// The acknowledged horizon H (docs/WRITE_PROTOCOL.md, V1): reads see
     /// nothing above it. Derived by [`DataState::refresh_horizon`].
     acked_seq: AtomicU64,
+    /// The history's generation, a sequence lock: odd while the database
+    /// is being replaced by an image, one more once it is. A read that
+    /// began in another generation (or during a replacement) may have read
+    /// a history that was just discarded: it is not answered.
+    history: AtomicU64,
     /// The highest change known to be acknowledged: the leader's own
     /// fences, or the `acked` of the leader's last answer.
     known_acked: AtomicU64,
@@ -75,6 +80,22 @@ pub struct DataState {
 impl DataState {
     pub fn applied(&self) -> u64 {
         self.applied_seq.load(Ordering::Acquire)
+    }
+
+    /// The history's generation (see the field): even while stable.
+    pub fn history_generation(&self) -> u64 {
+        self.history.load(Ordering::Acquire)
+    }
+
+    /// The database is about to be replaced (the generation turns odd).
+    pub fn replacing_history(&self) {
+        self.history.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The database was replaced (or the replacement failed) and what sits
+    /// on it (caches, catalog) follows it: the generation turns even.
+    pub fn history_replaced(&self) {
+        self.history.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The acknowledged horizon H (V1).

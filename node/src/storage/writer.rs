@@ -163,6 +163,9 @@ impl Writer {
             if !state.visible_on_apply(seq) {
                 state.pending.add_everything(seq);
             }
+            // Reads that overlap the replacement are not answered from
+            // what they read (the history they read may be discarded).
+            state.replacing_history();
             let restored = store.restore_from(&path).and_then(|()| {
                 store.raise_term(memory.term.max(term))?;
                 if same_dataset {
@@ -183,11 +186,14 @@ impl Writer {
                 Ok(r) => r,
                 Err(e) => {
                     // Whatever the database holds now is listed again.
-                    relist_pending(store, &state)?;
+                    let relisted = relist_pending(store, &state);
+                    state.history_replaced();
+                    relisted?;
                     return Err(e);
                 }
             };
             publish.after_restore(catalog);
+            state.history_replaced();
             state.total_records.store(records as i64, Ordering::Release);
             state.dataset_id.store(v.dataset_id, Ordering::Release);
             state.applied_seq.store(v.version, Ordering::Release);
