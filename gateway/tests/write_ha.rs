@@ -592,18 +592,24 @@ fn after_etcd_lost_its_data_an_empty_node_erases_nothing_and_terms_keep_growing(
         m.dead.push(n);
     }
     etcd.restart(true);
-    // An empty candidate, new to the cluster, starts first and alone.
-    let empty = Member::start(&etcd, &dir, "d", "slave", "candidate = true\n", false);
-    std::thread::sleep(Duration::from_secs(2 * TTL + 2));
-    let started = Instant::now();
-    for m in members.iter_mut() {
-        m.node = Some(Node::start_with_config(
-            &node_bin(),
-            m.dir.clone(),
-            m.config.clone(),
-            m.port,
-        ));
-    }
+    // An empty candidate, new to the cluster, starts first and alone: it
+    // does not lead (a candidate slave never starts a cluster empty), so it
+    // becomes healthy only once the others are back and it has their data.
+    let mut started = Instant::now();
+    let empty = std::thread::scope(|scope| {
+        let empty = scope.spawn(|| Member::start(&etcd, &dir, "d", "slave", "candidate = true\n", false));
+        std::thread::sleep(Duration::from_secs(2 * TTL + 2));
+        started = Instant::now();
+        for m in members.iter_mut() {
+            m.node = Some(Node::start_with_config(
+                &node_bin(),
+                m.dir.clone(),
+                m.config.clone(),
+                m.port,
+            ));
+        }
+        empty.join().expect("the empty candidate became healthy")
+    });
     members.push(empty);
     let mut leader = None;
     assert!(
