@@ -152,6 +152,45 @@ pub struct EtcdTestAuth {
     pub prefix: String,
 }
 
+impl EtcdTestAuth {
+    /// The etcdctl steps that turn auth on as `make cluster` does: root
+    /// first (etcd 3.4 enables auth only once root exists), then the
+    /// prefix-limited role and user, then `auth enable`.
+    pub fn setup_steps(&self) -> Vec<Vec<String>> {
+        vec![
+            vec![
+                "user".into(),
+                "add".into(),
+                "root".into(),
+                format!("--new-user-password={}", self.root_password),
+            ],
+            vec!["user".into(), "grant-role".into(), "root".into(), "root".into()],
+            vec!["role".into(), "add".into(), self.user.clone()],
+            vec![
+                "role".into(),
+                "grant-permission".into(),
+                self.user.clone(),
+                "readwrite".into(),
+                "--prefix=true".into(),
+                self.prefix.clone(),
+            ],
+            vec![
+                "user".into(),
+                "add".into(),
+                self.user.clone(),
+                format!("--new-user-password={}", self.password),
+            ],
+            vec![
+                "user".into(),
+                "grant-role".into(),
+                self.user.clone(),
+                self.user.clone(),
+            ],
+            vec!["auth".into(), "enable".into()],
+        ]
+    }
+}
+
 impl Etcd {
     /// Starts etcd in a fresh data dir under `dir` and waits until it answers.
     pub fn start(dir: &std::path::Path) -> Etcd {
@@ -241,32 +280,7 @@ impl Etcd {
     /// is refused and nothing changes.
     fn enable_auth(&self) {
         let Some(a) = &self.auth else { return };
-        let steps: Vec<Vec<String>> = vec![
-            vec![
-                "user".into(),
-                "add".into(),
-                "root".into(),
-                format!("--new-user-password={}", a.root_password),
-            ],
-            vec!["user".into(), "grant-role".into(), "root".into(), "root".into()],
-            vec!["role".into(), "add".into(), a.user.clone()],
-            vec![
-                "role".into(),
-                "grant-permission".into(),
-                a.user.clone(),
-                "readwrite".into(),
-                "--prefix=true".into(),
-                a.prefix.clone(),
-            ],
-            vec![
-                "user".into(),
-                "add".into(),
-                a.user.clone(),
-                format!("--new-user-password={}", a.password),
-            ],
-            vec!["user".into(), "grant-role".into(), a.user.clone(), a.user.clone()],
-            vec!["auth".into(), "enable".into()],
-        ];
+        let steps = a.setup_steps();
         for step in steps {
             let args: Vec<&str> = step.iter().map(String::as_str).collect();
             let _ = self.etcdctl_as(None, &args, None);

@@ -255,32 +255,7 @@ impl EtcdCluster {
     /// exists); steps already done are refused and change nothing.
     fn enable_auth(&self) {
         let Some(a) = &self.auth else { return };
-        let steps: Vec<Vec<String>> = vec![
-            vec![
-                "user".into(),
-                "add".into(),
-                "root".into(),
-                format!("--new-user-password={}", a.root_password),
-            ],
-            vec!["user".into(), "grant-role".into(), "root".into(), "root".into()],
-            vec!["role".into(), "add".into(), a.user.clone()],
-            vec![
-                "role".into(),
-                "grant-permission".into(),
-                a.user.clone(),
-                "readwrite".into(),
-                "--prefix=true".into(),
-                a.prefix.clone(),
-            ],
-            vec![
-                "user".into(),
-                "add".into(),
-                a.user.clone(),
-                format!("--new-user-password={}", a.password),
-            ],
-            vec!["user".into(), "grant-role".into(), a.user.clone(), a.user.clone()],
-            vec!["auth".into(), "enable".into()],
-        ];
+        let steps = a.setup_steps();
         for step in steps {
             let args: Vec<&str> = step.iter().map(String::as_str).collect();
             let _ = self.etcdctl_at(&self.endpoints(), false, &args);
