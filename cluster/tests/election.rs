@@ -576,3 +576,41 @@ fn a_leader_whose_key_is_rewritten_in_place_steps_down_and_a_leader_is_elected_a
     );
     a.shutdown_blocking(Duration::from_secs(3));
 }
+
+/// A fence whose attempts time out on a slow link to etcd may still have
+/// been recorded: the answer is never "not acknowledged" then. It is read
+/// back (acknowledged after all) or "unknown"; and etcd does hold it.
+#[test]
+fn a_fence_that_timed_out_is_read_back_never_reported_as_not_acknowledged() {
+    use kamaitachi_testkit::chaos::proxy::{LinkMode, Proxy};
+    let etcd = Etcd::start(&temp_dir("election-fence-doubt"));
+    let proxy = Proxy::start(etcd.endpoint().parse().unwrap());
+    let rt = runtime();
+    let mut cfg = config(&etcd, 10);
+    cfg.endpoints = vec![proxy.addr()];
+    let a = Election::spawn(
+        rt.handle(),
+        cfg,
+        "127.0.0.1:18071",
+        true,
+        FakeHistory::new(5, "a"),
+    );
+    assert!(eventually(Duration::from_secs(10), || a.leading().is_some()));
+    let term = a.leading().unwrap();
+    // Every answer now arrives after the 1 s attempts have given up.
+    proxy.set(LinkMode::Delay(Duration::from_millis(1500)));
+    let r = a.record_acked_blocking(term, 6, &digest("a", 6), Duration::from_secs(2));
+    proxy.set(LinkMode::Pass);
+    assert!(
+        matches!(r, Ok(()) | Err(AckError::Unknown(_))),
+        "a fence in doubt reported as {r:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (_, out) = etcd.etcdctl(&["get", "/kmt-el/election/acked", "--print-value-only"]);
+            out.contains("\"seq\":6")
+        }),
+        "the fence was not recorded after all"
+    );
+    a.shutdown_blocking(Duration::from_secs(3));
+}
