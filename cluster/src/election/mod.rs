@@ -21,19 +21,21 @@
 //!   cannot win. The term is [`rules::next_term`]: above every term known,
 //!   in etcd and in the nodes' data, so terms grow across etcd wipes. The
 //!   winner records its term and baseline in its database before it leads.
-//! - **Leading**: the lease is renewed every (ttl − 1 s)/3 on a keep-alive
-//!   stream of its own per renewal; the leader steps down ttl −
-//!   [`STEP_DOWN_MARGIN`] after its last successful renewal was sent, when
-//!   etcd says the lease is gone, when the watch shows its key gone or
+//! - **Leading**: the lease's timing is the pure state machine of
+//!   [`lease`] (renew at once, then every (ttl − [`STEP_DOWN_MARGIN`])/3;
+//!   step down ttl − margin after the last successful renewal was sent,
+//!   when etcd says the lease is gone, when the view shows the key gone or
 //!   replaced, or when a peer shows a newer term
-//!   ([`Election::yield_to_term`]); then it resigns (deletes its key if
-//!   still its own, revokes the lease).
+//!   ([`Election::yield_to_term`])); this module does the I/O it asks for,
+//!   each renewal on a keep-alive stream of its own, and on stepping down
+//!   resigns (deletes its key if still its own, revokes the lease).
 //! - **The fence** ([`Election::record_acked`]): an acknowledgment is one
 //!   transaction guarded by the leader key's exact value (it holds the term
 //!   and a random nonce: one reign, even across an etcd wipe). An attempt
 //!   that timed out may have been recorded: the outcome is read back, and
 //!   if that does not settle it the answer is [`AckError::Unknown`].
 
+pub mod lease;
 pub mod records;
 pub mod rules;
 
@@ -46,6 +48,7 @@ use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, PutOptions,
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
 
+pub use lease::STEP_DOWN_MARGIN;
 pub use records::{Acked, Leader, Report};
 pub use rules::{may_lead, Mode, Standing};
 
@@ -55,10 +58,6 @@ use records::{decode_acked, decode_leader, decode_report, LeaderRecord};
 /// Most reports and excused members the view keeps.
 const MAX_REPORTS: usize = 256;
 
-/// A leader steps down this long before its lease could have expired in
-/// etcd (counted from when its last successful renewal was sent).
-pub const STEP_DOWN_MARGIN: Duration = Duration::from_secs(1);
-
 /// How long one etcd call of the election may take before it counts as
 /// failed (etcd's own leader election inside a 3-member cluster takes ~1 s).
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -66,10 +65,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// One attempt to record an acknowledgment; retried until the caller's
 /// bound.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1000);
-
-/// After a failed renewal the next one is tried this soon, not a whole
-/// renewal period later.
-const RENEW_RETRY: Duration = Duration::from_millis(200);
 
 /// What this process knows about the election right now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -499,20 +494,6 @@ async fn read_back(client: &ArcSwapOption<Client>, keys: &Keys) -> Option<Acked>
         .ok()?
         .ok()?;
     got.kvs().first().and_then(|kv| decode_acked(kv.value()))
-}
-
-/// Whether `view` shows this reign's leader key (created at revision
-/// `rev`, naming `term`) gone, or someone else's (replaced, or rewritten
-/// in place: the fence, which compares the exact value, fails anyway). Only a view as new as the key can say
-/// so: the watch delivers the key's creation after the campaign's answer,
-/// and a view from before it (a busy host) must not depose a new leader.
-fn key_lost(view: &ElectionView, rev: i64, term: i64) -> bool {
-    view.synced
-        && view.revision >= rev
-        && view
-            .leader
-            .as_ref()
-            .is_none_or(|l| l.rev != rev || l.term != term)
 }
 
 /// Renews `lease` once, within `within` (at most [`CALL_TIMEOUT`]):
@@ -1049,7 +1030,7 @@ impl Campaign {
     ) -> Ended {
         let term = fence.term;
         let ttl = Duration::from_secs(self.cfg.ttl as u64);
-        let mut alive_until = granted_at + ttl.saturating_sub(STEP_DOWN_MARGIN);
+        let mut clock = lease::LeaseClock::new(ttl, granted_at);
         // The term and the baseline go into this node's data before it
         // leads: a term lives on in the data after etcd forgets it.
         let history = self.history.clone();
@@ -1075,76 +1056,68 @@ impl Campaign {
             run.mode
         );
         self.publisher.update(|v| v.my_term = Some(term));
-        // Three renewals fit in the time the leader believes its lease
-        // (ttl − margin), so one slow answer from etcd (a busy host, a
-        // member election) does not depose it: with ttl 2 a renewal every
-        // 333 ms may take up to ~660 ms.
-        let every =
-            Duration::from_millis((ttl.saturating_sub(STEP_DOWN_MARGIN).as_millis() as u64 / 3).max(200));
-        // The next renewal is a deadline, not a sleep started afresh on each
-        // turn: the view changes with every acknowledged write (the acked
-        // key), and a sleep restarted on each change would never renew.
-        let mut renew_at = Instant::now();
-        loop {
-            let wake = renew_at.min(alive_until);
-            tokio::select! {
-                _ = &mut *stop => {
-                    self.step_down(term);
-                    self.resign(&mut client, lease, rev, term).await;
-                    return Ended::Stopped;
-                }
-                _ = self.changes.changed() => {
-                    let view = self.publisher.view.load_full();
-                    if view.yield_to > term {
-                        tracing::warn!(
-                            "election: a peer knows term {}, newer than this leader's {term}; stepping down",
-                            view.yield_to
-                        );
-                        self.step_down(term);
-                        self.resign(&mut client, lease, rev, term).await;
-                        return Ended::Lost;
+        // The timing is the clock's (`lease.rs`); this loop only does the
+        // I/O it asks for.
+        let why = loop {
+            match clock.next(Instant::now()) {
+                lease::Action::StepDown(why) => break why,
+                lease::Action::WaitUntil(until) => {
+                    tokio::select! {
+                        _ = &mut *stop => {
+                            self.step_down(term);
+                            self.resign(&mut client, lease, rev, term).await;
+                            return Ended::Stopped;
+                        }
+                        _ = self.changes.changed() => {
+                            if let Some(why) = lease::on_view(&self.publisher.view.load_full(), rev, term) {
+                                break why;
+                            }
+                        }
+                        _ = tokio::time::sleep_until(until.into()) => {}
                     }
-                    if key_lost(&view, rev, term) {
-                        tracing::warn!("election: the leader key of term {term} is gone or replaced; stepping down");
-                        self.step_down(term);
-                        self.resign(&mut client, lease, rev, term).await;
-                        return Ended::Lost;
-                    }
-                    continue;
                 }
-                _ = tokio::time::sleep_until(wake.into()) => {}
-            }
-            if Instant::now() >= alive_until {
-                tracing::warn!(
-                    "election: lease of term {term} not renewed in time (etcd unreachable?); stepping down"
-                );
-                self.step_down(term);
-                self.resign(&mut client, lease, rev, term).await;
-                return Ended::Lost;
-            }
-            let sent = Instant::now();
-            renew_at = sent + every;
-            match renew(&mut client, lease, alive_until - sent).await {
-                Ok(true) => alive_until = sent + ttl.saturating_sub(STEP_DOWN_MARGIN),
-                Ok(false) => {
-                    tracing::warn!("election: lease of term {term} expired in etcd; stepping down");
-                    self.step_down(term);
-                    self.resign(&mut client, lease, rev, term).await;
-                    return Ended::Lost;
-                }
-                Err(e) => {
-                    tracing::debug!("election: renewing the lease of term {term} failed: {e}; retrying");
-                    renew_at = Instant::now() + RENEW_RETRY;
-                    // This member or the connection failed: renew the same
-                    // lease through a fresh connection (another member
-                    // answers).
-                    if let Ok(Ok(c)) = tokio::time::timeout(CALL_TIMEOUT, self.cfg.connect_any()).await {
-                        client = c;
-                        self.client.store(Some(Arc::new(client.clone())));
+                lease::Action::Renew { within } => {
+                    let sent = Instant::now();
+                    clock.sent(sent);
+                    match renew(&mut client, lease, within).await {
+                        Ok(true) => clock.renewed(sent),
+                        Ok(false) => break lease::StepDown::Expired,
+                        Err(e) => {
+                            tracing::debug!(
+                                "election: renewing the lease of term {term} failed: {e}; retrying"
+                            );
+                            clock.failed(Instant::now());
+                            // This member or the connection failed: renew
+                            // the same lease through a fresh connection
+                            // (another member answers).
+                            if let Ok(Ok(c)) =
+                                tokio::time::timeout(CALL_TIMEOUT, self.cfg.connect_any()).await
+                            {
+                                client = c;
+                                self.client.store(Some(Arc::new(client.clone())));
+                            }
+                        }
                     }
                 }
             }
+        };
+        match why {
+            lease::StepDown::NotRenewed => tracing::warn!(
+                "election: lease of term {term} not renewed in time (etcd unreachable?); stepping down"
+            ),
+            lease::StepDown::Expired => {
+                tracing::warn!("election: lease of term {term} expired in etcd; stepping down")
+            }
+            lease::StepDown::KeyLost => {
+                tracing::warn!("election: the leader key of term {term} is gone or replaced; stepping down")
+            }
+            lease::StepDown::NewerTerm(t) => tracing::warn!(
+                "election: a peer knows term {t}, newer than this leader's {term}; stepping down"
+            ),
         }
+        self.step_down(term);
+        self.resign(&mut client, lease, rev, term).await;
+        Ended::Lost
     }
 
     fn step_down(&self, term: i64) {
@@ -1241,32 +1214,5 @@ mod tests {
             let fresh = campaign_txn(&keys, now_rev, report, leader, lease, baseline);
             assert!(c.txn(fresh).await.unwrap().succeeded());
         });
-    }
-
-    #[test]
-    fn a_leader_steps_down_only_on_a_view_that_has_seen_its_key() {
-        let leader = |rev| Leader {
-            addr: "10.0.0.1:8080".into(),
-            term: 3,
-            since: 1,
-            rev,
-        };
-        let view = |revision, l: Option<Leader>| ElectionView {
-            synced: true,
-            revision,
-            leader: l,
-            ..ElectionView::default()
-        };
-        // Just elected at revision 9; the watch has not delivered it yet.
-        assert!(!key_lost(&view(8, None), 9, 3));
-        assert!(!key_lost(&view(8, Some(leader(4))), 9, 3));
-        assert!(!key_lost(&ElectionView::default(), 9, 3));
-        // Seen, and still its own.
-        assert!(!key_lost(&view(9, Some(leader(9))), 9, 3));
-        assert!(!key_lost(&view(15, Some(leader(9))), 9, 3));
-        // Gone, replaced, or rewritten in place after the reign began.
-        assert!(key_lost(&view(12, None), 9, 3));
-        assert!(key_lost(&view(14, Some(leader(14))), 9, 3));
-        assert!(key_lost(&view(14, Some(leader(9))), 9, 4));
     }
 }
