@@ -743,15 +743,16 @@ pub fn try_request(
     try_request_at(loopback(port), method, path, body, headers)
 }
 
-/// [`try_request`] to any address; the `Host` header is `localhost` on
-/// loopback (as it always was), the address otherwise.
-pub fn try_request_at(
+/// One HTTP/1.1 request, whole, with `Connection: close`; the `Host`
+/// header is `localhost` on loopback (as it always was), the address
+/// otherwise.
+pub fn request_bytes(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: &[u8],
     headers: &[(&str, &str)],
-) -> std::io::Result<Resp> {
+) -> Vec<u8> {
     let host = if addr.ip().is_loopback() {
         "localhost".to_string()
     } else {
@@ -767,7 +768,18 @@ pub fn try_request_at(
     raw.push_str("Connection: close\r\n\r\n");
     let mut bytes = raw.into_bytes();
     bytes.extend_from_slice(body);
-    let out = send_raw_at(addr, &bytes)?;
+    bytes
+}
+
+/// [`try_request`] to any address ([`request_bytes`]).
+pub fn try_request_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> std::io::Result<Resp> {
+    let out = send_raw_at(addr, &request_bytes(addr, method, path, body, headers))?;
     parse_responses(&out)
         .into_iter()
         .next()

@@ -44,16 +44,9 @@ pub fn send(
         Ok(s) => s,
         Err(e) => return Sent::NotConnected(e.to_string()),
     };
-    let mut raw = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        raw.push_str(&format!("{k}: {v}\r\n"));
-    }
-    raw.push_str("Connection: close\r\n\r\n");
-    let mut bytes = raw.into_bytes();
-    bytes.extend_from_slice(body);
+    let mut with_type = vec![("Content-Type", "application/json")];
+    with_type.extend_from_slice(headers);
+    let bytes = crate::request_bytes(addr, method, path, body, &with_type);
     let _ = s.set_write_timeout(Some(timeout));
     if let Err(e) = s.write_all(&bytes) {
         return Sent::NoAnswer(format!("sending: {e}"));
