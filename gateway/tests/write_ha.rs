@@ -528,6 +528,22 @@ fn a_write_the_paused_follower_cannot_confirm_is_answered_not_acknowledged() {
     );
 }
 
+/// A leader with the data (`a`, `mode = master`) and a candidate follower
+/// (`b`), in steady state: `a` leads and `b` confirms its writes.
+fn two_candidates(etcd: &Etcd, dir: &std::path::Path) -> [Member; 2] {
+    let members = [
+        Member::start(etcd, dir, "a", "master", "", true),
+        Member::start(etcd, dir, "b", "slave", "candidate = true\n", false),
+    ];
+    assert!(
+        eventually(Duration::from_secs(30), || members[0].leads()
+            && members[0].health()["sync"]["state"] == "ok"),
+        "no steady state: {}",
+        report(&members)
+    );
+    members
+}
+
 /// One ingest straight to a node (no gateway).
 fn write_direct(port: u16, i: usize) -> u16 {
     let body = serde_json::json!({"records": [{
@@ -661,16 +677,7 @@ fn after_etcd_lost_its_data_an_empty_node_erases_nothing_and_terms_keep_growing(
 fn a_candidate_that_lost_its_disk_comes_back_empty_and_catches_up() {
     let dir = temp_dir("write-ha-lost-disk");
     let etcd = Etcd::start(&dir);
-    let mut members = [
-        Member::start(&etcd, &dir, "a", "master", "", true),
-        Member::start(&etcd, &dir, "b", "slave", "candidate = true\n", false),
-    ];
-    assert!(
-        eventually(Duration::from_secs(30), || members[0].leads()
-            && members[0].health()["sync"]["state"] == "ok"),
-        "no steady state: {}",
-        report(&members)
-    );
+    let mut members = two_candidates(&etcd, &dir);
     let acked: Vec<usize> = (0..10)
         .filter(|i| write_direct(members[0].port, *i) == 200)
         .collect();
@@ -717,16 +724,7 @@ fn a_candidate_that_lost_its_disk_comes_back_empty_and_catches_up() {
 fn a_restored_backup_rolls_the_cluster_back_by_the_runbook() {
     let dir = temp_dir("write-ha-restore");
     let mut etcd = Etcd::start(&dir);
-    let mut members = [
-        Member::start(&etcd, &dir, "a", "master", "", true),
-        Member::start(&etcd, &dir, "b", "slave", "candidate = true\n", false),
-    ];
-    assert!(
-        eventually(Duration::from_secs(30), || members[0].leads()
-            && members[0].health()["sync"]["state"] == "ok"),
-        "no steady state: {}",
-        report(&members)
-    );
+    let mut members = two_candidates(&etcd, &dir);
     let before: Vec<usize> = (0..10)
         .filter(|i| write_direct(members[0].port, *i) == 200)
         .collect();
