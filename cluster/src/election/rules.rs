@@ -50,11 +50,12 @@ pub fn etcd_regressed(acked: Option<&Acked>, me: &Standing) -> bool {
 }
 
 /// The rule this node's election runs under, given etcd's `acked` and the
-/// other nodes' reports. Recovery is catching: one node that sees etcd
-/// went back puts every candidate under E2, so no candidate elects itself
-/// by E1 from a restored, older `acked`.
+/// other nodes' reports. Only this node's own durable knowledge puts it
+/// under E2: a report may be stale (a dead node's lives until its lease
+/// runs out), and E2 trusts reports for positions, so a stale one must not
+/// be what moves a node away from the `acked` record that holds.
 pub fn mode(acked: Option<&Acked>, me: &Standing, reports: &BTreeMap<String, Report>) -> Mode {
-    if etcd_regressed(acked, me) || reports.values().any(|r| r.recovering) {
+    if etcd_regressed(acked, me) {
         return Mode::Recovery;
     }
     if acked.is_none() {
@@ -140,6 +141,14 @@ pub fn decide(i: &Inputs<'_>) -> Result<Mode, String> {
                 return Err(format!(
                     "behind an acknowledged position this node knows of: applied {}, acknowledged {}",
                     me.seq, me.acked.1
+                ));
+            }
+            // A node that knows of an acknowledged change this one lacks
+            // (it saw etcd go back, or was told by a leader): never run.
+            if let Some(knows) = others.values().find(|r| r.acked_seq > me.seq) {
+                return Err(format!(
+                    "{} knows change {} of term {} was acknowledged; this node holds only {}",
+                    knows.addr, knows.acked_seq, knows.acked_term, me.seq
                 ));
             }
             let acked_seq = i.acked.map_or(0, |a| a.seq);
@@ -395,7 +404,10 @@ mod tests {
             decide_with(&me, Some("d"), Some(&a), &BTreeMap::new(), &BTreeSet::new(), LONG),
             Ok(Mode::Normal)
         );
-        let rs = reports(&[report(B, 3, 7)]);
+        // B applied more (7), but only 5 is known acknowledged.
+        let mut b = report(B, 3, 7);
+        b.acked_seq = 5;
+        let rs = reports(&[b]);
         let shortly = Duration::from_secs(2);
         let e = decide_with(&me, Some("d"), Some(&a), &rs, &BTreeSet::new(), shortly).unwrap_err();
         assert!(e.contains("goes first"), "{e}");
@@ -467,12 +479,14 @@ mod tests {
     }
 
     #[test]
-    fn one_recovering_node_puts_everyone_under_recovery() {
+    fn a_report_does_not_move_a_node_off_the_acked_record_but_what_it_knows_bars_a_lesser_history() {
         let me = standing(3, 3, 6, (3, 6));
         let mut b = report(B, 3, 9);
         b.recovering = true;
         let rs = reports(&[b]);
-        assert_eq!(mode(Some(&acked(3, 6, "d")), &me, &rs), Mode::Recovery);
+        // A stale report says nothing of the mode: etcd's record holds.
+        assert_eq!(mode(Some(&acked(3, 6, "d")), &me, &rs), Mode::Normal);
+        // But a node that knows change 9 was acknowledged bars this one.
         let e = decide_with(
             &me,
             Some("d"),
