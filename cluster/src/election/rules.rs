@@ -479,6 +479,27 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_leaders_stale_report_does_not_let_a_candidate_behind_acked_lead() {
+        // The leader (B) was elected under recovery, acknowledged up to 3838
+        // alone (degraded) and died; its report, still on its lease, is from
+        // before (3818, still saying it recovers). This node holds 3834.
+        let me = standing(29, 29, 3834, (29, 3818));
+        let mut stale = report(B, 29, 3818);
+        stale.recovering = true;
+        let acked = acked(29, 3838, "d");
+        let e = decide_with(
+            &me,
+            None,
+            Some(&acked),
+            &reports(&[stale]),
+            &BTreeSet::new(),
+            LONG,
+        )
+        .unwrap_err();
+        assert!(e.contains("behind the acknowledged position"), "{e}");
+    }
+
+    #[test]
     fn a_report_does_not_move_a_node_off_the_acked_record_but_what_it_knows_bars_a_lesser_history() {
         let me = standing(3, 3, 6, (3, 6));
         let mut b = report(B, 3, 9);
