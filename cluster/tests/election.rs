@@ -91,6 +91,17 @@ impl History for FakeHistory {
     }
 }
 
+/// A candidate at `addr` with `history`, campaigning in `etcd`.
+fn candidate(
+    rt: &tokio::runtime::Runtime,
+    etcd: &Etcd,
+    ttl: i64,
+    addr: &str,
+    history: Arc<FakeHistory>,
+) -> Election {
+    Election::spawn(rt.handle(), config(etcd, ttl), addr, true, history)
+}
+
 fn digest(tag: &str, seq: u64) -> String {
     format!("{tag}{seq:0>63}").chars().take(64).collect()
 }
@@ -100,13 +111,7 @@ fn one_leader_then_takeover_within_the_lease_after_a_crash() {
     let etcd = Etcd::start(&temp_dir("election-takeover"));
     let rt = runtime();
     let ttl = 3;
-    let a = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18001",
-        true,
-        FakeHistory::new(5, "a"),
-    );
+    let a = candidate(&rt, &etcd, ttl, "127.0.0.1:18001", FakeHistory::new(5, "a"));
     assert!(
         eventually(Duration::from_secs(10), || a.leading().is_some()),
         "{:?}",
@@ -114,13 +119,7 @@ fn one_leader_then_takeover_within_the_lease_after_a_crash() {
     );
     let term_a = a.leading().unwrap();
     // A second candidate with the same history follows; it does not lead.
-    let b = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18002",
-        true,
-        FakeHistory::new(5, "a"),
-    );
+    let b = candidate(&rt, &etcd, ttl, "127.0.0.1:18002", FakeHistory::new(5, "a"));
     assert!(eventually(Duration::from_secs(5), || b
         .view()
         .leader
@@ -141,13 +140,7 @@ fn one_leader_then_takeover_within_the_lease_after_a_crash() {
     // b has change 6 too (it was acknowledged, so a sync follower had it).
     let b_history = FakeHistory::new(6, "a");
     b.abandon();
-    let b = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18002",
-        true,
-        b_history,
-    );
+    let b = candidate(&rt, &etcd, ttl, "127.0.0.1:18002", b_history);
     assert!(
         eventually(Duration::from_secs(ttl as u64 + 2), || b.leading().is_some()),
         "{:?}",
@@ -171,13 +164,7 @@ fn one_leader_then_takeover_within_the_lease_after_a_crash() {
     assert!(eventually(Duration::from_secs(5), || c.view().synced));
     // (c is not a candidate: it never leads, whatever happens.)
     b.shutdown_blocking(Duration::from_secs(3));
-    let d = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18004",
-        true,
-        FakeHistory::new(6, "a"),
-    );
+    let d = candidate(&rt, &etcd, ttl, "127.0.0.1:18004", FakeHistory::new(6, "a"));
     // A graceful stop hands over at once, not after a ttl.
     assert!(
         eventually(Duration::from_secs(2), || d.leading().is_some()),
@@ -203,33 +190,15 @@ fn only_a_node_with_every_acknowledged_change_may_lead() {
     let etcd = Etcd::start(&temp_dir("election-eligible"));
     let rt = runtime();
     let ttl = 2;
-    let a = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18011",
-        true,
-        FakeHistory::new(10, "a"),
-    );
+    let a = candidate(&rt, &etcd, ttl, "127.0.0.1:18011", FakeHistory::new(10, "a"));
     assert!(eventually(Duration::from_secs(10), || a.leading().is_some()));
     let term = a.leading().unwrap();
     a.record_acked_blocking(term, 12, &digest("a", 12), Duration::from_secs(2))
         .unwrap();
     a.abandon();
     // Behind (11 < 12), and a different history at 12: neither may lead.
-    let behind = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18012",
-        true,
-        FakeHistory::new(11, "a"),
-    );
-    let other = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18013",
-        true,
-        FakeHistory::new(13, "b"),
-    );
+    let behind = candidate(&rt, &etcd, ttl, "127.0.0.1:18012", FakeHistory::new(11, "a"));
+    let other = candidate(&rt, &etcd, ttl, "127.0.0.1:18013", FakeHistory::new(13, "b"));
     std::thread::sleep(Duration::from_secs(ttl as u64 + 3));
     assert_eq!(behind.leading(), None);
     assert_eq!(other.leading(), None);
@@ -245,13 +214,7 @@ fn only_a_node_with_every_acknowledged_change_may_lead() {
         other.view().waiting
     );
     // One that has everything acknowledged (and more) runs and wins.
-    let good = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18014",
-        true,
-        FakeHistory::new(14, "a"),
-    );
+    let good = candidate(&rt, &etcd, ttl, "127.0.0.1:18014", FakeHistory::new(14, "a"));
     assert!(
         eventually(Duration::from_secs(5), || good.leading().is_some()),
         "{:?}",
@@ -272,21 +235,15 @@ fn an_empty_candidate_gives_one_with_data_the_first_election() {
     let etcd = Etcd::start(&temp_dir("election-bootstrap"));
     let rt = runtime();
     let ttl = 3;
-    let empty = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
+    let empty = candidate(
+        &rt,
+        &etcd,
+        ttl,
         "127.0.0.1:18021",
-        true,
         FakeHistory::bootstrapping(0, "a"),
     );
     std::thread::sleep(Duration::from_millis(1000));
-    let full = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18022",
-        true,
-        FakeHistory::new(40, "a"),
-    );
+    let full = candidate(&rt, &etcd, ttl, "127.0.0.1:18022", FakeHistory::new(40, "a"));
     assert!(
         eventually(Duration::from_secs(5), || full.leading().is_some()),
         "{:?}",
@@ -298,13 +255,7 @@ fn an_empty_candidate_gives_one_with_data_the_first_election() {
     full.shutdown_blocking(Duration::from_secs(3));
     empty.abandon();
     etcd.etcdctl(&["del", "--prefix", "/kmt-el/"]);
-    let slave = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18024",
-        true,
-        FakeHistory::new(0, "a"),
-    );
+    let slave = candidate(&rt, &etcd, ttl, "127.0.0.1:18024", FakeHistory::new(0, "a"));
     std::thread::sleep(Duration::from_secs(ttl as u64 + 2));
     assert_eq!(slave.leading(), None, "{:?}", slave.view());
     assert!(
@@ -314,11 +265,11 @@ fn an_empty_candidate_gives_one_with_data_the_first_election() {
     );
     slave.shutdown_blocking(Duration::from_secs(3));
     etcd.etcdctl(&["del", "--prefix", "/kmt-el/"]);
-    let alone = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
+    let alone = candidate(
+        &rt,
+        &etcd,
+        ttl,
         "127.0.0.1:18023",
-        true,
         FakeHistory::bootstrapping(0, "a"),
     );
     let started = Instant::now();
@@ -349,21 +300,9 @@ fn terms_keep_growing_after_etcd_lost_its_data() {
     let rt = runtime();
     let ttl = 2;
     let (ha, hb) = (FakeHistory::new(5, "a"), FakeHistory::new(5, "a"));
-    let a = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18031",
-        true,
-        ha.clone(),
-    );
+    let a = candidate(&rt, &etcd, ttl, "127.0.0.1:18031", ha.clone());
     assert!(eventually(Duration::from_secs(10), || a.leading().is_some()));
-    let b = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18032",
-        true,
-        hb.clone(),
-    );
+    let b = candidate(&rt, &etcd, ttl, "127.0.0.1:18032", hb.clone());
     assert!(remembers(&[&ha, &hb], 2));
     let term_a = a.leading().unwrap();
     assert_eq!(ha.term(), term_a, "the winner records its term in its data");
@@ -371,20 +310,8 @@ fn terms_keep_growing_after_etcd_lost_its_data() {
     a.abandon();
     b.abandon();
     etcd.restart(true);
-    let a = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18031",
-        true,
-        ha.clone(),
-    );
-    let b = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18032",
-        true,
-        hb.clone(),
-    );
+    let a = candidate(&rt, &etcd, ttl, "127.0.0.1:18031", ha.clone());
+    let b = candidate(&rt, &etcd, ttl, "127.0.0.1:18032", hb.clone());
     assert!(
         eventually(Duration::from_secs(20), || a.leading().or(b.leading()).is_some()),
         "nobody leads after the wipe: {:?} / {:?}",
@@ -407,28 +334,10 @@ fn after_etcd_lost_its_data_the_members_elect_the_most_recent_history_and_never_
         FakeHistory::new(8, "a"),
         FakeHistory::new(0, "a"),
     );
-    let a = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18041",
-        true,
-        ha.clone(),
-    );
+    let a = candidate(&rt, &etcd, ttl, "127.0.0.1:18041", ha.clone());
     assert!(eventually(Duration::from_secs(10), || a.leading().is_some()));
-    let b = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18042",
-        true,
-        hb.clone(),
-    );
-    let c = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18043",
-        true,
-        hc.clone(),
-    );
+    let b = candidate(&rt, &etcd, ttl, "127.0.0.1:18042", hb.clone());
+    let c = candidate(&rt, &etcd, ttl, "127.0.0.1:18043", hc.clone());
     assert!(remembers(&[&ha, &hb, &hc], 3));
     // A write acknowledged by the leader (the others were behind). The
     // followers know the term, as a follower learns it from the leader.
@@ -443,20 +352,8 @@ fn after_etcd_lost_its_data_the_members_elect_the_most_recent_history_and_never_
     c.abandon();
     etcd.restart(true);
     // The empty node and the stale one come back first: they wait for a.
-    let c = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18043",
-        true,
-        hc.clone(),
-    );
-    let b = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18042",
-        true,
-        hb.clone(),
-    );
+    let c = candidate(&rt, &etcd, ttl, "127.0.0.1:18043", hc.clone());
+    let b = candidate(&rt, &etcd, ttl, "127.0.0.1:18042", hb.clone());
     std::thread::sleep(Duration::from_secs(3 * ttl as u64 + 2));
     assert_eq!(b.leading(), None, "a stale node led: {:?}", b.view());
     assert_eq!(c.leading(), None, "an empty node led: {:?}", c.view());
@@ -464,13 +361,7 @@ fn after_etcd_lost_its_data_the_members_elect_the_most_recent_history_and_never_
     assert!(waiting.contains("127.0.0.1:18041"), "{waiting}");
     // a comes back: its history is the most recent, it leads, and its
     // baseline holds the write it acknowledged alone.
-    let a = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18041",
-        true,
-        ha.clone(),
-    );
+    let a = candidate(&rt, &etcd, ttl, "127.0.0.1:18041", ha.clone());
     assert!(
         eventually(Duration::from_secs(15), || a.leading().is_some()),
         "{:?}",
@@ -494,32 +385,14 @@ fn an_operator_excuses_a_member_that_is_gone_for_good() {
     let rt = runtime();
     let ttl = 2;
     let (ha, hb) = (FakeHistory::new(4, "a"), FakeHistory::new(4, "a"));
-    let a = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18051",
-        true,
-        ha.clone(),
-    );
+    let a = candidate(&rt, &etcd, ttl, "127.0.0.1:18051", ha.clone());
     assert!(eventually(Duration::from_secs(10), || a.leading().is_some()));
-    let b = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18052",
-        true,
-        hb.clone(),
-    );
+    let b = candidate(&rt, &etcd, ttl, "127.0.0.1:18052", hb.clone());
     assert!(remembers(&[&ha, &hb], 2));
     a.abandon();
     b.abandon();
     etcd.restart(true);
-    let b = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18052",
-        true,
-        hb.clone(),
-    );
+    let b = candidate(&rt, &etcd, ttl, "127.0.0.1:18052", hb.clone());
     std::thread::sleep(Duration::from_secs(ttl as u64 + 3));
     assert_eq!(b.leading(), None, "{:?}", b.view());
     // The runbook's step: a is gone for good.
@@ -548,13 +421,7 @@ fn a_leader_whose_key_is_rewritten_in_place_steps_down_and_a_leader_is_elected_a
     let rt = runtime();
     let ttl = 2;
     let h = FakeHistory::new(5, "a");
-    let a = Election::spawn(
-        rt.handle(),
-        config(&etcd, ttl),
-        "127.0.0.1:18061",
-        true,
-        h.clone(),
-    );
+    let a = candidate(&rt, &etcd, ttl, "127.0.0.1:18061", h.clone());
     assert!(eventually(Duration::from_secs(10), || a.leading().is_some()));
     let term = a.leading().unwrap();
     // Someone with write access to the prefix names another leader.

@@ -124,6 +124,11 @@ fn write(port: u16, i: usize) -> u16 {
 
 /// [`write`], with the whole answer.
 fn write_answer(port: u16, i: usize) -> std::io::Result<Resp> {
+    ingest_row(port, "/data/kamaitachi/api/data/v1/ingest", i)
+}
+
+/// Write `i` (a new subject, one row) posted to `path` on `port`.
+fn ingest_row(port: u16, path: &str, i: usize) -> std::io::Result<Resp> {
     let body = serde_json::json!({"records": [{
         "subject": row_subject(i), "name": format!("ha {i}"), "report_date": 1_751_241_600i64,
         "end_date": "2025-06-30", "year": "2025", "period": "Q2", "declare_date": "2025-08-01",
@@ -131,13 +136,7 @@ fn write_answer(port: u16, i: usize) -> std::io::Result<Resp> {
     }]})
     .to_string();
     let auth = format!("Bearer {TOKEN}");
-    try_request(
-        port,
-        "POST",
-        "/data/kamaitachi/api/data/v1/ingest",
-        body.as_bytes(),
-        &[("Authorization", &auth)],
-    )
+    try_request(port, "POST", path, body.as_bytes(), &[("Authorization", &auth)])
 }
 
 /// SIGSTOP of a node's process; SIGCONT when dropped (a stopped process
@@ -546,21 +545,7 @@ fn two_candidates(etcd: &Etcd, dir: &std::path::Path) -> [Member; 2] {
 
 /// One ingest straight to a node (no gateway).
 fn write_direct(port: u16, i: usize) -> u16 {
-    let body = serde_json::json!({"records": [{
-        "subject": row_subject(i), "name": format!("ha {i}"), "report_date": 1_751_241_600i64,
-        "end_date": "2025-06-30", "year": "2025", "period": "Q2", "declare_date": "2025-08-01",
-        "values": {"net_profit": i as f64}
-    }]})
-    .to_string();
-    let auth = format!("Bearer {TOKEN}");
-    try_request(
-        port,
-        "POST",
-        "/kamaitachi/api/data/v1/ingest",
-        body.as_bytes(),
-        &[("Authorization", &auth)],
-    )
-    .map_or(0, |r| r.status)
+    ingest_row(port, "/kamaitachi/api/data/v1/ingest", i).map_or(0, |r| r.status)
 }
 
 /// etcd loses all its data while every node is down, and an empty
