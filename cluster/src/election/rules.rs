@@ -374,7 +374,7 @@ mod tests {
     #[test]
     fn the_next_term_is_above_every_term_known_even_after_etcd_restarted_low() {
         let me = standing(3122, 3122, 9, (3122, 9));
-        // etcd was wiped and a campaign of an earlier build left term 2.
+        // etcd was wiped and now holds term 2 (revision-numbered terms restart low).
         assert_eq!(next_term(Some(&acked(2, 0, "")), &me, &BTreeMap::new()), 3123);
         let mut b = report(B, 4000, 1);
         b.term = 4001;
